@@ -1,0 +1,19 @@
+"""xrnn: recurrent neural networks written once against the Python Array API standard.
+
+The same model runs on NumPy (CPU) or CuPy (CUDA); ``XRNN_BACKEND`` or
+:func:`xrnn.backend.set_backend` picks the backend. Layers match PyTorch's argument
+for argument, so a PyTorch ``state_dict`` loads unchanged.
+"""
+
+from . import backend, functional, io, nn
+from .backend import asarray, get_backend, get_namespace, set_backend, to_numpy, use_backend
+from .nn import (RNN, Identity, Linear, Module, Parameter, ReLU, Sequential, Sigmoid, Tanh)
+from .sequences import from_timesteps
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RNN", "Identity", "Linear", "Module", "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh",
+    "asarray", "backend", "from_timesteps", "functional", "get_backend", "get_namespace", "io",
+    "nn", "set_backend", "to_numpy", "use_backend",
+]

@@ -1,0 +1,197 @@
+"""The backend dispatcher: the only module that knows backend names.
+
+The backend is read from the environment variable ``XRNN_BACKEND`` at first use
+(``numpy`` when unset) and can be changed in code with :func:`set_backend` or,
+for a block, :func:`use_backend`. Library code never imports NumPy or CuPy to
+compute: it asks :func:`get_namespace` for the array-API namespace ``xp`` of its
+inputs (or of the selected backend when it creates arrays).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "asarray",
+    "available_backends",
+    "backend_of",
+    "get_backend",
+    "get_namespace",
+    "set_backend",
+    "to_numpy",
+    "use_backend",
+]
+
+#: Backend names accepted by ``XRNN_BACKEND`` and :func:`set_backend`.
+BACKENDS: tuple[str, ...] = ("numpy", "cupy", "torch", "array_api_strict")
+ENV_VAR = "XRNN_BACKEND"
+
+_NAMESPACE_MODULES = {
+    "numpy": "array_api_compat.numpy",
+    "cupy": "array_api_compat.cupy",
+    "torch": "array_api_compat.torch",
+    "array_api_strict": "array_api_strict",
+}
+
+_selected: str | None = None  # read from the environment at first use
+_namespaces: dict[str, ModuleType] = {}  # backends already checked and imported
+
+
+class BackendUnavailableError(RuntimeError):
+    """A known backend was asked for but cannot run here (package or device missing)."""
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
+        raise ValueError(
+            f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}"
+        )
+    return name.strip().lower()
+
+
+def _unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run here, or None when it can."""
+    package = {"array_api_strict": "array_api_strict"}.get(name, name)
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        hint = {"cupy": " (pip install 'xrnn[cuda]')", "torch": " (pip install 'xrnn[parity]')",
+                "array_api_strict": " (pip install 'xrnn[test]')"}.get(name, "")
+        return f"{package} is not installed{hint}: {exc}"
+    if name == "cupy":
+        try:
+            count = module.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # CUDA driver or runtime missing
+            return f"CuPy is installed but no CUDA device is usable: {exc}"
+        if count < 1:
+            return "CuPy is installed but no CUDA device is visible"
+    return None
+
+
+def available_backends() -> dict[str, str | None]:
+    """Map each backend name to ``None`` if it can run here, else the reason it cannot."""
+    return {name: _unavailable_reason(name) for name in BACKENDS}
+
+
+def _namespace_for(name: str) -> ModuleType:
+    if name not in _namespaces:
+        reason = _unavailable_reason(name)
+        if reason is not None:
+            raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")
+        _namespaces[name] = importlib.import_module(_NAMESPACE_MODULES[name])
+    return _namespaces[name]
+
+
+def get_backend() -> str:
+    """The selected backend's name (reads ``XRNN_BACKEND`` on first use)."""
+    global _selected
+    if _selected is None:
+        raw = os.environ.get(ENV_VAR, "numpy") or "numpy"
+        try:
+            name = _check_name(raw)
+        except ValueError as exc:
+            raise ValueError(f"{ENV_VAR}={raw!r}: {exc}") from None
+        _namespace_for(name)  # fail now, never fall back silently
+        _selected = name
+    return _selected
+
+
+def set_backend(name: str) -> None:
+    """Select the backend by name for arrays created from now on."""
+    global _selected
+    name = _check_name(name)
+    _namespace_for(name)
+    _selected = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[ModuleType]:
+    """Select ``name`` inside a ``with`` block and restore the previous choice after it.
+
+    Yields the backend's namespace ``xp``.
+    """
+    global _selected
+    previous = _selected
+    set_backend(name)
+    try:
+        yield get_namespace()
+    finally:
+        _selected = previous
+
+
+def backend_of(array: Any) -> str:
+    """The backend name an array belongs to (``TypeError`` for non-arrays)."""
+    if array_api_compat.is_numpy_array(array):
+        return "numpy"
+    if array_api_compat.is_cupy_array(array):
+        return "cupy"
+    if array_api_compat.is_torch_array(array):
+        return "torch"
+    if type(array).__module__.startswith("array_api_strict"):
+        return "array_api_strict"
+    raise TypeError(
+        f"expected an array of one of the backends {', '.join(BACKENDS)}, got {type(array).__name__}"
+    )
+
+
+def get_namespace(*arrays: Any) -> ModuleType:
+    """The array-API namespace ``xp`` of ``arrays``; of the selected backend when none are given.
+
+    Arrays of different backends raise ``TypeError`` naming them.
+    """
+    if not arrays:
+        return _namespace_for(get_backend())
+    names = {backend_of(a) for a in arrays if a is not None}
+    if len(names) > 1:
+        raise TypeError(
+            f"arrays from different backends were mixed: {', '.join(sorted(names))}; "
+            "move them to one backend first (xrnn.backend.asarray or model.to(...))"
+        )
+    return array_api_compat.array_namespace(*(a for a in arrays if a is not None))
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """Any backend's array as a host NumPy array (NumPy arrays are returned as they are)."""
+    name = backend_of(array)
+    if name == "numpy":
+        return array
+    if name == "cupy":
+        return array.get()
+    if name == "torch":
+        return array.detach().cpu().resolve_conj().numpy()
+    return np.from_dlpack(array)
+
+
+def _resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
+    if dtype is None or not isinstance(dtype, str):
+        return dtype
+    if dtype not in ("float16", "float32", "float64", "int32", "int64", "bool"):
+        raise ValueError(f"unsupported dtype {dtype!r}; expected a name such as 'float32' or 'float64'")
+    return getattr(xp, dtype)
+
+
+def asarray(obj: Any, dtype: Any = None) -> Any:
+    """``obj`` (nested lists, scalars, or any backend's array) as an array of the selected backend.
+
+    ``dtype`` is a name (``"float32"``) or a dtype of the selected backend. An array of
+    another backend is copied through host memory: an explicit, visible transfer.
+    """
+    xp = get_namespace()
+    target = get_backend()
+    try:
+        source = backend_of(obj)
+    except TypeError:
+        source = None
+    if source is not None and source != target:
+        obj = to_numpy(obj)
+    return xp.asarray(obj, dtype=_resolve_dtype(xp, dtype))

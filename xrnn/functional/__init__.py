@@ -1,0 +1,7 @@
+"""Pure functions, no state: cells, the recurrence driver, dropout."""
+
+from .cells import Cell, elman_cell
+from .dropout import dropout
+from .rnn import rnn
+
+__all__ = ["Cell", "dropout", "elman_cell", "rnn"]

@@ -1,0 +1,61 @@
+"""Argument checks shared by the functional core and the modules.
+
+Each raises ``TypeError`` (backend, dtype) or ``ValueError`` (shape) naming the
+expected and the given value; nothing is ever broadcast silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..backend import backend_of, get_namespace
+
+
+def check_compatible(x: Any, reference: Any, *, features: int, what: str) -> None:
+    """``x`` must be a real floating array of ``reference``'s backend and dtype with
+    ``features`` entries on its last axis (``what`` names that size in messages)."""
+    x_backend, ref_backend = backend_of(x), backend_of(reference)
+    if x_backend != ref_backend:
+        raise TypeError(f"input is a {x_backend} array but the parameters are {ref_backend} "
+                        f"arrays; move one of them (xrnn.backend.asarray or "
+                        f"model.to({ref_backend!r}))")
+    if not get_namespace(x).isdtype(x.dtype, "real floating"):
+        raise TypeError(f"input must be a real floating array of dtype {reference.dtype}, "
+                        f"got dtype {x.dtype}")
+    if x.dtype != reference.dtype:
+        raise TypeError(f"input dtype {x.dtype} does not match the parameters' dtype "
+                        f"{reference.dtype}; convert one of them")
+    if x.ndim < 1 or x.shape[-1] != features:
+        raise ValueError(f"expected input with {features} features ({what}) on the last axis, "
+                         f"got shape {tuple(x.shape)}")
+
+
+def check_input(x: Any, weights: Sequence[Any], *, input_size: int, batch_first: bool) -> None:
+    """A recurrent layer's input: rank 3 (or 2, unbatched), non-empty, fitting ``weights``."""
+    backend_of(x)  # TypeError for non-arrays
+    for w in weights[1:]:
+        if w.dtype != weights[0].dtype or backend_of(w) != backend_of(weights[0]):
+            raise TypeError(f"all weights must share one backend and dtype, got "
+                            f"{backend_of(weights[0])} {weights[0].dtype} and "
+                            f"{backend_of(w)} {w.dtype}")
+    if x.ndim not in (2, 3):
+        layout = "(B, T, H_in)" if batch_first else "(T, B, H_in)"
+        raise ValueError(f"expected input of rank 3 {layout} or rank 2 (T, H_in) unbatched, "
+                         f"got rank {x.ndim} with shape {tuple(x.shape)}")
+    check_compatible(x, weights[0], features=input_size, what="input_size")
+    if any(n == 0 for n in x.shape[:-1]):
+        raise ValueError(f"input has an empty time or batch axis: shape {tuple(x.shape)}")
+
+
+def check_state(state: Any, expected: tuple[int, ...], name: str, x: Any) -> None:
+    """An initial state: ``x``'s backend and dtype, exactly shape ``expected``."""
+    if backend_of(state) != backend_of(x):
+        raise TypeError(f"{name} is a {backend_of(state)} array but the input is a "
+                        f"{backend_of(x)} array")
+    if tuple(state.shape) != expected:
+        layout = "(L*D, H) for unbatched input" if len(expected) == 2 else "(L*D, B, H)"
+        raise ValueError(f"expected {name} of shape {expected}, i.e. {layout}, "
+                         f"got {tuple(state.shape)}")
+    if state.dtype != x.dtype:
+        raise TypeError(f"{name} dtype {state.dtype} does not match the input dtype {x.dtype}")

@@ -1,0 +1,45 @@
+"""Inverted dropout with masks drawn on the host from a NumPy ``Generator``.
+
+Drawing on the host makes a seed give the same masks on every backend; the mask
+is moved to the array's backend once per call (one transfer per layer, never per
+timestep).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from ..backend import get_namespace
+
+
+def as_generator(generator: np.random.Generator | int | None) -> np.random.Generator:
+    """A NumPy ``Generator`` from a generator, a seed, or ``None`` (fresh entropy)."""
+    if isinstance(generator, np.random.Generator):
+        return generator
+    return np.random.default_rng(generator)
+
+
+def check_probability(p: float) -> float:
+    """``p`` as a float in [0, 1), else ``ValueError``."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be a number in [0, 1), got {p!r}")
+    return float(p)
+
+
+def dropout(x: Any, p: float, *, training: bool = True,
+            generator: np.random.Generator | int | None = None) -> Any:
+    """Zero each element of ``x`` with probability ``p`` and scale the rest by ``1/(1-p)``.
+
+    Returns ``x`` unchanged when ``p == 0`` or ``training`` is false. Shapes: any.
+    """
+    p = check_probability(p)
+    if not training or p == 0.0:
+        return x
+    xp = get_namespace(x)
+    keep = as_generator(generator).random(tuple(x.shape)) >= p
+    mask = xp.asarray(keep.astype(np.float64) / (1.0 - p), dtype=x.dtype,
+                      device=array_api_compat.device(x))
+    return x * mask

@@ -1,0 +1,94 @@
+"""The functional Elman RNN with ``torch.nn.RNN``'s semantics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from ..backend import get_namespace
+from .cells import Cell, elman_cell
+from .checks import check_input, check_state
+from .dropout import as_generator, check_probability
+from .recurrence import run_layers
+from .weights import group_weights
+
+
+def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequence[Any] | Mapping,
+                  cell: Cell, *, num_layers: int, bias: bool,
+                  batch_first: bool, dropout: float, bidirectional: bool, training: bool,
+                  generator: np.random.Generator | int | None) -> tuple[Any, tuple[Any, ...]]:
+    """Check arguments, arrange the layout and call the shared driver; any cell type.
+
+    ``initial_states`` holds one entry (or ``None`` for zeros) per state component.
+    """
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
+    dropout = check_probability(dropout)
+    groups = group_weights(weights, gates=cell.gates, num_layers=num_layers,
+                           bidirectional=bidirectional, bias=bias)
+    flat = [w for g in groups for w in g if w is not None]
+    check_input(x, flat, input_size=groups[0].w_ih.shape[1], batch_first=batch_first)
+    xp = get_namespace(*flat)
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = xp.expand_dims(x, axis=0 if batch_first else 1)
+    if batch_first:
+        x = xp.permute_dims(x, (1, 0, 2))
+    batch = x.shape[1]
+    directions = 2 if bidirectional else 1
+    states = []
+    for k, (given, size) in enumerate(zip(initial_states, cell.state_sizes(groups[0]))):
+        name = "h0" if k == 0 else "c0"
+        shape = (num_layers * directions, batch, size)
+        if given is None:
+            states.append(xp.zeros(shape, dtype=x.dtype, device=array_api_compat.device(x)))
+            continue
+        check_state(given, (shape[0], size) if unbatched else shape, name, x)
+        states.append(xp.expand_dims(given, axis=1) if unbatched else given)
+    output, finals = run_layers(xp, x, tuple(states), groups, cell, num_layers=num_layers,
+                                bidirectional=bidirectional, dropout=dropout, training=training,
+                                generator=as_generator(generator) if training and dropout else None)
+    if batch_first:
+        output = xp.permute_dims(output, (1, 0, 2))
+    if unbatched:
+        output = output[0, ...] if batch_first else output[:, 0, ...]
+        finals = tuple(f[:, 0, ...] for f in finals)
+    return output, finals
+
+
+def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
+        num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
+        batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+        training: bool = False, generator: np.random.Generator | int | None = None
+        ) -> tuple[Any, Any]:
+    r"""Elman RNN over a whole sequence, as ``torch.nn.RNN``.
+
+    For each layer and direction, :math:`h_t = f(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})`
+    with :math:`f` = tanh, relu or identity; the reverse direction reads time backwards.
+
+    Args:
+        x: (T, B, H_in), or (B, T, H_in) with ``batch_first``, or (T, H_in) unbatched.
+        h0: (L*D, B, H) — never batch-first — or (L*D, H) unbatched; ``None`` for zeros.
+        weights: PyTorch's flat order ``[weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0,
+            weight_ih_l0_reverse, ...]`` or a mapping with those names (a ``state_dict``).
+        dropout: probability of zeroing each output of every layer but the last (training only).
+        generator: NumPy ``Generator`` or seed for the dropout masks.
+
+    Returns:
+        ``(output, h_n)``: output (T, B, D*H) (batch-first if asked) with directions
+        concatenated on the last axis; h_n (L*D, B, H), layer-major, direction-minor.
+        For a bidirectional layer ``h_n`` of the reverse direction is its state after
+        reading step 0, i.e. ``output[0, :, H:]``, not ``output[-1]``.
+
+    Legend: T sequence length, B batch, H_in input size, H hidden size, L num_layers,
+    D = 2 if bidirectional else 1.
+    """
+    output, (h_n,) = run_recurrent(x, (h0,), weights, elman_cell(nonlinearity),
+                                   num_layers=num_layers, bias=bias, batch_first=batch_first,
+                                   dropout=dropout, bidirectional=bidirectional,
+                                   training=training, generator=generator)
+    return output, h_n
+

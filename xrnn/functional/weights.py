@@ -1,0 +1,81 @@
+"""Names, order and shape checks of the recurrent weights, shared by every cell type.
+
+The flat order is PyTorch's ``_flat_weights``: layer-major, direction-minor, and
+inside each group ``weight_ih, weight_hh[, bias_ih, bias_hh]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+
+class LayerWeights(NamedTuple):
+    """The weights of one layer and direction (biases are ``None`` when ``bias=False``)."""
+
+    w_ih: Any  # (G*H, H_in) for layer 0, (G*H, D*H) above
+    w_hh: Any  # (G*H, H)
+    b_ih: Any  # (G*H,)
+    b_hh: Any  # (G*H,)
+
+
+def group_names(layer: int, direction: int, bias: bool) -> list[str]:
+    """PyTorch's parameter names of one layer and direction, in flat order."""
+    suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+    kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+    return [kind + suffix for kind in kinds]
+
+
+def parameter_names(num_layers: int, bidirectional: bool, bias: bool) -> list[str]:
+    """All parameter names of a recurrent layer, in PyTorch's flat order."""
+    return [name for layer in range(num_layers) for direction in range(2 if bidirectional else 1)
+            for name in group_names(layer, direction, bias)]
+
+
+def parameter_shapes(input_size: int, hidden_size: int, gates: int, num_layers: int,
+                     bidirectional: bool, bias: bool) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in flat order."""
+    d = 2 if bidirectional else 1
+    shapes: dict[str, tuple[int, ...]] = {}
+    for layer in range(num_layers):
+        layer_in = input_size if layer == 0 else d * hidden_size
+        for direction in range(d):
+            row_shapes = [(gates * hidden_size, layer_in), (gates * hidden_size, hidden_size),
+                          (gates * hidden_size,), (gates * hidden_size,)]
+            shapes.update(zip(group_names(layer, direction, bias), row_shapes))
+    return shapes
+
+
+def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num_layers: int,
+                  bidirectional: bool, bias: bool) -> list[LayerWeights]:
+    """Split ``weights`` (flat sequence in PyTorch order, or a name -> array mapping)
+    into one :class:`LayerWeights` per layer and direction, checking count and shapes."""
+    names = parameter_names(num_layers, bidirectional, bias)
+    if isinstance(weights, Mapping):
+        missing = [n for n in names if n not in weights]
+        unexpected = [k for k in weights if k not in names]
+        if missing or unexpected:
+            raise ValueError(f"weights mapping does not fit num_layers={num_layers}, "
+                             f"bidirectional={bidirectional}, bias={bias}: missing {missing}, "
+                             f"unexpected {unexpected}")
+        flat = [weights[n] for n in names]
+    else:
+        flat = list(weights)
+        if len(flat) != len(names):
+            raise ValueError(f"expected {len(names)} weight arrays ({', '.join(names)}) for "
+                             f"num_layers={num_layers}, bidirectional={bidirectional}, bias={bias}; "
+                             f"got {len(flat)}")
+    hidden_size = flat[1].shape[-1] if len(flat[1].shape) == 2 else -1
+    input_size = flat[0].shape[-1] if len(flat[0].shape) == 2 else -1
+    expected = parameter_shapes(input_size, hidden_size, gates, num_layers, bidirectional, bias)
+    for name, array in zip(names, flat):
+        if tuple(array.shape) != expected[name]:
+            raise ValueError(f"weight {name} has shape {tuple(array.shape)}; expected "
+                             f"{expected[name]} (gates={gates}, hidden_size={hidden_size}, "
+                             f"input_size={input_size})")
+    per_group = 4 if bias else 2
+    groups = []
+    for start in range(0, len(flat), per_group):
+        group = flat[start:start + per_group]
+        groups.append(LayerWeights(*group) if bias else LayerWeights(group[0], group[1], None, None))
+    return groups

@@ -1,0 +1,10 @@
+"""Stateful modules: parameters, layers, containers."""
+
+from .activations import Identity, ReLU, Sigmoid, Tanh
+from .linear import Linear
+from .module import Module, Parameter
+from .recurrent import RNN, RecurrentBase
+from .sequential import Sequential
+
+__all__ = ["Identity", "Linear", "Module", "Parameter", "RNN", "ReLU", "RecurrentBase",
+           "Sequential", "Sigmoid", "Tanh"]

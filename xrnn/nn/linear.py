@@ -1,0 +1,53 @@
+"""``Linear``: an affine map on the last axis."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..backend import get_namespace
+from ..functional.checks import check_compatible
+from .module import Module, check_dtype_name, check_positive_int, uniform
+
+
+class Linear(Module):
+    """``y = x W^T + b`` on the last axis of ``x``, as ``torch.nn.Linear``.
+
+    Shapes: x (..., in_features) -> y (..., out_features), e.g. (T, B, F) per timestep.
+    Parameters ``weight`` (out_features, in_features) and ``bias`` (out_features,),
+    initialised U(-1/sqrt(in_features), 1/sqrt(in_features)) as in PyTorch.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 dtype: str = "float32", seed: int | None = None) -> None:
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.dtype = check_dtype_name(dtype)
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / math.sqrt(in_features)
+        self.weight = self.register_parameter(
+            "weight", uniform(rng, (out_features, in_features), bound, dtype))
+        self.bias = self.register_parameter(
+            "bias", uniform(rng, (out_features,), bound, dtype)) if bias else None
+
+    def forward(self, x: Any) -> Any:
+        check_compatible(x, self.weight.data, features=self.in_features, what="in_features")
+        xp = get_namespace(x)
+        lead = tuple(x.shape[:-1])
+        y = xp.reshape(x, (-1, self.in_features)) @ xp.matrix_transpose(self.weight.data)
+        if self.bias is not None:
+            y = y + self.bias.data
+        return xp.reshape(y, lead + (self.out_features,))
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) < 1 or input_shape[-1] != self.in_features:
+            raise ValueError(f"Linear expects {self.in_features} features on the last axis, "
+                             f"got input shape {tuple(input_shape)}")
+        return tuple(input_shape[:-1]) + (self.out_features,)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")

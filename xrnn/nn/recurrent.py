@@ -1,0 +1,128 @@
+"""Recurrent modules: parameters and configuration over the functional core."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..functional.cells import Cell, elman_cell
+from ..functional.dropout import check_probability
+from ..functional.rnn import run_recurrent
+from ..functional.weights import parameter_shapes
+from .module import Module, check_dtype_name, check_positive_int, uniform
+
+
+class RecurrentBase(Module):
+    """Shared by every recurrent layer: PyTorch's parameter names, shapes and init.
+
+    A recurrent module is called as ``m(x, h0=None)`` and returns ``(output, h_n)``.
+    """
+
+    returns_state = True
+
+    def __init__(self, cell: Cell, input_size: int, hidden_size: int, num_layers: int,
+                 bias: bool, batch_first: bool, dropout: float, bidirectional: bool,
+                 dtype: str, seed: int | None) -> None:
+        super().__init__()
+        self.cell = cell
+        self.input_size = check_positive_int(input_size, "input_size")
+        self.hidden_size = check_positive_int(hidden_size, "hidden_size")
+        self.num_layers = check_positive_int(num_layers, "num_layers")
+        self.dropout = check_probability(dropout)
+        if self.dropout > 0 and num_layers == 1:
+            warnings.warn("dropout > 0 only acts between layers, so it does nothing with "
+                          f"num_layers=1 (dropout={dropout})", UserWarning, stacklevel=3)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.dtype = check_dtype_name(dtype)
+        init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
+        init_rng = np.random.default_rng(init_seq)
+        self._dropout_rng = np.random.default_rng(dropout_seq)
+        bound = 1.0 / math.sqrt(hidden_size)
+        shapes = parameter_shapes(input_size, hidden_size, cell.gates, num_layers,
+                                  bidirectional, bias)
+        for name, shape in shapes.items():
+            self.register_parameter(name, uniform(init_rng, shape, bound, dtype))
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _run(self, x: Any, initial_states: tuple[Any | None, ...]) -> tuple[Any, tuple[Any, ...]]:
+        return run_recurrent(x, initial_states, [p.data for p in self._parameters.values()],
+                             self.cell, num_layers=self.num_layers, bias=self.bias,
+                             batch_first=self.batch_first, dropout=self.dropout,
+                             bidirectional=self.bidirectional, training=self.training,
+                             generator=self._dropout_rng)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(input_shape)
+        if len(shape) not in (2, 3) or shape[-1] != self.input_size:
+            layout = "(B, T, H_in)" if self.batch_first else "(T, B, H_in)"
+            raise ValueError(f"{type(self).__name__} expects input shape {layout} or (T, H_in) "
+                             f"with H_in={self.input_size}, got {shape}")
+        return shape[:-1] + (self.num_directions * self.hidden_size,)
+
+    def state_shape(self, batch: int | None) -> tuple[int, ...]:
+        """Shape of ``h0`` / ``h_n``: (L*D, B, H), or (L*D, H) when ``batch`` is None."""
+        lead = self.num_layers * self.num_directions
+        return (lead, self.hidden_size) if batch is None else (lead, batch, self.hidden_size)
+
+    def extra_repr(self) -> str:
+        text = f"{self.input_size}, {self.hidden_size}"
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+                    "bidirectional": False}
+        for name, default in defaults.items():
+            if getattr(self, name) != default:
+                text += f", {name}={getattr(self, name)}"
+        return text
+
+
+class RNN(RecurrentBase):
+    r"""Elman RNN, argument for argument ``torch.nn.RNN``.
+
+    For each layer and direction,
+    :math:`h_t = f(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})`, where
+    :math:`f` is tanh, relu or identity and layer ``k > 0`` reads the (dropout-masked,
+    when training) output of layer ``k-1``.
+
+    Args:
+        input_size: H_in. hidden_size: H. num_layers: L.
+        nonlinearity: ``"tanh"`` | ``"relu"`` | ``"identity"`` (a linear recurrence).
+        bias: use ``bias_ih`` / ``bias_hh``. batch_first: input/output are (B, T, ...).
+        dropout: probability of zeroing each output of every layer but the last, in training.
+        bidirectional: D = 2 when true.
+        dtype: ``"float32"`` or ``"float64"``. seed: seeds the init and dropout masks.
+
+    Call ``rnn(x, h0=None) -> (output, h_n)``:
+        x: (T, B, H_in), (B, T, H_in) if batch_first, or (T, H_in) unbatched.
+        h0: (L*D, B, H) (never batch-first) or (L*D, H) unbatched; zeros when None.
+        output: (T, B, D*H) (or (B, T, D*H)); directions concatenated on the last axis.
+        h_n: (L*D, B, H), layer-major, direction-minor: ``h_n[2*k + 1]`` is layer k's
+        reverse direction, whose final state sits at ``output[0, :, H:]``, not ``output[-1]``.
+
+    Parameters (PyTorch names, U(-1/sqrt(H), 1/sqrt(H)) init): ``weight_ih_l{k}{suffix}``
+    (H, H_in) for k = 0 else (H, D*H); ``weight_hh_l{k}{suffix}`` (H, H);
+    ``bias_ih_l{k}{suffix}``, ``bias_hh_l{k}{suffix}`` (H,); suffix ``_reverse`` for D = 2.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, *,
+                 dtype: str = "float32", seed: int | None = None) -> None:
+        self.nonlinearity = nonlinearity
+        super().__init__(elman_cell(nonlinearity), input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, dtype, seed)
+
+    def forward(self, x: Any, h0: Any | None = None) -> tuple[Any, Any]:
+        output, (h_n,) = self._run(x, (h0,))
+        return output, h_n
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh"
+                       else "")

@@ -1,0 +1,73 @@
+"""``Sequential``: layers applied in order, recurrent ones included."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from .module import Module
+
+
+class Sequential(Module):
+    """Chain modules: ``Sequential(RNN(2, 8), ReLU(), Linear(8, 1))``.
+
+    Per-timestep layers (``Linear``, activations) act on the last axis of a (T, B, F)
+    sequence; a recurrent layer consumes the whole sequence and passes on its output
+    sequence (its final state ``h_n`` is dropped: call the layer itself to get it).
+    Child parameters are named ``"{index}.{name}"``, as in ``torch.nn.Sequential``.
+    """
+
+    def __init__(self, *layers: Module) -> None:
+        super().__init__()
+        for layer in layers:
+            self.add(layer)
+
+    def add(self, layer: Module) -> Sequential:
+        """Append ``layer``; returns ``self``."""
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential takes xrnn modules, got {type(layer).__name__}")
+        self._children[str(len(self._children))] = layer
+        return self
+
+    def __len__(self) -> int:
+        return len(self._children)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._children.values())
+
+    def __getitem__(self, index: int) -> Module:
+        return list(self._children.values())[index]
+
+    def forward(self, x: Any) -> Any:
+        for layer in self:
+            x = layer(x)
+            if layer.returns_state:
+                x = x[0]
+        return x
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(input_shape)
+        for layer in self:
+            shape = layer.output_shape(shape)
+        return shape
+
+    def summary(self, input_shape: tuple[int, ...], file: TextIO | None = None) -> str:
+        """Print (to ``file``, default stdout) and return a table of each layer's output
+        shape and parameter count; recurrent layers are marked, since the loop over time
+        happens inside them and nowhere else."""
+        rows = [("", "input", str(tuple(input_shape)), "", "")]
+        shape = tuple(input_shape)
+        for index, layer in enumerate(self):
+            shape = layer.output_shape(shape)
+            note = "recurrent: loops over time" if layer.returns_state else "per timestep"
+            rows.append((str(index), repr(layer), str(shape), f"{layer.num_parameters():,}", note))
+        header = ("#", "layer", "output shape", "params", "")
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [fmt.format(*header).rstrip(), "-" * (sum(widths) + 8)]
+        lines += [fmt.format(*row).rstrip() for row in rows]
+        lines += ["-" * (sum(widths) + 8), f"total params: {self.num_parameters():,}"]
+        text = "\n".join(lines)
+        print(text, file=file or sys.stdout)
+        return text
