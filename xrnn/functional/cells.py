@@ -28,16 +28,22 @@ class Cell:
     """Last-axis size of each state component, from one layer's :class:`LayerWeights`."""
 
 
+def _preactivation(gx_t, h, w_hh_t):
+    z = h @ w_hh_t
+    z += gx_t  # in place on the fresh product; plain rebinding on immutable backends
+    return z
+
+
 def _tanh_step(xp, gx_t, state, w_hh_t, b_hh):
-    return (xp.tanh(gx_t + state[0] @ w_hh_t),)
+    return (xp.tanh(_preactivation(gx_t, state[0], w_hh_t)),)
 
 
 def _relu_step(xp, gx_t, state, w_hh_t, b_hh):
-    return (xp.maximum(gx_t + state[0] @ w_hh_t, 0.0),)
+    return (xp.maximum(_preactivation(gx_t, state[0], w_hh_t), 0.0),)
 
 
 def _identity_step(xp, gx_t, state, w_hh_t, b_hh):
-    return (gx_t + state[0] @ w_hh_t,)
+    return (_preactivation(gx_t, state[0], w_hh_t),)
 
 
 #: Elman cells ``h_t = f(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` by nonlinearity ``f``.

@@ -20,8 +20,8 @@ def input_projection(xp, x, w: LayerWeights, cell: Cell):
     """``x W_ih^T + b`` for a whole sequence in one matrix product: (T, B, H_in) -> (T, B, G*H)."""
     steps, batch, features = x.shape
     gx = xp.reshape(x, (steps * batch, features)) @ xp.matrix_transpose(w.w_ih)
-    if w.b_ih is not None:
-        gx = gx + (w.b_ih + w.b_hh if cell.folds_hidden_bias else w.b_ih)
+    if w.b_ih is not None:  # in place on the fresh product (plain rebinding on immutable backends)
+        gx += w.b_ih + w.b_hh if cell.folds_hidden_bias else w.b_ih
     return xp.reshape(gx, (steps, batch, gx.shape[-1]))
 
 

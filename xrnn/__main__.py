@@ -1,0 +1,128 @@
+"""Command line: ``python -m xrnn info`` and ``python -m xrnn shapes ...``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import backend
+from .functional.weights import parameter_shapes
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+_DISTRIBUTIONS = {"numpy": "numpy", "torch": "torch", "array_api_strict": "array-api-strict"}
+
+
+def _backend_version(name: str) -> str:
+    if name == "cupy":
+        import cupy
+
+        return cupy.__version__
+    return _version(_DISTRIBUTIONS[name])
+
+
+def _device_description(name: str) -> str:
+    if name == "cupy":
+        import cupy
+
+        device = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(device.id)
+        return f"cuda:{device.id} ({props['name'].decode()})"
+    import array_api_compat
+
+    return str(array_api_compat.device(backend.get_namespace().zeros(1)))
+
+
+def info() -> int:
+    """Print the selected backend, its version and device, and every backend's availability."""
+    print(f"xrnn {_version('xrnn')}  (python {sys.version.split()[0]}, "
+          f"array-api-compat {_version('array-api-compat')})")
+    try:
+        name = backend.get_backend()
+    except (ValueError, backend.BackendUnavailableError) as exc:
+        print(f"selected backend: error: {exc}")
+        status = 1
+    else:
+        print(f"selected backend: {name} {_backend_version(name)} on {_device_description(name)}")
+        status = 0
+    print(f"(choose with {backend.ENV_VAR}=<name> or xrnn.backend.set_backend(name))")
+    print("backends:")
+    for candidate, reason in backend.available_backends().items():
+        print(f"  {candidate:<17} {'available' if reason is None else 'unavailable: ' + reason}")
+    return status
+
+
+def shapes(args: argparse.Namespace) -> int:
+    """Print every parameter's name and shape and the shapes of input, h0, output and h_n."""
+    d = 2 if args.bidirectional else 1
+    h, layers = args.hidden_size, args.num_layers
+    print(f"RNN(input_size={args.input_size}, hidden_size={h}, num_layers={layers}, "
+          f"bias={not args.no_bias}, batch_first={args.batch_first}, "
+          f"bidirectional={args.bidirectional})")
+    print(f"L={layers} layer(s) x D={d} direction(s); legend: T time steps, B batch")
+    params = parameter_shapes(args.input_size, h, 1, layers, args.bidirectional, not args.no_bias)
+    width = max(len(n) for n in params)
+    print("\nparameters (PyTorch names and layouts):")
+    for name, shape in params.items():
+        print(f"  {name:<{width}}  {shape}")
+    print(f"  total: {sum(int(np.prod(s)) for s in params.values()):,} numbers")
+    t = args.seq_len if args.seq_len is not None else "T"
+    b = args.batch if args.batch is not None else "B"
+
+    def fmt(*dims: object) -> str:
+        return "(" + ", ".join(str(x) for x in dims) + ")"
+
+    x_shape = fmt(b, t, args.input_size) if args.batch_first else fmt(t, b, args.input_size)
+    out = fmt(b, t, d * h) if args.batch_first else fmt(t, b, d * h)
+    state = fmt(layers * d, b, h)
+    print("\narrays:")
+    print(f"  input   {'(B, T, H_in)' if args.batch_first else '(T, B, H_in)':<14}  {x_shape}")
+    print(f"  h0      {'(L*D, B, H)':<14}  {state}   (never batch-first)")
+    print(f"  output  {'(B, T, D*H)' if args.batch_first else '(T, B, D*H)':<14}  {out}   "
+          "(last layer only, directions concatenated)")
+    print(f"  h_n     {'(L*D, B, H)':<14}  {state}   (every layer, layer-major, direction-minor)")
+    last = "output[:, -1, :H]" if args.batch_first else "output[-1, :, :H]"
+    print(f"\nh_n[{(layers - 1) * d}] is the last layer's forward state after the last step "
+          f"= {last}")
+    if d == 2:
+        first = "output[:, 0, H:]" if args.batch_first else "output[0, :, H:]"
+        print(f"h_n[{layers * d - 1}] is its reverse state after reading step 0 = {first} "
+              "(not output[-1])")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xrnn", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="selected backend, version, device; available backends")
+    p = commands.add_parser("shapes", help="parameter and array shapes of an RNN configuration")
+    p.add_argument("--input-size", type=int, required=True)
+    p.add_argument("--hidden-size", type=int, required=True)
+    p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--batch-first", action="store_true")
+    p.add_argument("--no-bias", action="store_true")
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--batch", type=int)
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return info()
+    for name in ("input_size", "hidden_size", "num_layers", "seq_len", "batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    return shapes(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
