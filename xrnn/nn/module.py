@@ -142,6 +142,14 @@ class Module:
         for name, data in updates.items():
             own[name].data = data
 
+    def __getattr__(self, name: str) -> Any:
+        """Parameters and children by name, as in PyTorch: ``rnn.weight_ih_l0``."""
+        for registry in ("_parameters", "_children"):
+            found = self.__dict__.get(registry, {})
+            if name in found:
+                return found[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # -- calling -----------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)

@@ -1,0 +1,60 @@
+"""The ``xp`` fixture: every test that takes it runs once per installed backend.
+
+``XRNN_TEST_BACKENDS=numpy,torch`` narrows the list; an unavailable backend is
+reported as SKIPPED with the reason (no package, no CUDA device).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import xrnn
+from xrnn import backend
+
+
+def _selected_backends() -> list[str]:
+    raw = os.environ.get("XRNN_TEST_BACKENDS", "")
+    if not raw.strip():
+        return list(backend.BACKENDS)
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in backend.BACKENDS]
+    if unknown:
+        raise pytest.UsageError(f"XRNN_TEST_BACKENDS names unknown backends {unknown}; "
+                                f"expected names from {backend.BACKENDS}")
+    return names
+
+
+def _backend_params() -> list:
+    params = []
+    available = backend.available_backends()
+    for name in _selected_backends():
+        reason = available[name]
+        marks = [pytest.mark.skip(reason=f"{name} unavailable: {reason}")] if reason else []
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+@pytest.fixture(params=_backend_params())
+def xp(request):
+    """The namespace of one backend, selected for the duration of the test."""
+    with backend.use_backend(request.param) as namespace:
+        yield namespace
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def torch_rnn_like(model: xrnn.RNN, dtype: str):
+    """A ``torch.nn.RNN`` with ``model``'s configuration and weights, in ``dtype``."""
+    torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
+    reference = torch.nn.RNN(model.input_size, model.hidden_size, num_layers=model.num_layers,
+                             nonlinearity=model.nonlinearity, bias=model.bias,
+                             batch_first=model.batch_first, dropout=model.dropout,
+                             bidirectional=model.bidirectional, dtype=getattr(torch, dtype))
+    reference.load_state_dict(xrnn.io.torch_state_dict(model))
+    return reference.eval()
