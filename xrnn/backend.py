@@ -183,15 +183,18 @@ def _resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
 def asarray(obj: Any, dtype: Any = None) -> Any:
     """``obj`` (nested lists, scalars, or any backend's array) as an array of the selected backend.
 
-    ``dtype`` is a name (``"float32"``) or a dtype of the selected backend. An array of
-    another backend is copied through host memory: an explicit, visible transfer.
+    ``dtype`` is a name (``"float32"``) or a dtype of the selected backend. Python data
+    takes NumPy's dtype rules (floats -> float64) on every backend unless ``dtype`` is
+    given. An array of another backend is copied through host memory: an explicit,
+    visible transfer.
     """
     xp = get_namespace()
     target = get_backend()
     try:
         source = backend_of(obj)
     except TypeError:
-        source = None
-    if source is not None and source != target:
+        obj = np.asarray(obj)
+        source = "numpy"
+    if source != target:
         obj = to_numpy(obj)
     return xp.asarray(obj, dtype=_resolve_dtype(xp, dtype))
