@@ -1,8 +1,9 @@
-"""Forward-pass timing of xrnn.RNN against torch.nn.RNN on the CPU, side by side.
+"""Forward-pass timing of xrnn.RNN against torch.nn.RNN, side by side.
 
 Both contenders run alternately in one process (the machines are shared and
 noisy) and the medians are compared. Run: ``python benchmarks/bench_forward.py``
-(``--quick`` for fewer repeats; ``XRNN_BACKEND`` picks xrnn's backend).
+(``--quick`` for fewer repeats; ``XRNN_BACKEND`` picks xrnn's backend). With
+``XRNN_BACKEND=cupy`` the reference is torch on CUDA (cuDNN), both synchronised.
 Never run as a timed test in CI.
 """
 
@@ -38,17 +39,23 @@ def _median_seconds(fn, repeats: int) -> float:
 def bench_row(shape: tuple[int, ...], rounds: int, per_round: int) -> tuple[float, float]:
     t, b, i, h, layers, d = shape
     model = xrnn.RNN(i, h, num_layers=layers, bidirectional=d == 2, seed=0).eval()
+    device = "cuda" if xrnn.get_backend() == "cupy" else "cpu"
     reference = torch.nn.RNN(i, h, num_layers=layers, bidirectional=d == 2).eval()
     reference.load_state_dict(xrnn.io.torch_state_dict(model))
+    reference.to(device)
     host = np.random.default_rng(0).standard_normal((t, b, i)).astype(np.float32)
-    x, x_torch = xrnn.asarray(host), torch.from_numpy(host)
+    x, x_torch = xrnn.asarray(host), torch.from_numpy(host).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def run_xrnn():
-        xrnn.to_numpy(model(x)[0])  # include the device-to-host sync on GPU backends
+        output = model(x)[0]
+        if device == "cuda":
+            xrnn.get_namespace(output).cuda.Stream.null.synchronize()  # CuPy namespace
 
     def run_torch():
         with torch.inference_mode():
             reference(x_torch)
+        sync()
 
     run_xrnn(), run_torch()  # warm-up
     ours, theirs = [], []
@@ -63,8 +70,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
     rounds, per_round = (3, 3) if args.quick else (7, 5)
+    gpu = f", {torch.cuda.get_device_name()}" if xrnn.get_backend() == "cupy" else ""
     print(f"xrnn backend {xrnn.get_backend()}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), medians of {rounds}x{per_round} runs")
+          f"({torch.get_num_threads()} threads{gpu}), medians of {rounds}x{per_round} runs")
     print(f"{'T, B, I, H, L, D':<28}{'xrnn ms':>10}{'torch ms':>10}{'ratio':>8}")
     for shape in GRID:
         ours, theirs = bench_row(shape, rounds, per_round)

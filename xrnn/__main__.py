@@ -50,7 +50,7 @@ def info() -> int:
     try:
         name = backend.get_backend()
     except (ValueError, backend.BackendUnavailableError) as exc:
-        print(f"selected backend: error: {exc}")
+        print(f"selected backend: error: {exc}", file=sys.stderr)
         status = 1
     else:
         print(f"selected backend: {name} {_backend_version(name)} on {_device_description(name)}")

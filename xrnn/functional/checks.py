@@ -35,7 +35,7 @@ def check_input(x: Any, weights: Sequence[Any], *, input_size: int, batch_first:
     """A recurrent layer's input: rank 3 (or 2, unbatched), non-empty, fitting ``weights``."""
     backend_of(x)  # TypeError for non-arrays
     for w in weights[1:]:
-        if w.dtype != weights[0].dtype or backend_of(w) != backend_of(weights[0]):
+        if backend_of(w) != backend_of(weights[0]) or w.dtype != weights[0].dtype:
             raise TypeError(f"all weights must share one backend and dtype, got "
                             f"{backend_of(weights[0])} {weights[0].dtype} and "
                             f"{backend_of(w)} {w.dtype}")

@@ -6,6 +6,7 @@ inside each group ``weight_ih, weight_hh[, bias_ih, bias_hh]``.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -46,6 +47,13 @@ def parameter_shapes(input_size: int, hidden_size: int, gates: int, num_layers: 
     return shapes
 
 
+def _likely_hidden_size(w_ih: Any, w_hh: Any, gates: int) -> int:
+    """H as most of layer 0's weight dimensions say it is, so that the error names the
+    one weight whose shape is off rather than the ones that agree with each other."""
+    votes = [w_hh.shape[-1], w_hh.shape[0] // gates, w_ih.shape[0] // gates]
+    return Counter(votes).most_common(1)[0][0]
+
+
 def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num_layers: int,
                   bidirectional: bool, bias: bool) -> list[LayerWeights]:
     """Split ``weights`` (flat sequence in PyTorch order, or a name -> array mapping)
@@ -65,7 +73,7 @@ def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num
             raise ValueError(f"expected {len(names)} weight arrays ({', '.join(names)}) for "
                              f"num_layers={num_layers}, bidirectional={bidirectional}, bias={bias}; "
                              f"got {len(flat)}")
-    hidden_size = flat[1].shape[-1] if len(flat[1].shape) == 2 else -1
+    hidden_size = _likely_hidden_size(flat[0], flat[1], gates)
     input_size = flat[0].shape[-1] if len(flat[0].shape) == 2 else -1
     expected = parameter_shapes(input_size, hidden_size, gates, num_layers, bidirectional, bias)
     for name, array in zip(names, flat):
