@@ -2,6 +2,6 @@
 
 from .cells import Cell, elman_cell
 from .dropout import dropout
-from .rnn import rnn
+from .rnn import rnn, rnn_vjp
 
-__all__ = ["Cell", "dropout", "elman_cell", "rnn"]
+__all__ = ["Cell", "dropout", "elman_cell", "rnn", "rnn_vjp"]

@@ -1,10 +1,19 @@
 """Recurrent cells: the only thing that differs between recurrent layer types.
 
-A cell's ``step(xp, gx_t, state, w_hh_t, b_hh) -> state`` takes the hoisted input
-projection of one timestep ``gx_t`` (B, G*H), the previous state (a tuple of
-(B, H) arrays whose first entry is the output ``h``), the transposed recurrent
-weight ``w_hh_t`` (H, G*H) and, unless the cell folds it into the input
-projection, the recurrent bias ``b_hh`` (G*H,). It returns the new state tuple.
+A cell is a pair of pure functions over one timestep.
+
+``step(xp, gx_t, state, w_hh_t, b_hh) -> (state, cache)`` takes the hoisted input
+projection ``gx_t`` (B, G*H), the previous state (a tuple of (B, H) arrays whose
+first entry is the output ``h``), the transposed recurrent weight ``w_hh_t``
+(H, G*H) and, unless the cell folds it into the input projection, the recurrent
+bias ``b_hh`` (G*H,). It returns the new state and whatever its backward needs
+beyond the states.
+
+``step_backward(xp, d_state, state, state_prev, cache) -> (d_gx, d_gh, d_prev)``
+takes the gradient of the new state and returns the gradients of ``gx_t``, of the
+hidden pre-activation ``h_prev W_hh^T + b_hh`` (the same array as ``d_gx`` when the
+cell folds the hidden bias), and of the previous state along paths that do not go
+through ``W_hh`` (``None`` for none). The driver adds ``d_gh @ W_hh`` to ``d_prev[0]``.
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ class Cell:
 
     name: str
     gates: int  # row blocks stacked in weight_ih / weight_hh (Elman 1, GRU 3, LSTM 4)
-    step: Callable[[Any, Any, State, Any, Any], State]
+    step: Callable[..., tuple[State, Any]]
+    step_backward: Callable[..., tuple[Any, Any, tuple[Any, ...]]]
     folds_hidden_bias: bool = True  # b_hh can be added once to the hoisted input projection
     state_sizes: Callable[[Any], tuple[int, ...]] = lambda w: (w.w_hh.shape[1],)
     """Last-axis size of each state component, from one layer's :class:`LayerWeights`."""
@@ -34,23 +44,27 @@ def _preactivation(gx_t, h, w_hh_t):
     return z
 
 
-def _tanh_step(xp, gx_t, state, w_hh_t, b_hh):
-    return (xp.tanh(_preactivation(gx_t, state[0], w_hh_t)),)
+def _elman(name: str, activation: Callable, derivative: Callable) -> Cell:
+    """An Elman cell ``h_t = f(gx_t + h_{t-1} W_hh^T)``; ``derivative(xp, h, dh)`` is
+    ``dh * f'(z)`` written in terms of the output ``h = f(z)``."""
 
+    def step(xp, gx_t, state, w_hh_t, b_hh):
+        return (activation(xp, _preactivation(gx_t, state[0], w_hh_t)),), None
 
-def _relu_step(xp, gx_t, state, w_hh_t, b_hh):
-    return (xp.maximum(_preactivation(gx_t, state[0], w_hh_t), 0.0),)
+    def step_backward(xp, d_state, state, state_prev, cache):
+        dz = derivative(xp, state[0], d_state[0])
+        return dz, dz, (None,)
 
-
-def _identity_step(xp, gx_t, state, w_hh_t, b_hh):
-    return (_preactivation(gx_t, state[0], w_hh_t),)
+    return Cell(name, 1, step, step_backward)
 
 
 #: Elman cells ``h_t = f(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` by nonlinearity ``f``.
 ELMAN_CELLS: dict[str, Cell] = {
-    "tanh": Cell("rnn_tanh", 1, _tanh_step),
-    "relu": Cell("rnn_relu", 1, _relu_step),
-    "identity": Cell("rnn_identity", 1, _identity_step),
+    "tanh": _elman("rnn_tanh", lambda xp, z: xp.tanh(z),
+                   lambda xp, h, dh: dh * (1.0 - h * h)),
+    "relu": _elman("rnn_relu", lambda xp, z: xp.maximum(z, 0.0),
+                   lambda xp, h, dh: xp.where(h > 0.0, dh, xp.zeros_like(dh))),
+    "identity": _elman("rnn_identity", lambda xp, z: z, lambda xp, h, dh: dh),
 }
 
 

@@ -38,8 +38,11 @@ def dropout(x: Any, p: float, *, training: bool = True,
     p = check_probability(p)
     if not training or p == 0.0:
         return x
-    xp = get_namespace(x)
-    keep = as_generator(generator).random(tuple(x.shape)) >= p
-    mask = xp.asarray(keep.astype(np.float64) / (1.0 - p), dtype=x.dtype,
-                      device=array_api_compat.device(x))
-    return x * mask
+    return x * dropout_mask(x, p, as_generator(generator))
+
+
+def dropout_mask(x: Any, p: float, generator: np.random.Generator) -> Any:
+    """A mask like ``x`` (its shape, dtype, backend): 0 with probability ``p``, else ``1/(1-p)``."""
+    keep = generator.random(tuple(x.shape)) >= p
+    return get_namespace(x).asarray(keep.astype(np.float64) / (1.0 - p), dtype=x.dtype,
+                                    device=array_api_compat.device(x))

@@ -1,70 +1,161 @@
-"""The one recurrence driver shared by every cell type.
+"""The one recurrence driver shared by every cell type, forward and backward (BPTT).
 
 Shapes (time-major): ``x`` (T, B, H_in); each state component (L*D, B, H);
-output (T, B, D*H). L = num_layers, D = 2 if bidirectional else 1.
+output (T, B, D*H). L = num_layers, D = 2 if bidirectional else 1, G = cell.gates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .cells import Cell, State
-from .dropout import dropout as _dropout
+from .dropout import dropout_mask
 from .weights import LayerWeights
+
+#: ``backward(grad_output, grad_finals) -> (grad_x, grad_states, grad_weights)``.
+Backward = Callable[[Any, Sequence[Any]], tuple[Any, tuple[Any, ...], list[LayerWeights]]]
+
+
+def _flat(xp, a):
+    """(T, B, F) -> (T*B, F)."""
+    return xp.reshape(a, (a.shape[0] * a.shape[1], a.shape[2]))
+
+
+def _add(a, b):
+    """``a + b`` where ``None`` stands for zero."""
+    return b if a is None else a if b is None else a + b
 
 
 def input_projection(xp, x, w: LayerWeights, cell: Cell):
     """``x W_ih^T + b`` for a whole sequence in one matrix product: (T, B, H_in) -> (T, B, G*H)."""
-    steps, batch, features = x.shape
-    gx = xp.reshape(x, (steps * batch, features)) @ xp.matrix_transpose(w.w_ih)
+    gx = _flat(xp, x) @ xp.matrix_transpose(w.w_ih)
     if w.b_ih is not None:  # in place on the fresh product (plain rebinding on immutable backends)
         gx += w.b_ih + w.b_hh if cell.folds_hidden_bias else w.b_ih
-    return xp.reshape(gx, (steps, batch, gx.shape[-1]))
+    return xp.reshape(gx, (x.shape[0], x.shape[1], gx.shape[-1]))
 
 
-def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: bool):
+def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: bool,
+                  keep: bool = False):
     """Run ``cell`` over one layer in one direction.
 
-    Returns the per-step outputs (T, B, H) at their original time positions and
-    the final state (for ``reverse``, the state after reading step 0).
+    Returns the per-step outputs (T, B, H) at their original time positions, the
+    final state (for ``reverse``, the state after reading step 0) and, with
+    ``keep``, the tape ``(states, caches)`` indexed by time that the backward needs.
     """
     gx = input_projection(xp, x, w, cell)
     w_hh_t = xp.matrix_transpose(w.w_hh)
     b_hh = None if cell.folds_hidden_bias else w.b_hh
     steps = x.shape[0]
-    outputs: list[Any] = [None] * steps
+    states: list[Any] = [None] * steps
+    caches: list[Any] = [None] * steps
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-        state = cell.step(xp, gx[t, ...], state, w_hh_t, b_hh)
-        outputs[t] = state[0]
-    return xp.stack(outputs), state
+        state, cache = cell.step(xp, gx[t, ...], state, w_hh_t, b_hh)
+        states[t] = state
+        if keep:
+            caches[t] = cache
+    outputs = xp.stack([s[0] for s in states])
+    return outputs, state, ((states, caches) if keep else None)
+
+
+def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, *,
+                       reverse: bool, grad_output, grad_final: Sequence[Any]):
+    """BPTT through one layer and direction.
+
+    Returns ``(grad_x, grad_state0, grad_weights)``; the weight gradients are
+    computed after the time loop, each as one matrix product over all timesteps.
+    """
+    states, caches = tape
+    steps = len(states)
+    forward_order = list(range(steps - 1, -1, -1) if reverse else range(steps))
+    previous = {t: (state0 if i == 0 else states[forward_order[i - 1]])
+                for i, t in enumerate(forward_order)}
+    d_state = list(grad_final)
+    d_gx: list[Any] = [None] * steps
+    d_gh: list[Any] = [None] * steps
+    for t in reversed(forward_order):
+        d_state[0] = _add(d_state[0], None if grad_output is None else grad_output[t, ...])
+        d_state = [xp.zeros_like(s) if d is None else d for d, s in zip(d_state, states[t])]
+        d_gx[t], d_gh[t], direct = cell.step_backward(xp, tuple(d_state), states[t],
+                                                      previous[t], caches[t])
+        d_state = list(direct)
+        d_state[0] = _add(d_state[0], d_gh[t] @ w.w_hh)
+    d_gx_all = xp.stack(d_gx)
+    d_gh_all = d_gx_all if cell.folds_hidden_bias else xp.stack(d_gh)
+    h_prev = xp.stack([previous[t][0] for t in range(steps)])
+    grad_x = xp.reshape(_flat(xp, d_gx_all) @ w.w_ih, (steps, x.shape[1], x.shape[2]))
+    grad_w = LayerWeights(
+        xp.matrix_transpose(_flat(xp, d_gx_all)) @ _flat(xp, x),
+        xp.matrix_transpose(_flat(xp, d_gh_all)) @ _flat(xp, h_prev),
+        None if w.b_ih is None else xp.sum(_flat(xp, d_gx_all), axis=0),
+        None if w.b_hh is None else xp.sum(_flat(xp, d_gh_all), axis=0),
+    )
+    return grad_x, tuple(d_state), grad_w
 
 
 def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell, *,
                num_layers: int, bidirectional: bool, dropout: float, training: bool,
-               generator: np.random.Generator | None):
+               generator: np.random.Generator | None, keep: bool = False):
     """Run a stacked, optionally bidirectional recurrence.
 
     ``states`` holds each state component as (L*D, B, H), layer-major and
-    direction-minor like ``weights``. Returns ``(output, final_states)`` with
-    output (T, B, D*H) from the last layer and final states in the layout of
-    ``states``. Dropout (training only) follows every layer but the last.
+    direction-minor like ``weights``. Returns ``(output, final_states, backward)``
+    with output (T, B, D*H) from the last layer, final states in the layout of
+    ``states``, and (with ``keep``, else ``None``) the :data:`Backward` function.
+    Dropout (training only) follows every layer but the last.
     """
     directions = 2 if bidirectional else 1
     layer_input = x
     finals: list[State] = []
+    records = []  # per layer: (input, [tape per direction], dropout mask or None)
     for layer in range(num_layers):
-        outputs = []
+        outputs, tapes = [], []
         for direction in range(directions):
             index = layer * directions + direction
-            out, final = run_direction(xp, layer_input, tuple(s[index, ...] for s in states),
-                                       weights[index], cell, reverse=direction == 1)
+            out, final, tape = run_direction(xp, layer_input,
+                                             tuple(s[index, ...] for s in states),
+                                             weights[index], cell, reverse=direction == 1,
+                                             keep=keep)
             outputs.append(out)
             finals.append(final)
-        layer_input = outputs[0] if directions == 1 else xp.concat(outputs, axis=-1)
+            tapes.append(tape)
+        layer_output = outputs[0] if directions == 1 else xp.concat(outputs, axis=-1)
+        mask = None
         if training and dropout > 0.0 and layer < num_layers - 1:
-            layer_input = _dropout(layer_input, dropout, training=True, generator=generator)
+            mask = dropout_mask(layer_output, dropout, generator)
+            layer_output = layer_output * mask
+        records.append((layer_input, tapes, mask))
+        layer_input = layer_output
     final_states = tuple(xp.stack([f[k] for f in finals]) for k in range(len(states)))
-    return layer_input, final_states
+    if not keep:
+        return layer_input, final_states, None
+
+    def backward(grad_output, grad_finals):
+        hidden = states[0].shape[-1]
+        grad_states: list[list[Any]] = [[None] * (num_layers * directions) for _ in states]
+        grad_weights: list[Any] = [None] * (num_layers * directions)
+        grad_above = grad_output  # gradient of this layer's (masked) output
+        for layer in range(num_layers - 1, -1, -1):
+            layer_in, tapes, mask = records[layer]
+            if mask is not None and grad_above is not None:
+                grad_above = grad_above * mask
+            grad_in = None
+            for direction in range(directions):
+                index = layer * directions + direction
+                g_out = None if grad_above is None else (
+                    grad_above[..., direction * hidden:(direction + 1) * hidden]
+                    if directions == 2 else grad_above)
+                g_final = [None if g is None else g[index, ...] for g in grad_finals]
+                g_x, g_state0, grad_weights[index] = direction_backward(
+                    xp, layer_in, tuple(s[index, ...] for s in states), weights[index], cell,
+                    tapes[direction], reverse=direction == 1, grad_output=g_out,
+                    grad_final=g_final)
+                grad_in = _add(grad_in, g_x)
+                for k, g in enumerate(g_state0):
+                    grad_states[k][index] = g
+            grad_above = grad_in
+        return grad_above, tuple(xp.stack(g) for g in grad_states), grad_weights
+
+    return layer_input, final_states, backward

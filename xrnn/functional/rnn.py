@@ -1,8 +1,8 @@
-"""The functional Elman RNN with ``torch.nn.RNN``'s semantics."""
+"""The functional Elman RNN with ``torch.nn.RNN``'s semantics, forward and backward."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import array_api_compat
@@ -13,16 +13,24 @@ from .cells import Cell, elman_cell
 from .checks import check_input, check_state
 from .dropout import as_generator, check_probability
 from .recurrence import run_layers
-from .weights import group_weights
+from .weights import group_weights, parameter_names
+
+#: ``vjp(grad_output, *grad_finals) -> (grad_x, grad_initial_states, grad_weights)``.
+VJP = Callable[..., tuple[Any, tuple[Any, ...], Any]]
 
 
 def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequence[Any] | Mapping,
-                  cell: Cell, *, num_layers: int, bias: bool,
-                  batch_first: bool, dropout: float, bidirectional: bool, training: bool,
-                  generator: np.random.Generator | int | None) -> tuple[Any, tuple[Any, ...]]:
+                  cell: Cell, *, num_layers: int, bias: bool, batch_first: bool,
+                  dropout: float, bidirectional: bool, training: bool,
+                  generator: np.random.Generator | int | None, with_vjp: bool = False
+                  ) -> tuple[Any, tuple[Any, ...], VJP | None]:
     """Check arguments, arrange the layout and call the shared driver; any cell type.
 
     ``initial_states`` holds one entry (or ``None`` for zeros) per state component.
+    Returns ``(output, final_states, vjp)``; ``vjp`` is ``None`` unless ``with_vjp``.
+    It maps the gradients of ``output`` and of each final state (``None`` for zero),
+    in the caller's layout, to ``(grad_x, grad_initial_states, grad_weights)``, with
+    ``grad_weights`` in the form ``weights`` came in (flat list or name mapping).
     """
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
@@ -33,10 +41,17 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
     check_input(x, flat, input_size=groups[0].w_ih.shape[1], batch_first=batch_first)
     xp = get_namespace(*flat)
     unbatched = x.ndim == 2
-    if unbatched:
-        x = xp.expand_dims(x, axis=0 if batch_first else 1)
-    if batch_first:
-        x = xp.permute_dims(x, (1, 0, 2))
+
+    def to_driver_layout(a):  # caller's (B,T,F) / (T,F) -> (T, B, F)
+        if unbatched:
+            a = xp.expand_dims(a, axis=0 if batch_first else 1)
+        return xp.permute_dims(a, (1, 0, 2)) if batch_first else a
+
+    def to_caller_layout(a):  # inverse of to_driver_layout
+        a = xp.permute_dims(a, (1, 0, 2)) if batch_first else a
+        return (a[0, ...] if batch_first else a[:, 0, ...]) if unbatched else a
+
+    x = to_driver_layout(x)
     batch = x.shape[1]
     directions = 2 if bidirectional else 1
     states = []
@@ -48,15 +63,47 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
             continue
         check_state(given, (shape[0], size) if unbatched else shape, name, x)
         states.append(xp.expand_dims(given, axis=1) if unbatched else given)
-    output, finals = run_layers(xp, x, tuple(states), groups, cell, num_layers=num_layers,
-                                bidirectional=bidirectional, dropout=dropout, training=training,
-                                generator=as_generator(generator) if training and dropout else None)
-    if batch_first:
-        output = xp.permute_dims(output, (1, 0, 2))
-    if unbatched:
-        output = output[0, ...] if batch_first else output[:, 0, ...]
-        finals = tuple(f[:, 0, ...] for f in finals)
-    return output, finals
+    output, finals, backward = run_layers(
+        xp, x, tuple(states), groups, cell, num_layers=num_layers, bidirectional=bidirectional,
+        dropout=dropout, training=training,
+        generator=as_generator(generator) if training and dropout else None, keep=with_vjp)
+    output = to_caller_layout(output)
+    finals = tuple(f[:, 0, ...] for f in finals) if unbatched else finals
+    if backward is None:
+        return output, finals, None
+
+    def vjp(grad_output: Any | None, *grad_finals: Any | None):
+        if len(grad_finals) > len(finals):
+            raise TypeError(f"expected at most {len(finals)} final-state gradients, "
+                            f"got {len(grad_finals)}")
+        grad_finals = tuple(grad_finals) + (None,) * (len(finals) - len(grad_finals))
+        for given, like, name in [(grad_output, output, "grad_output")] + [
+                (g, f, f"gradient of final state {k}") for k, (g, f) in
+                enumerate(zip(grad_finals, finals))]:
+            if given is not None:
+                check_state(given, tuple(like.shape), name, like)
+        grad_x, grad_states, grad_groups = backward(
+            None if grad_output is None else to_driver_layout(grad_output),
+            [None if g is None else (xp.expand_dims(g, axis=1) if unbatched else g)
+             for g in grad_finals])
+        grad_x = to_caller_layout(grad_x)
+        if unbatched:
+            grad_states = tuple(g[:, 0, ...] for g in grad_states)
+        grad_flat = [g for group in grad_groups for g in group if g is not None]
+        if isinstance(weights, Mapping):
+            names = parameter_names(num_layers, bidirectional, bias)
+            return grad_x, grad_states, dict(zip(names, grad_flat))
+        return grad_x, grad_states, grad_flat
+
+    return output, finals, vjp
+
+
+def _elman(x, h0, weights, nonlinearity, num_layers, bias, batch_first, dropout, bidirectional,
+           training, generator, with_vjp):
+    return run_recurrent(x, (h0,), weights, elman_cell(nonlinearity), num_layers=num_layers,
+                         bias=bias, batch_first=batch_first, dropout=dropout,
+                         bidirectional=bidirectional, training=training, generator=generator,
+                         with_vjp=with_vjp)
 
 
 def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
@@ -86,9 +133,24 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
     Legend: T sequence length, B batch, H_in input size, H hidden size, L num_layers,
     D = 2 if bidirectional else 1.
     """
-    output, (h_n,) = run_recurrent(x, (h0,), weights, elman_cell(nonlinearity),
-                                   num_layers=num_layers, bias=bias, batch_first=batch_first,
-                                   dropout=dropout, bidirectional=bidirectional,
-                                   training=training, generator=generator)
+    output, (h_n,), _ = _elman(x, h0, weights, nonlinearity, num_layers, bias, batch_first,
+                               dropout, bidirectional, training, generator, with_vjp=False)
     return output, h_n
 
+
+def rnn_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
+            num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
+            batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+            training: bool = False, generator: np.random.Generator | int | None = None
+            ) -> tuple[tuple[Any, Any], VJP]:
+    """:func:`rnn` plus its backward (BPTT): returns ``((output, h_n), vjp)``.
+
+    ``vjp(grad_output, grad_h_n=None) -> (grad_x, (grad_h0,), grad_weights)``: the
+    gradients of a scalar loss with respect to ``x`` (shaped like ``x``), ``h0``
+    ((L*D, B, H) even when ``h0`` was ``None``) and the weights (a list in flat order,
+    or a name mapping if ``weights`` was one), given the loss's gradients with respect
+    to ``output`` and ``h_n`` (``None`` for zero). Dropout uses the forward's masks.
+    """
+    output, (h_n,), vjp = _elman(x, h0, weights, nonlinearity, num_layers, bias, batch_first,
+                                 dropout, bidirectional, training, generator, with_vjp=True)
+    return (output, h_n), vjp

@@ -36,11 +36,25 @@ class Linear(Module):
     def forward(self, x: Any) -> Any:
         check_compatible(x, self.weight.data, features=self.in_features, what="in_features")
         xp = get_namespace(x)
-        lead = tuple(x.shape[:-1])
-        y = xp.reshape(x, (-1, self.in_features)) @ xp.matrix_transpose(self.weight.data)
+        x2 = xp.reshape(x, (-1, self.in_features))
+        y = x2 @ xp.matrix_transpose(self.weight.data)
         if self.bias is not None:
-            y = y + self.bias.data
-        return xp.reshape(y, lead + (self.out_features,))
+            y += self.bias.data  # in place on the fresh product
+        self._input = x2, tuple(x.shape)
+        return xp.reshape(y, tuple(x.shape[:-1]) + (self.out_features,))
+
+    def backward(self, grad_output: Any) -> Any:
+        """(..., out_features) -> (..., in_features); adds to ``weight.grad``, ``bias.grad``."""
+        x2, shape = self._saved("_input")
+        xp = get_namespace(grad_output)
+        g2 = xp.reshape(grad_output, (-1, self.out_features))
+        if g2.shape[0] != x2.shape[0]:
+            raise ValueError(f"grad_output has shape {tuple(grad_output.shape)}; expected "
+                             f"{shape[:-1] + (self.out_features,)}")
+        self.weight.accumulate(xp.matrix_transpose(g2) @ x2)
+        if self.bias is not None:
+            self.bias.accumulate(xp.sum(g2, axis=0))
+        return xp.reshape(g2 @ self.weight.data, shape)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) < 1 or input_shape[-1] != self.in_features:

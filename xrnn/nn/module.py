@@ -30,6 +30,10 @@ class Parameter:
     def dtype(self) -> Any:
         return self.data.dtype
 
+    def accumulate(self, grad: Any) -> None:
+        """Add ``grad`` to ``self.grad`` (which starts as ``None``)."""
+        self.grad = grad if self.grad is None else self.grad + grad
+
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, backend={backend_of(self.data)})"
 
@@ -91,6 +95,11 @@ class Module:
     def num_parameters(self) -> int:
         """The number of scalar parameters."""
         return sum(int(np.prod(p.shape)) for p in self.parameters())
+
+    def zero_grad(self) -> None:
+        """Reset every parameter's gradient to ``None``."""
+        for parameter in self.parameters():
+            parameter.grad = None
 
     # -- modes -------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
@@ -156,6 +165,18 @@ class Module:
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def backward(self, grad_output: Any) -> Any:
+        """Given the loss's gradient with respect to the last forward's output, add each
+        parameter's gradient to its ``grad`` and return the gradient for the input."""
+        raise NotImplementedError(f"{type(self).__name__} does not define backward")
+
+    def _saved(self, name: str) -> Any:
+        """What the last forward saved for backward, or a clear error if there was none."""
+        saved = self.__dict__.get(name)
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        return saved
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of ``forward``'s (first) output for an input of ``input_shape``."""

@@ -53,11 +53,19 @@ class RecurrentBase(Module):
         return 2 if self.bidirectional else 1
 
     def _run(self, x: Any, initial_states: tuple[Any | None, ...]) -> tuple[Any, tuple[Any, ...]]:
-        return run_recurrent(x, initial_states, [p.data for p in self._parameters.values()],
-                             self.cell, num_layers=self.num_layers, bias=self.bias,
-                             batch_first=self.batch_first, dropout=self.dropout,
-                             bidirectional=self.bidirectional, training=self.training,
-                             generator=self._dropout_rng)
+        output, finals, self._vjp = run_recurrent(
+            x, initial_states, [p.data for p in self._parameters.values()], self.cell,
+            num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+            dropout=self.dropout, bidirectional=self.bidirectional, training=self.training,
+            generator=self._dropout_rng, with_vjp=True)
+        return output, finals
+
+    def _backward(self, grad_output: Any, grad_finals: tuple[Any | None, ...],
+                  return_state_grad: bool) -> Any:
+        grad_x, grad_states, grad_weights = self._saved("_vjp")(grad_output, *grad_finals)
+        for parameter, grad in zip(self._parameters.values(), grad_weights):
+            parameter.accumulate(grad)
+        return (grad_x, *grad_states) if return_state_grad else grad_x
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = tuple(input_shape)
@@ -121,6 +129,17 @@ class RNN(RecurrentBase):
     def forward(self, x: Any, h0: Any | None = None) -> tuple[Any, Any]:
         output, (h_n,) = self._run(x, (h0,))
         return output, h_n
+
+    def backward(self, grad_output: Any, grad_h_n: Any | None = None, *,
+                 return_state_grad: bool = False) -> Any:
+        """BPTT through the last forward (training or eval mode, same dropout masks).
+
+        Adds every parameter's gradient to its ``grad`` and returns ``grad_input``
+        (shaped like the input), or ``(grad_input, grad_h0)`` with ``return_state_grad``.
+        ``grad_output`` is shaped like ``output`` (``None`` for zero), ``grad_h_n``
+        like ``h_n``.
+        """
+        return self._backward(grad_output, (grad_h_n,), return_state_grad)
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

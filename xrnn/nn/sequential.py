@@ -46,6 +46,12 @@ class Sequential(Module):
                 x = x[0]
         return x
 
+    def backward(self, grad_output: Any) -> Any:
+        """Run every layer's backward in reverse order; returns the input's gradient."""
+        for layer in reversed(list(self)):
+            grad_output = layer.backward(grad_output)
+        return grad_output
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = tuple(input_shape)
         for layer in self:
