@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
-from .backend import backend_of, to_numpy
+from .backend import backend_of, get_namespace, to_numpy
 
 _DEFAULT_TOLERANCE = {  # dtype name -> (rtol, atol)
     "float16": (1e-3, 1e-3),
@@ -38,3 +40,46 @@ def assert_close(actual: Any, desired: Any, *, rtol: float | None = None,
     default_rtol, default_atol = _DEFAULT_TOLERANCE.get(a.dtype.name, (0.0, 0.0))
     np.testing.assert_allclose(a, d, rtol=default_rtol if rtol is None else rtol,
                                atol=default_atol if atol is None else atol)
+
+
+def gradcheck(fn: Callable[..., tuple[Any, Sequence[Any]]], inputs: Sequence[Any], *,
+              eps: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9,
+              max_checks: int | None = 64, seed: int = 0) -> bool:
+    """Check analytic gradients against central finite differences, in float64.
+
+    ``fn(*inputs) -> (loss, grads)`` returns a scalar loss (0-d array or float) and
+    its claimed gradient with respect to each input (same shapes; ``None`` skips an
+    input). Every input must be a float64 array of one backend. Each input's entries
+    are perturbed by ``±eps`` one at a time (at most ``max_checks`` entries per
+    input, chosen at random with ``seed``; ``None`` checks all). Returns True or
+    raises ``AssertionError`` naming the input and entry that disagree.
+    """
+    for k, array in enumerate(inputs):
+        if _host(array).dtype != np.float64:
+            raise ValueError(f"gradcheck needs float64 inputs; input {k} is {_host(array).dtype}")
+    _, grads = fn(*inputs)
+    rng = np.random.default_rng(seed)
+    for k, (array, grad) in enumerate(zip(inputs, grads)):
+        if grad is None:
+            continue
+        host, analytic = _host(array).copy(), _host(grad)
+        if analytic.shape != host.shape:
+            raise AssertionError(f"gradient {k} has shape {analytic.shape}; input is {host.shape}")
+        flat = np.arange(host.size)
+        if max_checks is not None and host.size > max_checks:
+            flat = rng.choice(host.size, size=max_checks, replace=False)
+        xp = get_namespace(array)
+        for index in (np.unravel_index(i, host.shape) for i in flat):
+            values = []
+            for step in (eps, -eps):
+                moved = host.copy()
+                moved[index] += step
+                args = list(inputs)
+                args[k] = xp.asarray(moved, device=array_api_compat.device(array))
+                values.append(float(_host(fn(*args)[0])))
+            numeric = (values[0] - values[1]) / (2 * eps)
+            if not abs(numeric - analytic[index]) <= atol + rtol * abs(numeric):
+                raise AssertionError(f"input {k} entry {tuple(int(i) for i in index)}: "
+                                     f"analytic gradient {analytic[index]!r}, finite "
+                                     f"difference {numeric!r}")
+    return True
