@@ -84,8 +84,9 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean") -> tuple[An
     ``logits.shape[:-1]`` holding integers in ``[0, C)``. For 2-D ``(N, C)`` logits
     this is ``torch.nn.functional.cross_entropy`` exactly; for ``(T, B, C)`` sequence
     outputs torch needs the classes on axis 1, ``(N, C, d1, ...)`` (a transpose to
-    ``(T, C, B)`` or a reshape to ``(T*B, C)``), which this layout spares. There is no ``ignore_index``, class weighting or label smoothing,
-    and probability (floating) targets are rejected.
+    ``(T, C, B)`` or a reshape to ``(T*B, C)``), which this layout spares. There is
+    no ``ignore_index`` (negative targets are errors), class weighting or label
+    smoothing, and probability (floating) targets are rejected.
 
     Returns ``(loss, grad)``: ``loss`` is 0-d for ``"mean"`` (averaged over the
     ``prod(logits.shape[:-1])`` targets) and ``"sum"``, and ``target``-shaped for

@@ -159,7 +159,8 @@ class Adam(Optimizer):
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
-        lr, eps, weight_decay = _real(lr, "lr"), _real(eps, "eps"), _real(weight_decay, "weight_decay")
+        lr, eps = _real(lr, "lr"), _real(eps, "eps")
+        weight_decay = _real(weight_decay, "weight_decay")
         try:
             beta1, beta2 = betas
         except (TypeError, ValueError):
