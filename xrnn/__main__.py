@@ -1,4 +1,4 @@
-"""Command line: ``python -m xrnn info`` and ``python -m xrnn shapes ...``."""
+"""Command line: ``python -m xrnn info | shapes | demo``."""
 
 from __future__ import annotations
 
@@ -114,9 +114,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-bias", action="store_true")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--batch", type=int)
+    p = commands.add_parser("demo", help="train a bidirectional RNN on a task that needs "
+                            "future context, on the selected backend")
+    p.add_argument("--cell", choices=["rnn"], default="rnn")
+    p.add_argument("--compare-unidirectional", action="store_true",
+                   help="also train a one-direction model on the same task")
+    p.add_argument("--plot", metavar="FILE.png", help="write the loss curves (needs matplotlib)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
+    if args.command == "demo":
+        if args.steps < 1:
+            parser.error(f"--steps must be a positive integer, got {args.steps}")
+        from .demo import run
+
+        return run(args.cell, args.compare_unidirectional, args.plot, args.seed, args.steps)
     for name in ("input_size", "hidden_size", "num_layers", "seq_len", "batch"):
         value = getattr(args, name)
         if value is not None and value < 1:
