@@ -49,6 +49,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(scope="module")
+def torch():
+    """torch as the reference, single-threaded here: its tiny ops otherwise stall for
+    milliseconds on a busy machine, waiting on the second thread."""
+    torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(threads)
+
+
 def torch_rnn_like(model: xrnn.RNN, dtype: str):
     """A ``torch.nn.RNN`` with ``model``'s configuration and weights, in ``dtype``."""
     torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")

@@ -22,17 +22,6 @@ TOL = {"float64": dict(rtol=1e-12, atol=1e-14), "float32": dict(rtol=1e-6, atol=
 CE_SHAPES = [(5, 4), (3, 2, 6), (4,), (2, 1, 3, 2)]
 
 
-@pytest.fixture(scope="module")
-def torch():
-    """torch as the reference, single-threaded here: its tiny ops otherwise stall for
-    milliseconds on a busy machine, waiting on the second thread."""
-    torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(threads)
-
-
 def torch_cross_entropy(torch, logits: np.ndarray, target: np.ndarray, reduction: str):
     """torch's loss and gradient, with logits (..., C) flattened to torch's (N, C)."""
     classes = logits.shape[-1]

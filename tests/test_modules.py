@@ -27,11 +27,6 @@ RNN_CONFIGS = [
 ]
 
 
-@pytest.fixture
-def torch():
-    return pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
-
-
 def host(array) -> np.ndarray:
     return np.asarray(xrnn.to_numpy(array))
 

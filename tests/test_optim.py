@@ -34,17 +34,6 @@ OPTIMIZER_CONFIGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def torch():
-    """torch as the reference, single-threaded here: its tiny ops otherwise stall for
-    milliseconds on a busy machine, waiting on the second thread."""
-    torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(threads)
-
-
 def host(array) -> np.ndarray:
     return np.array(xrnn.to_numpy(array), copy=True)
 
