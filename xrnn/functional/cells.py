@@ -76,3 +76,64 @@ def elman_cell(nonlinearity: str) -> Cell:
         raise ValueError(
             f"unknown nonlinearity {nonlinearity!r}; expected one of {', '.join(ELMAN_CELLS)}"
         ) from None
+
+
+def _sigmoid(xp, z):
+    return 0.5 + 0.5 * xp.tanh(0.5 * z)  # exact form of 1/(1+exp(-z)) that cannot overflow
+
+
+def _blocks(z, count: int):
+    """Split (B, count*H) into ``count`` (B, H) column blocks."""
+    size = z.shape[-1] // count
+    return [z[:, k * size:(k + 1) * size] for k in range(count)]
+
+
+def _lstm_step(xp, gx_t, state, w_hh_t, b_hh):
+    h, c = state
+    zi, zf, zg, zo = _blocks(_preactivation(gx_t, h, w_hh_t), 4)
+    i, f, g, o = _sigmoid(xp, zi), _sigmoid(xp, zf), xp.tanh(zg), _sigmoid(xp, zo)
+    c_new = f * c + i * g
+    tanh_c = xp.tanh(c_new)
+    return (o * tanh_c, c_new), (i, f, g, o, tanh_c)
+
+
+def _lstm_step_backward(xp, d_state, state, state_prev, cache):
+    dh, dc = d_state
+    i, f, g, o, tanh_c = cache
+    dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+    dz = xp.concat([dc * g * i * (1.0 - i), dc * state_prev[1] * f * (1.0 - f),
+                    dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)], axis=-1)
+    return dz, dz, (None, dc * f)
+
+
+#: LSTM (PyTorch's gate order i, f, g, o): ``c_t = f * c_{t-1} + i * g``,
+#: ``h_t = o * tanh(c_t)`` (then ``h_t W_hr^T`` with a projection, done by the driver).
+LSTM_CELL = Cell("lstm", 4, _lstm_step, _lstm_step_backward,
+                 state_sizes=lambda w: (w.w_hh.shape[1], w.w_hh.shape[0] // 4))
+
+
+def _gru_step(xp, gx_t, state, w_hh_t, b_hh):
+    h = state[0]
+    gh = h @ w_hh_t
+    if b_hh is not None:
+        gh += b_hh
+    xr, xz, xn = _blocks(gx_t, 3)
+    hr, hz, hn = _blocks(gh, 3)
+    r, z = _sigmoid(xp, xr + hr), _sigmoid(xp, xz + hz)
+    n = xp.tanh(xn + r * hn)
+    return (n + z * (h - n),), (r, z, n, hn)
+
+
+def _gru_step_backward(xp, d_state, state, state_prev, cache):
+    dh = d_state[0]
+    r, z, n, hn = cache
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dr = dn * hn * r * (1.0 - r)
+    dz = dh * (state_prev[0] - n) * z * (1.0 - z)
+    return (xp.concat([dr, dz, dn], axis=-1), xp.concat([dr, dz, dn * r], axis=-1),
+            (dh * z,))
+
+
+#: GRU (PyTorch's gate order r, z, n, with ``b_hn`` inside the reset-gate product):
+#: ``n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))``, ``h_t = (1 - z) * n + z * h_{t-1}``.
+GRU_CELL = Cell("gru", 3, _gru_step, _gru_step_backward, folds_hidden_bias=False)

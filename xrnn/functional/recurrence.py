@@ -47,17 +47,23 @@ def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: 
     """
     gx = input_projection(xp, x, w, cell)
     w_hh_t = xp.matrix_transpose(w.w_hh)
+    w_hr_t = None if w.w_hr is None else xp.matrix_transpose(w.w_hr)
     b_hh = None if cell.folds_hidden_bias else w.b_hh
     steps = x.shape[0]
     states: list[Any] = [None] * steps
     caches: list[Any] = [None] * steps
+    unprojected: list[Any] = [None] * steps  # the cell's own h when the driver projects it
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
         state, cache = cell.step(xp, gx[t, ...], state, w_hh_t, b_hh)
+        if w_hr_t is not None:
+            if keep:
+                unprojected[t] = state[0]
+            state = (state[0] @ w_hr_t,) + state[1:]
         states[t] = state
         if keep:
             caches[t] = cache
     outputs = xp.stack([s[0] for s in states])
-    return outputs, state, ((states, caches) if keep else None)
+    return outputs, state, ((states, caches, unprojected) if keep else None)
 
 
 def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, *,
@@ -67,8 +73,9 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
     Returns ``(grad_x, grad_state0, grad_weights)``; the weight gradients are
     computed after the time loop, each as one matrix product over all timesteps.
     """
-    states, caches = tape
+    states, caches, unprojected = tape
     steps = len(states)
+    d_projected: list[Any] = [None] * steps  # gradients of the projected h_t
     forward_order = list(range(steps - 1, -1, -1) if reverse else range(steps))
     previous = {t: (state0 if i == 0 else states[forward_order[i - 1]])
                 for i, t in enumerate(forward_order)}
@@ -78,8 +85,13 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
     for t in reversed(forward_order):
         d_state[0] = _add(d_state[0], None if grad_output is None else grad_output[t, ...])
         d_state = [xp.zeros_like(s) if d is None else d for d, s in zip(d_state, states[t])]
-        d_gx[t], d_gh[t], direct = cell.step_backward(xp, tuple(d_state), states[t],
-                                                      previous[t], caches[t])
+        state = states[t]
+        if w.w_hr is not None:  # h_t = m_t W_hr^T: back to the cell's own output m_t
+            d_projected[t] = d_state[0]
+            d_state[0] = d_state[0] @ w.w_hr
+            state = (unprojected[t],) + state[1:]
+        d_gx[t], d_gh[t], direct = cell.step_backward(xp, tuple(d_state), state, previous[t],
+                                                      caches[t])
         d_state = list(direct)
         d_state[0] = _add(d_state[0], d_gh[t] @ w.w_hh)
     d_gx_all = xp.stack(d_gx)
@@ -91,6 +103,8 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
         xp.matrix_transpose(_flat(xp, d_gh_all)) @ _flat(xp, h_prev),
         None if w.b_ih is None else xp.sum(_flat(xp, d_gx_all), axis=0),
         None if w.b_hh is None else xp.sum(_flat(xp, d_gh_all), axis=0),
+        None if w.w_hr is None else
+        xp.matrix_transpose(_flat(xp, xp.stack(d_projected))) @ _flat(xp, xp.stack(unprojected)),
     )
     return grad_x, tuple(d_state), grad_w
 

@@ -1,4 +1,4 @@
-"""The functional Elman RNN with ``torch.nn.RNN``'s semantics, forward and backward."""
+"""The functional RNN, LSTM and GRU with PyTorch's semantics, forward and backward."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import array_api_compat
 import numpy as np
 
 from ..backend import get_namespace
-from .cells import Cell, elman_cell
+from .cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
 from .checks import check_input, check_state
 from .dropout import as_generator, check_probability
 from .recurrence import run_layers
@@ -22,8 +22,8 @@ VJP = Callable[..., tuple[Any, tuple[Any, ...], Any]]
 def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequence[Any] | Mapping,
                   cell: Cell, *, num_layers: int, bias: bool, batch_first: bool,
                   dropout: float, bidirectional: bool, training: bool,
-                  generator: np.random.Generator | int | None, with_vjp: bool = False
-                  ) -> tuple[Any, tuple[Any, ...], VJP | None]:
+                  generator: np.random.Generator | int | None, with_vjp: bool = False,
+                  proj_size: int = 0) -> tuple[Any, tuple[Any, ...], VJP | None]:
     """Check arguments, arrange the layout and call the shared driver; any cell type.
 
     ``initial_states`` holds one entry (or ``None`` for zeros) per state component.
@@ -36,7 +36,7 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
         raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
     dropout = check_probability(dropout)
     groups = group_weights(weights, gates=cell.gates, num_layers=num_layers,
-                           bidirectional=bidirectional, bias=bias)
+                           bidirectional=bidirectional, bias=bias, proj_size=proj_size)
     flat = [w for g in groups for w in g if w is not None]
     check_input(x, flat, input_size=groups[0].w_ih.shape[1], batch_first=batch_first)
     xp = get_namespace(*flat)
@@ -91,19 +91,28 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
             grad_states = tuple(g[:, 0, ...] for g in grad_states)
         grad_flat = [g for group in grad_groups for g in group if g is not None]
         if isinstance(weights, Mapping):
-            names = parameter_names(num_layers, bidirectional, bias)
+            names = parameter_names(num_layers, bidirectional, bias, proj_size)
             return grad_x, grad_states, dict(zip(names, grad_flat))
         return grad_x, grad_states, grad_flat
 
     return output, finals, vjp
 
 
-def _elman(x, h0, weights, nonlinearity, num_layers, bias, batch_first, dropout, bidirectional,
-           training, generator, with_vjp):
-    return run_recurrent(x, (h0,), weights, elman_cell(nonlinearity), num_layers=num_layers,
-                         bias=bias, batch_first=batch_first, dropout=dropout,
-                         bidirectional=bidirectional, training=training, generator=generator,
-                         with_vjp=with_vjp)
+def _call(cell: Cell, x, initial_states, weights, options: dict, with_vjp: bool):
+    return run_recurrent(x, initial_states, weights, cell, with_vjp=with_vjp, **options)
+
+
+def _lstm_states(hx: Any) -> tuple[Any, Any]:
+    if hx is None:
+        return None, None
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"expected hx = (h0, c0) or None for an LSTM, got {type(hx).__name__}")
+    return tuple(hx)
+
+
+_LEGEND = """
+    Legend: T sequence length, B batch, H_in input size, H hidden size, L num_layers,
+    D = 2 if bidirectional else 1."""
 
 
 def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
@@ -129,12 +138,10 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         concatenated on the last axis; h_n (L*D, B, H), layer-major, direction-minor.
         For a bidirectional layer ``h_n`` of the reverse direction is its state after
         reading step 0, i.e. ``output[0, :, H:]``, not ``output[-1]``.
-
-    Legend: T sequence length, B batch, H_in input size, H hidden size, L num_layers,
-    D = 2 if bidirectional else 1.
     """
-    output, (h_n,), _ = _elman(x, h0, weights, nonlinearity, num_layers, bias, batch_first,
-                               dropout, bidirectional, training, generator, with_vjp=False)
+    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+                   bidirectional=bidirectional, training=training, generator=generator)
+    output, (h_n,), _ = _call(elman_cell(nonlinearity), x, (h0,), weights, options, False)
     return output, h_n
 
 
@@ -151,6 +158,84 @@ def rnn_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
     or a name mapping if ``weights`` was one), given the loss's gradients with respect
     to ``output`` and ``h_n`` (``None`` for zero). Dropout uses the forward's masks.
     """
-    output, (h_n,), vjp = _elman(x, h0, weights, nonlinearity, num_layers, bias, batch_first,
-                                 dropout, bidirectional, training, generator, with_vjp=True)
+    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+                   bidirectional=bidirectional, training=training, generator=generator)
+    output, (h_n,), vjp = _call(elman_cell(nonlinearity), x, (h0,), weights, options, True)
     return (output, h_n), vjp
+
+
+def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[str, Any], *,
+         num_layers: int = 1, bias: bool = True, batch_first: bool = False,
+         dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+         training: bool = False, generator: np.random.Generator | int | None = None
+         ) -> tuple[Any, tuple[Any, Any]]:
+    r"""LSTM over a whole sequence, as ``torch.nn.LSTM``.
+
+    Gates (PyTorch's order i, f, g, o) from ``x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh``;
+    :math:`c_t = f \odot c_{t-1} + i \odot g`, :math:`h_t = o \odot \tanh(c_t)`, then
+    :math:`h_t W_{hr}^T` when ``proj_size`` P > 0 (H_out = P, else H_out = H).
+
+    Args:
+        x: (T, B, H_in), (B, T, H_in) with ``batch_first``, or (T, H_in) unbatched.
+        hx: ``(h0, c0)`` with h0 (L*D, B, H_out) and c0 (L*D, B, H) (never batch-first;
+            without B when unbatched), or ``None`` for zeros.
+        weights: PyTorch's flat order (``weight_ih_l0, weight_hh_l0, bias_ih_l0,
+            bias_hh_l0[, weight_hr_l0], ...``) or a mapping with those names.
+
+    Returns:
+        ``(output, (h_n, c_n))``: output (T, B, D*H_out); h_n (L*D, B, H_out);
+        c_n (L*D, B, H).
+    """
+    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+                   bidirectional=bidirectional, training=training, generator=generator,
+                   proj_size=proj_size)
+    output, finals, _ = _call(LSTM_CELL, x, _lstm_states(hx), weights, options, False)
+    return output, finals
+
+
+def lstm_vjp(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[str, Any], *,
+             num_layers: int = 1, bias: bool = True, batch_first: bool = False,
+             dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+             training: bool = False, generator: np.random.Generator | int | None = None
+             ) -> tuple[tuple[Any, tuple[Any, Any]], VJP]:
+    """:func:`lstm` plus its backward: ``((output, (h_n, c_n)), vjp)`` with
+    ``vjp(grad_output, grad_h_n=None, grad_c_n=None) -> (grad_x, (grad_h0, grad_c0),
+    grad_weights)``, as :func:`rnn_vjp`."""
+    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+                   bidirectional=bidirectional, training=training, generator=generator,
+                   proj_size=proj_size)
+    output, finals, vjp = _call(LSTM_CELL, x, _lstm_states(hx), weights, options, True)
+    return (output, finals), vjp
+
+
+def gru(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
+        num_layers: int = 1, bias: bool = True, batch_first: bool = False,
+        dropout: float = 0.0, bidirectional: bool = False, training: bool = False,
+        generator: np.random.Generator | int | None = None) -> tuple[Any, Any]:
+    r"""GRU over a whole sequence, as ``torch.nn.GRU``.
+
+    Gates (PyTorch's order r, z, n): :math:`r, z = \sigma(x W_{i\cdot}^T + b_{i\cdot} +
+    h W_{h\cdot}^T + b_{h\cdot})`, :math:`n = \tanh(x W_{in}^T + b_{in} + r \odot
+    (h W_{hn}^T + b_{hn}))`, :math:`h_t = (1 - z) \odot n + z \odot h_{t-1}`.
+    Shapes as :func:`rnn`.
+    """
+    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+                   bidirectional=bidirectional, training=training, generator=generator)
+    output, (h_n,), _ = _call(GRU_CELL, x, (h0,), weights, options, False)
+    return output, h_n
+
+
+def gru_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
+            num_layers: int = 1, bias: bool = True, batch_first: bool = False,
+            dropout: float = 0.0, bidirectional: bool = False, training: bool = False,
+            generator: np.random.Generator | int | None = None
+            ) -> tuple[tuple[Any, Any], VJP]:
+    """:func:`gru` plus its backward, as :func:`rnn_vjp`."""
+    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+                   bidirectional=bidirectional, training=training, generator=generator)
+    output, (h_n,), vjp = _call(GRU_CELL, x, (h0,), weights, options, True)
+    return (output, h_n), vjp
+
+
+for _function in (rnn, lstm, gru):
+    _function.__doc__ += _LEGEND

@@ -1,7 +1,8 @@
 """Names, order and shape checks of the recurrent weights, shared by every cell type.
 
 The flat order is PyTorch's ``_flat_weights``: layer-major, direction-minor, and
-inside each group ``weight_ih, weight_hh[, bias_ih, bias_hh]``.
+inside each group ``weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]``
+(``weight_hr`` only for an LSTM with ``proj_size > 0``).
 """
 
 from __future__ import annotations
@@ -12,78 +13,91 @@ from typing import Any, NamedTuple
 
 
 class LayerWeights(NamedTuple):
-    """The weights of one layer and direction (biases are ``None`` when ``bias=False``)."""
+    """The weights of one layer and direction (``None`` where absent)."""
 
-    w_ih: Any  # (G*H, H_in) for layer 0, (G*H, D*H) above
-    w_hh: Any  # (G*H, H)
-    b_ih: Any  # (G*H,)
-    b_hh: Any  # (G*H,)
+    w_ih: Any  # (G*H, H_in) for layer 0, (G*H, D*H_out) above
+    w_hh: Any  # (G*H, H_out)
+    b_ih: Any = None  # (G*H,)
+    b_hh: Any = None  # (G*H,)
+    w_hr: Any = None  # (P, H): LSTM projection; H_out = P when present, else H
 
 
-def group_names(layer: int, direction: int, bias: bool) -> list[str]:
+def group_names(layer: int, direction: int, bias: bool, proj: bool = False) -> list[str]:
     """PyTorch's parameter names of one layer and direction, in flat order."""
     suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-    kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+    kinds = (["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
+             + (["weight_hr"] if proj else []))
     return [kind + suffix for kind in kinds]
 
 
-def parameter_names(num_layers: int, bidirectional: bool, bias: bool) -> list[str]:
+def parameter_names(num_layers: int, bidirectional: bool, bias: bool,
+                    proj_size: int = 0) -> list[str]:
     """All parameter names of a recurrent layer, in PyTorch's flat order."""
     return [name for layer in range(num_layers) for direction in range(2 if bidirectional else 1)
-            for name in group_names(layer, direction, bias)]
+            for name in group_names(layer, direction, bias, proj_size > 0)]
 
 
 def parameter_shapes(input_size: int, hidden_size: int, gates: int, num_layers: int,
-                     bidirectional: bool, bias: bool) -> dict[str, tuple[int, ...]]:
+                     bidirectional: bool, bias: bool, proj_size: int = 0
+                     ) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in flat order."""
     d = 2 if bidirectional else 1
+    out = proj_size or hidden_size
     shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(num_layers):
-        layer_in = input_size if layer == 0 else d * hidden_size
+        layer_in = input_size if layer == 0 else d * out
         for direction in range(d):
-            row_shapes = [(gates * hidden_size, layer_in), (gates * hidden_size, hidden_size),
-                          (gates * hidden_size,), (gates * hidden_size,)]
-            shapes.update(zip(group_names(layer, direction, bias), row_shapes))
+            kinds = {"weight_ih": (gates * hidden_size, layer_in),
+                     "weight_hh": (gates * hidden_size, out),
+                     "bias_ih": (gates * hidden_size,), "bias_hh": (gates * hidden_size,),
+                     "weight_hr": (proj_size, hidden_size)}
+            for name in group_names(layer, direction, bias, proj_size > 0):
+                shapes[name] = kinds[name[:name.index("_l")]]
     return shapes
 
 
-def _likely_hidden_size(w_ih: Any, w_hh: Any, gates: int) -> int:
+def _likely_hidden_size(w_ih: Any, w_hh: Any, gates: int, proj: bool) -> int:
     """H as most of layer 0's weight dimensions say it is, so that the error names the
     one weight whose shape is off rather than the ones that agree with each other."""
-    votes = [w_hh.shape[-1], w_hh.shape[0] // gates, w_ih.shape[0] // gates]
+    votes = [w_hh.shape[0] // gates, w_ih.shape[0] // gates] + ([] if proj else [w_hh.shape[-1]])
     return Counter(votes).most_common(1)[0][0]
 
 
 def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num_layers: int,
-                  bidirectional: bool, bias: bool) -> list[LayerWeights]:
+                  bidirectional: bool, bias: bool, proj_size: int = 0) -> list[LayerWeights]:
     """Split ``weights`` (flat sequence in PyTorch order, or a name -> array mapping)
     into one :class:`LayerWeights` per layer and direction, checking count and shapes."""
-    names = parameter_names(num_layers, bidirectional, bias)
+    names = parameter_names(num_layers, bidirectional, bias, proj_size)
+    config = (f"num_layers={num_layers}, bidirectional={bidirectional}, bias={bias}"
+              + (f", proj_size={proj_size}" if proj_size else ""))
     if isinstance(weights, Mapping):
         missing = [n for n in names if n not in weights]
         unexpected = [k for k in weights if k not in names]
         if missing or unexpected:
-            raise ValueError(f"weights mapping does not fit num_layers={num_layers}, "
-                             f"bidirectional={bidirectional}, bias={bias}: missing {missing}, "
+            raise ValueError(f"weights mapping does not fit {config}: missing {missing}, "
                              f"unexpected {unexpected}")
         flat = [weights[n] for n in names]
     else:
         flat = list(weights)
         if len(flat) != len(names):
             raise ValueError(f"expected {len(names)} weight arrays ({', '.join(names)}) for "
-                             f"num_layers={num_layers}, bidirectional={bidirectional}, bias={bias}; "
-                             f"got {len(flat)}")
-    hidden_size = _likely_hidden_size(flat[0], flat[1], gates)
+                             f"{config}; got {len(flat)}")
+    hidden_size = _likely_hidden_size(flat[0], flat[1], gates, proj_size > 0)
     input_size = flat[0].shape[-1] if len(flat[0].shape) == 2 else -1
-    expected = parameter_shapes(input_size, hidden_size, gates, num_layers, bidirectional, bias)
+    expected = parameter_shapes(input_size, hidden_size, gates, num_layers, bidirectional,
+                                bias, proj_size)
     for name, array in zip(names, flat):
         if tuple(array.shape) != expected[name]:
             raise ValueError(f"weight {name} has shape {tuple(array.shape)}; expected "
                              f"{expected[name]} (gates={gates}, hidden_size={hidden_size}, "
                              f"input_size={input_size})")
-    per_group = 4 if bias else 2
+    per_group = len(names) // (num_layers * (2 if bidirectional else 1))
     groups = []
     for start in range(0, len(flat), per_group):
-        group = flat[start:start + per_group]
-        groups.append(LayerWeights(*group) if bias else LayerWeights(group[0], group[1], None, None))
+        named = dict(zip(names[start:start + per_group], flat[start:start + per_group]))
+        groups.append(LayerWeights(**{_FIELDS[n[:n.index("_l")]]: a for n, a in named.items()}))
     return groups
+
+
+_FIELDS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
+           "weight_hr": "w_hr"}
