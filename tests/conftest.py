@@ -60,12 +60,18 @@ def torch():
     torch.set_num_threads(threads)
 
 
-def torch_rnn_like(model: xrnn.RNN, dtype: str):
-    """A ``torch.nn.RNN`` with ``model``'s configuration and weights, in ``dtype``."""
+def torch_rnn_like(model, dtype: str):
+    """The torch module (``nn.RNN``, ``nn.LSTM`` or ``nn.GRU``) with ``model``'s
+    configuration and weights, in ``dtype``, in eval mode."""
     torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
-    reference = torch.nn.RNN(model.input_size, model.hidden_size, num_layers=model.num_layers,
-                             nonlinearity=model.nonlinearity, bias=model.bias,
-                             batch_first=model.batch_first, dropout=model.dropout,
-                             bidirectional=model.bidirectional, dtype=getattr(torch, dtype))
+    options = dict(num_layers=model.num_layers, bias=model.bias, batch_first=model.batch_first,
+                   dropout=model.dropout, bidirectional=model.bidirectional,
+                   dtype=getattr(torch, dtype))
+    kind = type(model).__name__
+    if kind == "RNN":
+        options["nonlinearity"] = model.nonlinearity
+    if kind == "LSTM":
+        options["proj_size"] = model.proj_size
+    reference = getattr(torch.nn, kind)(model.input_size, model.hidden_size, **options)
     reference.load_state_dict(xrnn.io.torch_state_dict(model))
     return reference.eval()

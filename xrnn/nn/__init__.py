@@ -3,8 +3,8 @@
 from .activations import Identity, ReLU, Sigmoid, Tanh
 from .linear import Linear
 from .module import Module, Parameter
-from .recurrent import RNN, RecurrentBase
+from .recurrent import GRU, LSTM, RNN, RecurrentBase
 from .sequential import Sequential
 
-__all__ = ["Identity", "Linear", "Module", "Parameter", "RNN", "ReLU", "RecurrentBase",
+__all__ = ["GRU", "LSTM", "Identity", "Linear", "Module", "Parameter", "RNN", "ReLU", "RecurrentBase",
            "Sequential", "Sigmoid", "Tanh"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..functional.cells import Cell, elman_cell
+from ..functional.cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
 from ..functional.dropout import check_probability
 from ..functional.rnn import run_recurrent
 from ..functional.weights import parameter_shapes
@@ -25,7 +25,7 @@ class RecurrentBase(Module):
 
     def __init__(self, cell: Cell, input_size: int, hidden_size: int, num_layers: int,
                  bias: bool, batch_first: bool, dropout: float, bidirectional: bool,
-                 dtype: str, seed: int | None) -> None:
+                 dtype: str, seed: int | None, proj_size: int = 0) -> None:
         super().__init__()
         self.cell = cell
         self.input_size = check_positive_int(input_size, "input_size")
@@ -39,12 +39,17 @@ class RecurrentBase(Module):
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dtype = check_dtype_name(dtype)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or not (
+                0 <= proj_size < hidden_size):
+            raise ValueError(f"proj_size must be an integer in [0, hidden_size={hidden_size}), "
+                             f"got {proj_size!r}")
+        self.proj_size = proj_size
         init_seq, dropout_seq = np.random.SeedSequence(seed).spawn(2)
         init_rng = np.random.default_rng(init_seq)
         self._dropout_rng = np.random.default_rng(dropout_seq)
         bound = 1.0 / math.sqrt(hidden_size)
         shapes = parameter_shapes(input_size, hidden_size, cell.gates, num_layers,
-                                  bidirectional, bias)
+                                  bidirectional, bias, proj_size)
         for name, shape in shapes.items():
             self.register_parameter(name, uniform(init_rng, shape, bound, dtype))
 
@@ -57,7 +62,7 @@ class RecurrentBase(Module):
             x, initial_states, [p.data for p in self._parameters.values()], self.cell,
             num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
             dropout=self.dropout, bidirectional=self.bidirectional, training=self.training,
-            generator=self._dropout_rng, with_vjp=True)
+            generator=self._dropout_rng, with_vjp=True, proj_size=self.proj_size)
         return output, finals
 
     def _backward(self, grad_output: Any, grad_finals: tuple[Any | None, ...],
@@ -73,17 +78,12 @@ class RecurrentBase(Module):
             layout = "(B, T, H_in)" if self.batch_first else "(T, B, H_in)"
             raise ValueError(f"{type(self).__name__} expects input shape {layout} or (T, H_in) "
                              f"with H_in={self.input_size}, got {shape}")
-        return shape[:-1] + (self.num_directions * self.hidden_size,)
-
-    def state_shape(self, batch: int | None) -> tuple[int, ...]:
-        """Shape of ``h0`` / ``h_n``: (L*D, B, H), or (L*D, H) when ``batch`` is None."""
-        lead = self.num_layers * self.num_directions
-        return (lead, self.hidden_size) if batch is None else (lead, batch, self.hidden_size)
+        return shape[:-1] + (self.num_directions * (self.proj_size or self.hidden_size),)
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False}
+                    "bidirectional": False, "proj_size": 0}
         for name, default in defaults.items():
             if getattr(self, name) != default:
                 text += f", {name}={getattr(self, name)}"
@@ -145,3 +145,72 @@ class RNN(RecurrentBase):
         text = super().extra_repr()
         return text + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh"
                        else "")
+
+
+class LSTM(RecurrentBase):
+    r"""Long short-term memory, argument for argument ``torch.nn.LSTM``.
+
+    For each layer and direction, with gates in PyTorch's order (i, f, g, o):
+    :math:`i, f, o = \sigma(\cdot)`, :math:`g = \tanh(x_t W_{ig}^T + b_{ig} + h_{t-1}
+    W_{hg}^T + b_{hg})`, :math:`c_t = f \odot c_{t-1} + i \odot g`,
+    :math:`h_t = o \odot \tanh(c_t)`, then :math:`h_t W_{hr}^T` when ``proj_size`` > 0.
+
+    Args: as :class:`RNN` (no ``nonlinearity``), plus ``proj_size`` P in [0, H):
+    H_out = P when P > 0, else H.
+
+    Call ``lstm(x, hx=None) -> (output, (h_n, c_n))``:
+        x: (T, B, H_in), (B, T, H_in) if batch_first, or (T, H_in) unbatched.
+        hx: ``(h0, c0)``, h0 (L*D, B, H_out) and c0 (L*D, B, H), never batch-first;
+        zeros when None.
+        output: (T, B, D*H_out); h_n (L*D, B, H_out); c_n (L*D, B, H).
+
+    Parameters (PyTorch names, U(-1/sqrt(H), 1/sqrt(H)) init; suffix ``_reverse`` for
+    D = 2): ``weight_ih_l{k}`` (4H, H_in) for k = 0 else (4H, D*H_out);
+    ``weight_hh_l{k}`` (4H, H_out); ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,);
+    ``weight_hr_l{k}`` (P, H) when P > 0.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, proj_size: int = 0, *,
+                 dtype: str = "float32", seed: int | None = None) -> None:
+        super().__init__(LSTM_CELL, input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, dtype, seed, proj_size)
+
+    def forward(self, x: Any, hx: tuple[Any, Any] | None = None) -> tuple[Any, tuple[Any, Any]]:
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError(f"expected hx = (h0, c0) or None, got {type(hx).__name__}")
+        output, (h_n, c_n) = self._run(x, (None, None) if hx is None else tuple(hx))
+        return output, (h_n, c_n)
+
+    def backward(self, grad_output: Any, grad_hx: tuple[Any, Any] | None = None, *,
+                 return_state_grad: bool = False) -> Any:
+        """BPTT through the last forward, as :meth:`RNN.backward`; ``grad_hx`` is
+        ``(grad_h_n, grad_c_n)`` (either may be ``None``), and with
+        ``return_state_grad`` the result is ``(grad_input, (grad_h0, grad_c0))``."""
+        grads = self._backward(grad_output, (None, None) if grad_hx is None else tuple(grad_hx),
+                               return_state_grad)
+        return (grads[0], grads[1:]) if return_state_grad else grads
+
+
+class GRU(RecurrentBase):
+    r"""Gated recurrent unit, argument for argument ``torch.nn.GRU``.
+
+    For each layer and direction, with gates in PyTorch's order (r, z, n):
+    :math:`r, z = \sigma(x_t W_{i\cdot}^T + b_{i\cdot} + h_{t-1} W_{h\cdot}^T + b_{h\cdot})`,
+    :math:`n = \tanh(x_t W_{in}^T + b_{in} + r \odot (h_{t-1} W_{hn}^T + b_{hn}))`,
+    :math:`h_t = (1 - z) \odot n + z \odot h_{t-1}`.
+
+    Args, call signature and shapes as :class:`RNN` (no ``nonlinearity``); parameters
+    ``weight_ih_l{k}`` (3H, H_in or D*H), ``weight_hh_l{k}`` (3H, H), biases (3H,).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, *, dtype: str = "float32",
+                 seed: int | None = None) -> None:
+        super().__init__(GRU_CELL, input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, dtype, seed)
+
+    forward = RNN.forward
+    backward = RNN.backward
