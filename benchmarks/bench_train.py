@@ -1,21 +1,21 @@
-"""One training step (forward + backward of a sum-of-outputs loss) of xrnn.RNN against
-torch.nn.RNN + autograd, side by side, on the shape grid of ``bench_forward.py``.
+"""One training step (forward + backward of a sum-of-outputs loss) of xrnn's RNN, LSTM and
+GRU against torch.nn's + autograd, side by side, on the shape grid of ``bench_forward.py``.
 
 Both sides compute every gradient: input, initial state and all parameters.
-Run: ``python benchmarks/bench_train.py`` (``--quick`` for fewer repeats).
+Run: ``python benchmarks/bench_train.py`` (``--cell gru`` for one layer type, ``--quick``
+for fewer repeats).
 Never run as a timed test in CI.
 """
 
 from __future__ import annotations
 
-import argparse
-
 import xrnn
-from common import GRID, alternate, header, matched_pair, report
+from common import GRID, alternate, arguments, header, matched_pair, report
 
 
-def bench_row(shape: tuple[int, ...], rounds: int, per_round: int) -> tuple[float, float]:
-    model, reference, x, x_torch, sync = matched_pair(shape)
+def bench_row(shape: tuple[int, ...], cell: str, rounds: int, per_round: int
+              ) -> tuple[float, float]:
+    model, reference, x, x_torch, sync = matched_pair(shape, cell)
     x_torch.requires_grad_(True)
     grad_output = xrnn.get_namespace(x).ones_like(model(x)[0])  # d(sum of outputs)
 
@@ -36,13 +36,11 @@ def bench_row(shape: tuple[int, ...], rounds: int, per_round: int) -> tuple[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = parser.parse_args()
+    args = arguments(__doc__.splitlines()[0])
     rounds, per_round = (3, 3) if args.quick else (5, 3)
-    report(header(rounds, per_round) + "; forward + backward",
-           [(shape, *bench_row(shape, rounds, per_round)) for shape in GRID])
-
+    for cell in args.cell:
+        report(header(cell, rounds, per_round) + "; forward + backward",
+               ((shape, *bench_row(shape, cell, rounds, per_round)) for shape in GRID))
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -20,13 +20,17 @@ GRID = [
 ]
 
 
-def matched_pair(shape: tuple[int, ...]):
-    """xrnn.RNN and torch.nn.RNN with the same weights, an input for each, and a sync
-    function that waits for the GPU when xrnn runs on CuPy (torch then uses CUDA)."""
+CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def matched_pair(shape: tuple[int, ...], cell: str = "rnn"):
+    """An xrnn layer and the torch.nn layer of the same kind (``cell``: rnn, lstm or gru)
+    with the same weights, an input for each, and a sync function that waits for the
+    GPU when xrnn runs on CuPy (torch then uses CUDA)."""
     t, b, i, h, layers, d = shape
     device = "cuda" if xrnn.get_backend() == "cupy" else "cpu"
-    model = xrnn.RNN(i, h, num_layers=layers, bidirectional=d == 2, seed=0)
-    reference = torch.nn.RNN(i, h, num_layers=layers, bidirectional=d == 2)
+    model = getattr(xrnn, CELLS[cell])(i, h, num_layers=layers, bidirectional=d == 2, seed=0)
+    reference = getattr(torch.nn, CELLS[cell])(i, h, num_layers=layers, bidirectional=d == 2)
     reference.load_state_dict(xrnn.io.torch_state_dict(model))
     reference.to(device)
     host = np.random.default_rng(0).standard_normal((t, b, i)).astype(np.float32)
@@ -60,15 +64,29 @@ def alternate(ours: Callable[[], None], theirs: Callable[[], None], rounds: int,
     return statistics.median(a), statistics.median(b)
 
 
-def report(title: str, rows: list[tuple[tuple[int, ...], float, float]]) -> None:
-    print(title)
+def report(title: str, rows: Iterable[tuple[tuple[int, ...], float, float]]) -> None:
+    """Print a table row by row, as ``rows`` are measured."""
+    print(title, flush=True)
     print(f"{'T, B, I, H, L, D':<28}{'xrnn ms':>10}{'torch ms':>10}{'ratio':>8}")
     for shape, ours, theirs in rows:
         print(f"{str(shape):<28}{ours * 1e3:>10.2f}{theirs * 1e3:>10.2f}{ours / theirs:>8.2f}",
               flush=True)
 
 
-def header(rounds: int, per_round: int) -> str:
+def header(cell: str, rounds: int, per_round: int) -> str:
     gpu = f", {torch.cuda.get_device_name()}" if xrnn.get_backend() == "cupy" else ""
-    return (f"xrnn backend {xrnn.get_backend()}, torch {torch.__version__} "
+    return (f"{CELLS[cell]}: xrnn backend {xrnn.get_backend()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads{gpu}), medians of {rounds}x{per_round} runs")
+
+
+def arguments(description: str):
+    """The benchmarks' shared command line: ``--cell`` (repeatable) and ``--quick``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cell", choices=list(CELLS), action="append",
+                        help="layer type(s) to time (default: all three)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    args.cell = args.cell or list(CELLS)
+    return args

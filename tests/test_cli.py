@@ -140,3 +140,36 @@ def test_main_in_process_rejects_non_positive(capsys):
         xrnn.__main__.main(["shapes", "--input-size", "3", "--hidden-size", "0"])
     assert info.value.code == 2
     assert "--hidden-size must be a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode, extra, torch_kwargs", [
+    ("lstm", ["--proj-size", "4"], dict(proj_size=4)),
+    ("lstm", [], {}),
+    ("gru", [], {}),
+])
+def test_shapes_for_lstm_and_gru_match_torch(mode, extra, torch_kwargs, capsys):
+    torch = pytest.importorskip("torch")
+    args = ["shapes", "--mode", mode, "--input-size", "8", "--hidden-size", "16",
+            "--num-layers", "2", "--bidirectional", "--seq-len", "50", "--batch", "3", *extra]
+    assert xrnn.__main__.main(args) == 0
+    printed = capsys.readouterr().out
+    reference = getattr(torch.nn, mode.upper())(8, 16, 2, bidirectional=True, **torch_kwargs)
+    for name, tensor in reference.state_dict().items():
+        assert re.search(rf"^\s+{name}\s+{re.escape(str(tuple(tensor.shape)))}\s*$", printed,
+                         flags=re.M), name
+    with torch.no_grad():
+        output, finals = reference(torch.zeros(50, 3, 8))
+    h_n = finals[0] if mode == "lstm" else finals
+    assert re.search(rf"output .*{re.escape(str(tuple(output.shape)))}", printed)
+    assert re.search(rf"h_n .*{re.escape(str(tuple(h_n.shape)))}", printed)
+    if mode == "lstm":
+        assert re.search(rf"c_n .*{re.escape(str(tuple(finals[1].shape)))}", printed)
+    else:
+        assert "c_n" not in printed
+
+
+def test_proj_size_needs_lstm():
+    result = run_cli("shapes", "--mode", "gru", "--input-size", "2", "--hidden-size", "4",
+                     "--proj-size", "2")
+    assert result.returncode == 2
+    assert "--proj-size" in result.stderr

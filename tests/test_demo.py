@@ -23,9 +23,10 @@ def test_repeat_task_labels_by_brute_force():
         assert labels[t, b] == int(symbols[t, b] in symbols[t + 1:, b])
 
 
-def test_bidirectional_model_learns_and_unidirectional_falls_short(xp):
-    bidirectional = train(bidirectional=True, **SMALL)
-    unidirectional = train(bidirectional=False, **SMALL)
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_bidirectional_model_learns_and_unidirectional_falls_short(xp, cell):
+    bidirectional = train(cell=cell, bidirectional=True, **SMALL)
+    unidirectional = train(cell=cell, bidirectional=False, **SMALL)
     assert bidirectional.accuracy >= 0.95
     assert unidirectional.accuracy < 0.85  # cannot see whether a symbol comes again
     assert np.mean(bidirectional.losses[-30:]) < 0.3 * np.mean(bidirectional.losses[:30])
@@ -33,9 +34,10 @@ def test_bidirectional_model_learns_and_unidirectional_falls_short(xp):
 
 def test_demo_command_runs(tmp_path):
     pytest.importorskip("tqdm", reason="the demo's progress bar comes with xrnn[demo]")
-    result = subprocess.run([sys.executable, "-m", "xrnn", "demo", "--steps", "20"],
+    result = subprocess.run([sys.executable, "-m", "xrnn", "demo", "--steps", "20",
+                             "--cell", "gru"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"backend {xrnn.get_backend()}" in result.stdout
-    assert "held-out accuracy" in result.stdout
+    assert "held-out accuracy" in result.stdout and "GRU" in result.stdout
     assert "training" in result.stderr  # the tqdm bar

@@ -62,15 +62,21 @@ def info() -> int:
     return status
 
 
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
 def shapes(args: argparse.Namespace) -> int:
     """Print every parameter's name and shape and the shapes of input, h0, output and h_n."""
     d = 2 if args.bidirectional else 1
-    h, layers = args.hidden_size, args.num_layers
-    print(f"RNN(input_size={args.input_size}, hidden_size={h}, num_layers={layers}, "
-          f"bias={not args.no_bias}, batch_first={args.batch_first}, "
-          f"bidirectional={args.bidirectional})")
+    h, layers, lstm = args.hidden_size, args.num_layers, args.mode == "lstm"
+    h_out = args.proj_size or h
+    print(f"{args.mode.upper()}(input_size={args.input_size}, hidden_size={h}, "
+          f"num_layers={layers}, bias={not args.no_bias}, batch_first={args.batch_first}, "
+          f"bidirectional={args.bidirectional}" + (f", proj_size={args.proj_size})"
+                                                   if args.proj_size else ")"))
     print(f"L={layers} layer(s) x D={d} direction(s); legend: T time steps, B batch")
-    params = parameter_shapes(args.input_size, h, 1, layers, args.bidirectional, not args.no_bias)
+    params = parameter_shapes(args.input_size, h, _GATES[args.mode], layers, args.bidirectional,
+                              not args.no_bias, args.proj_size)
     width = max(len(n) for n in params)
     print("\nparameters (PyTorch names and layouts):")
     for name, shape in params.items():
@@ -83,19 +89,25 @@ def shapes(args: argparse.Namespace) -> int:
         return "(" + ", ".join(str(x) for x in dims) + ")"
 
     x_shape = fmt(b, t, args.input_size) if args.batch_first else fmt(t, b, args.input_size)
-    out = fmt(b, t, d * h) if args.batch_first else fmt(t, b, d * h)
-    state = fmt(layers * d, b, h)
+    out = fmt(b, t, d * h_out) if args.batch_first else fmt(t, b, d * h_out)
+    state, cell = fmt(layers * d, b, h_out), fmt(layers * d, b, h)
+    hs = "H_out" if args.proj_size else "H"
     print("\narrays:")
-    print(f"  input   {'(B, T, H_in)' if args.batch_first else '(T, B, H_in)':<14}  {x_shape}")
-    print(f"  h0      {'(L*D, B, H)':<14}  {state}   (never batch-first)")
-    print(f"  output  {'(B, T, D*H)' if args.batch_first else '(T, B, D*H)':<14}  {out}   "
-          "(last layer only, directions concatenated)")
-    print(f"  h_n     {'(L*D, B, H)':<14}  {state}   (every layer, layer-major, direction-minor)")
-    last = "output[:, -1, :H]" if args.batch_first else "output[-1, :, :H]"
+    print(f"  input   {'(B, T, H_in)' if args.batch_first else '(T, B, H_in)':<16}  {x_shape}")
+    print(f"  h0      {f'(L*D, B, {hs})':<16}  {state}   (never batch-first)")
+    if lstm:
+        print(f"  c0      {'(L*D, B, H)':<16}  {cell}   (the LSTM's cell state)")
+    print(f"  output  {f'(B, T, D*{hs})' if args.batch_first else f'(T, B, D*{hs})':<16}  "
+          f"{out}   (last layer only, directions concatenated)")
+    print(f"  h_n     {f'(L*D, B, {hs})':<16}  {state}   (every layer, layer-major, "
+          "direction-minor)")
+    if lstm:
+        print(f"  c_n     {'(L*D, B, H)':<16}  {cell}")
+    last = f"output[:, -1, :{hs}]" if args.batch_first else f"output[-1, :, :{hs}]"
     print(f"\nh_n[{(layers - 1) * d}] is the last layer's forward state after the last step "
           f"= {last}")
     if d == 2:
-        first = "output[:, 0, H:]" if args.batch_first else "output[0, :, H:]"
+        first = f"output[:, 0, {hs}:]" if args.batch_first else f"output[0, :, {hs}:]"
         print(f"h_n[{layers * d - 1}] is its reverse state after reading step 0 = {first} "
               "(not output[-1])")
     return 0
@@ -105,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xrnn", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="selected backend, version, device; available backends")
-    p = commands.add_parser("shapes", help="parameter and array shapes of an RNN configuration")
+    p = commands.add_parser("shapes", help="parameter and array shapes of a recurrent layer")
+    p.add_argument("--mode", choices=list(_GATES), default="rnn")
+    p.add_argument("--proj-size", type=int, default=0, help="LSTM only: project h to this size")
     p.add_argument("--input-size", type=int, required=True)
     p.add_argument("--hidden-size", type=int, required=True)
     p.add_argument("--num-layers", type=int, default=1)
@@ -116,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int)
     p = commands.add_parser("demo", help="train a bidirectional RNN on a task that needs "
                             "future context, on the selected backend")
-    p.add_argument("--cell", choices=["rnn"], default="rnn")
+    p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn")
     p.add_argument("--compare-unidirectional", action="store_true",
                    help="also train a one-direction model on the same task")
     p.add_argument("--plot", metavar="FILE.png", help="write the loss curves (needs matplotlib)")
@@ -135,6 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.proj_size and (args.mode != "lstm" or not 0 < args.proj_size < args.hidden_size):
+        parser.error(f"--proj-size must be in [0, hidden_size) and needs --mode lstm, "
+                     f"got {args.proj_size} with --mode {args.mode}")
     return shapes(args)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import backend
 from .losses import CrossEntropyLoss
-from .nn import RNN, Linear, Sequential, Tanh
+from .nn import GRU, LSTM, RNN, Linear, Sequential, Tanh
 from .optim import Adam, clip_grad_norm_
 
 
@@ -36,12 +36,15 @@ class DemoResult:
     losses: list[float] = field(default_factory=list)
 
 
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
+
+
 def build_model(cell: str, vocab: int, hidden: int, bidirectional: bool, seed: int) -> Sequential:
-    if cell != "rnn":
-        raise ValueError(f"unknown cell {cell!r}; expected 'rnn'")
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
     d = 2 if bidirectional else 1
-    return Sequential(RNN(vocab, hidden, num_layers=2, bidirectional=bidirectional, seed=seed),
-                      Tanh(), Linear(d * hidden, 2, seed=seed + 1))
+    recurrent = CELLS[cell](vocab, hidden, num_layers=2, bidirectional=bidirectional, seed=seed)
+    return Sequential(recurrent, Tanh(), Linear(d * hidden, 2, seed=seed + 1))
 
 
 def accuracy(model: Sequential, x: np.ndarray, labels: np.ndarray) -> float:
