@@ -34,6 +34,12 @@ class Cell:
     step: Callable[..., tuple[State, Any]]
     step_backward: Callable[..., tuple[Any, Any, tuple[Any, ...]]]
     folds_hidden_bias: bool = True  # b_hh can be added once to the hoisted input projection
+    gate_scale: tuple[float, ...] | None = None
+    """Per gate block, a power of two the driver multiplies that block's weight and bias
+    rows by before the forward (exact in floating point), so that ``step`` receives,
+    e.g., halved pre-activations for its sigmoid gates: ``sigmoid(z) = (1 + tanh(z/2))/2``
+    then takes one ``tanh`` over every gate at once. ``step_backward`` still returns
+    gradients of the unscaled pre-activations."""
     state_sizes: Callable[[Any], tuple[int, ...]] = lambda w: (w.w_hh.shape[1],)
     """Last-axis size of each state component, from one layer's :class:`LayerWeights`."""
 
@@ -78,21 +84,26 @@ def elman_cell(nonlinearity: str) -> Cell:
         ) from None
 
 
-def _sigmoid(xp, z):
-    return 0.5 + 0.5 * xp.tanh(0.5 * z)  # exact form of 1/(1+exp(-z)) that cannot overflow
-
-
 def _blocks(z, count: int):
-    """Split (B, count*H) into ``count`` (B, H) column blocks."""
+    """Split (B, count*H) into ``count`` (B, H) column blocks (views)."""
     size = z.shape[-1] // count
     return [z[:, k * size:(k + 1) * size] for k in range(count)]
 
 
+def _sigmoid_from_tanh(t):
+    """``sigmoid(z)`` from ``t = tanh(z/2)``."""
+    s = 0.5 * t
+    s += 0.5  # in place on the fresh product
+    return s
+
+
 def _lstm_step(xp, gx_t, state, w_hh_t, b_hh):
     h, c = state
-    zi, zf, zg, zo = _blocks(_preactivation(gx_t, h, w_hh_t), 4)
-    i, f, g, o = _sigmoid(xp, zi), _sigmoid(xp, zf), xp.tanh(zg), _sigmoid(xp, zo)
-    c_new = f * c + i * g
+    t = xp.tanh(_preactivation(gx_t, h, w_hh_t))  # i, f, o arrive halved (gate_scale)
+    i, f, _, o = _blocks(_sigmoid_from_tanh(t), 4)
+    g = _blocks(t, 4)[2]
+    c_new = f * c
+    c_new += i * g
     tanh_c = xp.tanh(c_new)
     return (o * tanh_c, c_new), (i, f, g, o, tanh_c)
 
@@ -109,7 +120,8 @@ def _lstm_step_backward(xp, d_state, state, state_prev, cache):
 #: LSTM (PyTorch's gate order i, f, g, o): ``c_t = f * c_{t-1} + i * g``,
 #: ``h_t = o * tanh(c_t)`` (then ``h_t W_hr^T`` with a projection, done by the driver).
 LSTM_CELL = Cell("lstm", 4, _lstm_step, _lstm_step_backward,
-                 state_sizes=lambda w: (w.w_hh.shape[1], w.w_hh.shape[0] // 4))
+                 state_sizes=lambda w: (w.w_hh.shape[1], w.w_hh.shape[0] // 4),
+                 gate_scale=(0.5, 0.5, 1.0, 0.5))
 
 
 def _gru_step(xp, gx_t, state, w_hh_t, b_hh):
@@ -117,10 +129,11 @@ def _gru_step(xp, gx_t, state, w_hh_t, b_hh):
     gh = h @ w_hh_t
     if b_hh is not None:
         gh += b_hh
-    xr, xz, xn = _blocks(gx_t, 3)
-    hr, hz, hn = _blocks(gh, 3)
-    r, z = _sigmoid(xp, xr + hr), _sigmoid(xp, xz + hz)
-    n = xp.tanh(xn + r * hn)
+    size = h.shape[-1]
+    rz = gx_t[:, :2 * size] + gh[:, :2 * size]  # r, z arrive halved (gate_scale)
+    r, z = _blocks(_sigmoid_from_tanh(xp.tanh(rz)), 2)
+    hn = gh[:, 2 * size:]
+    n = xp.tanh(gx_t[:, 2 * size:] + r * hn)
     return (n + z * (h - n),), (r, z, n, hn)
 
 
@@ -136,4 +149,5 @@ def _gru_step_backward(xp, d_state, state, state_prev, cache):
 
 #: GRU (PyTorch's gate order r, z, n, with ``b_hn`` inside the reset-gate product):
 #: ``n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))``, ``h_t = (1 - z) * n + z * h_{t-1}``.
-GRU_CELL = Cell("gru", 3, _gru_step, _gru_step_backward, folds_hidden_bias=False)
+GRU_CELL = Cell("gru", 3, _gru_step, _gru_step_backward, folds_hidden_bias=False,
+                gate_scale=(0.5, 0.5, 1.0))

@@ -48,13 +48,16 @@ def check_input(x: Any, weights: Sequence[Any], *, input_size: int, batch_first:
         raise ValueError(f"input has an empty time or batch axis: shape {tuple(x.shape)}")
 
 
-def check_state(state: Any, expected: tuple[int, ...], name: str, x: Any) -> None:
-    """An initial state: ``x``'s backend and dtype, exactly shape ``expected``."""
+def check_state(state: Any, expected: tuple[int, ...], name: str, x: Any,
+                layout: str | None = None) -> None:
+    """A state (or a gradient): ``x``'s backend and dtype, exactly shape ``expected``
+    (``layout`` describes that shape in messages; a state's layout by default)."""
     if backend_of(state) != backend_of(x):
         raise TypeError(f"{name} is a {backend_of(state)} array but the input is a "
                         f"{backend_of(x)} array")
     if tuple(state.shape) != expected:
-        layout = "(L*D, H) for unbatched input" if len(expected) == 2 else "(L*D, B, H)"
+        if layout is None:
+            layout = "(L*D, H) for unbatched input" if len(expected) == 2 else "(L*D, B, H)"
         raise ValueError(f"expected {name} of shape {expected}, i.e. {layout}, "
                          f"got {tuple(state.shape)}")
     if state.dtype != x.dtype:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from .cells import Cell, State
@@ -37,6 +38,20 @@ def input_projection(xp, x, w: LayerWeights, cell: Cell):
     return xp.reshape(gx, (x.shape[0], x.shape[1], gx.shape[-1]))
 
 
+def scale_gate_rows(xp, w: LayerWeights, cell: Cell) -> LayerWeights:
+    """``w`` with each gate block's rows of ``w_ih``, ``w_hh`` and the biases multiplied
+    by ``cell.gate_scale`` (powers of two: exact), as the cell's ``step`` expects."""
+    if cell.gate_scale is None:
+        return w
+    size = w.w_hh.shape[0] // cell.gates
+    scale = xp.concat([xp.full((size,), s, dtype=w.w_hh.dtype,
+                               device=array_api_compat.device(w.w_hh)) for s in cell.gate_scale])
+    column = xp.reshape(scale, (scale.shape[0], 1))
+    return w._replace(w_ih=w.w_ih * column, w_hh=w.w_hh * column,
+                      b_ih=None if w.b_ih is None else w.b_ih * scale,
+                      b_hh=None if w.b_hh is None else w.b_hh * scale)
+
+
 def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: bool,
                   keep: bool = False):
     """Run ``cell`` over one layer in one direction.
@@ -45,6 +60,7 @@ def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: 
     final state (for ``reverse``, the state after reading step 0) and, with
     ``keep``, the tape ``(states, caches)`` indexed by time that the backward needs.
     """
+    w = scale_gate_rows(xp, w, cell)
     gx = input_projection(xp, x, w, cell)
     w_hh_t = xp.matrix_transpose(w.w_hh)
     w_hr_t = None if w.w_hr is None else xp.matrix_transpose(w.w_hr)

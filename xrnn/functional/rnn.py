@@ -77,11 +77,12 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
             raise TypeError(f"expected at most {len(finals)} final-state gradients, "
                             f"got {len(grad_finals)}")
         grad_finals = tuple(grad_finals) + (None,) * (len(finals) - len(grad_finals))
-        for given, like, name in [(grad_output, output, "grad_output")] + [
-                (g, f, f"gradient of final state {k}") for k, (g, f) in
-                enumerate(zip(grad_finals, finals))]:
+        expected = [(grad_output, output, "grad_output", "the output's shape")] + [
+            (g, f, f"gradient of final state {k}", f"final state {k}'s shape")
+            for k, (g, f) in enumerate(zip(grad_finals, finals))]
+        for given, like, name, layout in expected:
             if given is not None:
-                check_state(given, tuple(like.shape), name, like)
+                check_state(given, tuple(like.shape), name, like, layout=layout)
         grad_x, grad_states, grad_groups = backward(
             None if grad_output is None else to_driver_layout(grad_output),
             [None if g is None else (xp.expand_dims(g, axis=1) if unbatched else g)
