@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import get_namespace
 from ..functional.cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
 from ..functional.dropout import check_probability
 from ..functional.rnn import run_recurrent
@@ -71,6 +72,23 @@ class RecurrentBase(Module):
         for parameter, grad in zip(self._parameters.values(), grad_weights):
             parameter.accumulate(grad)
         return (grad_x, *grad_states) if return_state_grad else grad_x
+
+    def _step(self, x_t: Any, states: tuple[Any | None, ...]) -> tuple[Any, tuple[Any, ...]]:
+        """One timestep through every layer: x_t (B, H_in) or (H_in,) -> y_t (B, H_out)."""
+        if self.bidirectional:
+            raise ValueError("step() needs a unidirectional layer: a bidirectional one reads "
+                             "the sequence backwards too, so it needs the whole sequence")
+        if not hasattr(x_t, "ndim") or x_t.ndim not in (1, 2):
+            raise ValueError("expected one timestep of shape (B, H_in) or (H_in,), got "
+                             f"{getattr(x_t, 'shape', type(x_t).__name__)}")
+        xp = get_namespace(x_t)
+        sequence = xp.expand_dims(x_t, axis=0)  # (1, B, H_in) or (1, H_in), time-major
+        output, finals, _ = run_recurrent(
+            sequence, states, [p.data for p in self._parameters.values()], self.cell,
+            num_layers=self.num_layers, bias=self.bias, batch_first=False,
+            dropout=self.dropout, bidirectional=False, training=self.training,
+            generator=self._dropout_rng, proj_size=self.proj_size)
+        return output[0, ...], finals
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = tuple(input_shape)
@@ -141,6 +159,16 @@ class RNN(RecurrentBase):
         """
         return self._backward(grad_output, (grad_h_n,), return_state_grad)
 
+    def step(self, x_t: Any, h: Any | None = None) -> tuple[Any, Any]:
+        """Streaming inference: feed one timestep, get ``(y_t, h)``.
+
+        x_t (B, H_in) or (H_in,); h (L, B, H) (or (L, H)), ``None`` for zeros; y_t
+        (B, H). Calling it over t = 0..T-1, passing ``h`` on, gives the same outputs
+        as ``forward`` over the whole sequence. Unidirectional layers only.
+        """
+        y_t, (h,) = self._step(x_t, (h,))
+        return y_t, h
+
     def extra_repr(self) -> str:
         text = super().extra_repr()
         return text + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh"
@@ -183,6 +211,15 @@ class LSTM(RecurrentBase):
         output, (h_n, c_n) = self._run(x, (None, None) if hx is None else tuple(hx))
         return output, (h_n, c_n)
 
+    def step(self, x_t: Any, hx: tuple[Any, Any] | None = None
+             ) -> tuple[Any, tuple[Any, Any]]:
+        """Streaming inference, as :meth:`RNN.step`: ``(y_t, (h, c))`` from one timestep
+        x_t (B, H_in) and the state ``hx = (h, c)`` (``None`` for zeros)."""
+        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError(f"expected hx = (h, c) or None, got {type(hx).__name__}")
+        y_t, (h, c) = self._step(x_t, (None, None) if hx is None else tuple(hx))
+        return y_t, (h, c)
+
     def backward(self, grad_output: Any, grad_hx: tuple[Any, Any] | None = None, *,
                  return_state_grad: bool = False) -> Any:
         """BPTT through the last forward, as :meth:`RNN.backward`; ``grad_hx`` is
@@ -214,3 +251,4 @@ class GRU(RecurrentBase):
 
     forward = RNN.forward
     backward = RNN.backward
+    step = RNN.step
