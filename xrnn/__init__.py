@@ -7,6 +7,7 @@ for argument, so a PyTorch ``state_dict`` loads unchanged.
 
 from . import backend, functional, io, losses, nn, optim
 from .backend import asarray, get_backend, get_namespace, set_backend, to_numpy, use_backend
+from .io import load, save
 from .losses import CrossEntropyLoss, MSELoss
 from .nn import (GRU, LSTM, RNN, Identity, Linear, Module, Parameter, ReLU, Sequential, Sigmoid, Tanh)
 from .sequences import from_timesteps
@@ -15,6 +16,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CrossEntropyLoss", "GRU", "LSTM", "MSELoss", "RNN", "Identity", "Linear", "Module", "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh",
-    "asarray", "backend", "from_timesteps", "functional", "get_backend", "get_namespace", "io", "losses",
-    "nn", "optim", "set_backend", "to_numpy", "use_backend",
+    "asarray", "backend", "from_timesteps", "functional", "get_backend", "get_namespace", "io", "load", "losses",
+    "nn", "optim", "save", "set_backend", "to_numpy", "use_backend",
 ]

@@ -62,6 +62,10 @@ class Linear(Module):
                              f"got input shape {tuple(input_shape)}")
         return tuple(input_shape[:-1]) + (self.out_features,)
 
+    def config(self) -> dict[str, Any]:
+        return dict(in_features=self.in_features, out_features=self.out_features,
+                    bias=self.bias is not None, dtype=self.dtype)
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")

@@ -182,6 +182,10 @@ class Module:
         """The shape of ``forward``'s (first) output for an input of ``input_shape``."""
         return tuple(input_shape)
 
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this module (without its weights)."""
+        return {}
+
     def extra_repr(self) -> str:
         return ""
 

@@ -98,6 +98,16 @@ class RecurrentBase(Module):
                              f"with H_in={self.input_size}, got {shape}")
         return shape[:-1] + (self.num_directions * (self.proj_size or self.hidden_size),)
 
+    def config(self) -> dict[str, Any]:
+        options = dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                       num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                       dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype)
+        if isinstance(self, RNN):
+            options["nonlinearity"] = self.nonlinearity
+        if isinstance(self, LSTM):
+            options["proj_size"] = self.proj_size
+        return options
+
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,

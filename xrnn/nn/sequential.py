@@ -52,6 +52,10 @@ class Sequential(Module):
             grad_output = layer.backward(grad_output)
         return grad_output
 
+    def config(self) -> dict[str, Any]:
+        return {"layers": [{"class": type(layer).__name__, "config": layer.config()}
+                           for layer in self]}
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = tuple(input_shape)
         for layer in self:
