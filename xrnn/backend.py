@@ -27,6 +27,7 @@ __all__ = [
     "backend_of",
     "get_backend",
     "get_namespace",
+    "move",
     "set_backend",
     "to_numpy",
     "use_backend",
@@ -170,6 +171,19 @@ def to_numpy(array: Any) -> np.ndarray:
     if name == "torch":
         return array.detach().cpu().resolve_conj().numpy()
     return np.from_dlpack(array)
+
+
+def move(array: Any, name: str) -> Any:
+    """``array`` on backend ``name`` (same dtype and values). DLPack is used where both
+    sides can share memory; otherwise the data goes through host memory, explicitly."""
+    name = _check_name(name)
+    if backend_of(array) == name:
+        return array
+    xp = _namespace_for(name)
+    try:
+        return xp.from_dlpack(array)
+    except (TypeError, ValueError, RuntimeError, BufferError, AttributeError, NotImplementedError):
+        return xp.asarray(to_numpy(array))
 
 
 def _resolve_dtype(xp: ModuleType, dtype: Any) -> Any:

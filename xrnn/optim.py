@@ -21,7 +21,7 @@ from typing import Any
 
 import array_api_compat
 
-from .backend import backend_of, get_namespace
+from .backend import backend_of, get_namespace, move
 from .nn.module import Parameter
 
 __all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm_"]
@@ -77,6 +77,15 @@ class Optimizer:
             raise ValueError("optimizer got some parameters more than once")
         #: index of the parameter in ``params`` -> its state (buffers, step count)
         self.state: dict[int, dict[str, Any]] = {}
+
+    def to(self, backend: str) -> Optimizer:
+        """Move the optimizer's state (momentum buffers, moments) to ``backend``, after
+        ``model.to(backend)`` moved the parameters; returns ``self``."""
+        for state in self.state.values():
+            for key, value in state.items():
+                if not isinstance(value, (int, float)):
+                    state[key] = move(value, backend)
+        return self
 
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to ``None``."""

@@ -8,7 +8,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ..backend import backend_of, get_namespace, to_numpy
+from ..backend import backend_of, get_namespace, move, to_numpy
 
 FLOAT_DTYPES = ("float32", "float64")
 
@@ -100,6 +100,15 @@ class Module:
         """Reset every parameter's gradient to ``None``."""
         for parameter in self.parameters():
             parameter.grad = None
+
+    def to(self, backend: str) -> Module:
+        """Move every parameter (and gradient) to ``backend`` ('numpy', 'cupy', ...), in
+        place; returns ``self``. Values and dtypes are kept exactly."""
+        for parameter in self.parameters():
+            parameter.data = move(parameter.data, backend)
+            if parameter.grad is not None:
+                parameter.grad = move(parameter.grad, backend)
+        return self
 
     # -- modes -------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
