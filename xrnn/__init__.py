@@ -9,13 +9,15 @@ from . import backend, functional, io, losses, nn, optim
 from .backend import asarray, get_backend, get_namespace, set_backend, to_numpy, use_backend
 from .io import load, save
 from .losses import CrossEntropyLoss, MSELoss
-from .nn import (GRU, LSTM, RNN, Identity, Linear, Module, Parameter, ReLU, Sequential, Sigmoid, Tanh)
+from .nn import (GRU, LSTM, RNN, Identity, Linear, Module, Parameter, ReLU, Sequential,
+                 Sigmoid, Tanh)
 from .sequences import from_timesteps
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CrossEntropyLoss", "GRU", "LSTM", "MSELoss", "RNN", "Identity", "Linear", "Module", "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh",
-    "asarray", "backend", "from_timesteps", "functional", "get_backend", "get_namespace", "io", "load", "losses",
+    "CrossEntropyLoss", "GRU", "LSTM", "MSELoss", "RNN", "Identity", "Linear", "Module",
+    "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "asarray", "backend",
+    "from_timesteps", "functional", "get_backend", "get_namespace", "io", "load", "losses",
     "nn", "optim", "save", "set_backend", "to_numpy", "use_backend",
 ]

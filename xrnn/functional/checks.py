@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..backend import backend_of, get_namespace
+import numpy as np
+
+from ..backend import backend_of, get_namespace, to_numpy
 
 
 def check_compatible(x: Any, reference: Any, *, features: int, what: str) -> None:
@@ -62,3 +64,20 @@ def check_state(state: Any, expected: tuple[int, ...], name: str, x: Any,
                          f"got {tuple(state.shape)}")
     if state.dtype != x.dtype:
         raise TypeError(f"{name} dtype {state.dtype} does not match the input dtype {x.dtype}")
+
+
+def check_lengths(lengths: Any, steps: int, batch: int) -> np.ndarray:
+    """Sequence lengths as host integers, one per batch entry, each in [1, steps]."""
+    try:
+        host = np.asarray(to_numpy(lengths))
+    except TypeError:
+        host = np.asarray(lengths)
+    if host.ndim != 1 or host.shape[0] != batch:
+        raise ValueError(f"expected one length per sequence, {batch} in all, got shape "
+                         f"{host.shape}")
+    if host.size and not np.issubdtype(host.dtype, np.integer):
+        raise TypeError(f"lengths must be integers, got dtype {host.dtype}")
+    bad = host[(host < 1) | (host > steps)]
+    if bad.size:
+        raise ValueError(f"every length must be in [1, T={steps}], got {bad.tolist()}")
+    return host.astype(np.int64)

@@ -53,12 +53,15 @@ def scale_gate_rows(xp, w: LayerWeights, cell: Cell) -> LayerWeights:
 
 
 def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: bool,
-                  keep: bool = False):
+                  keep: bool = False, active=None):
     """Run ``cell`` over one layer in one direction.
 
     Returns the per-step outputs (T, B, H) at their original time positions, the
     final state (for ``reverse``, the state after reading step 0) and, with
-    ``keep``, the tape ``(states, caches)`` indexed by time that the backward needs.
+    ``keep``, the tape ``(states, caches, unprojected)`` indexed by time that the
+    backward needs. ``active`` (T, B, 1) booleans, for variable lengths: where false,
+    the state passes through unchanged and the output is zero, so each sequence's
+    reverse direction starts at its own last valid step.
     """
     w = scale_gate_rows(xp, w, cell)
     gx = input_projection(xp, x, w, cell)
@@ -69,21 +72,28 @@ def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: 
     states: list[Any] = [None] * steps
     caches: list[Any] = [None] * steps
     unprojected: list[Any] = [None] * steps  # the cell's own h when the driver projects it
+    outputs: list[Any] = [None] * steps
     for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-        state, cache = cell.step(xp, gx[t, ...], state, w_hh_t, b_hh)
+        new, cache = cell.step(xp, gx[t, ...], state, w_hh_t, b_hh)
         if w_hr_t is not None:
             if keep:
-                unprojected[t] = state[0]
-            state = (state[0] @ w_hr_t,) + state[1:]
+                unprojected[t] = new[0]
+            new = (new[0] @ w_hr_t,) + new[1:]
+        if active is None:
+            state = new
+            outputs[t] = new[0]
+        else:
+            on = active[t, ...]
+            state = tuple(xp.where(on, n, s) for n, s in zip(new, state))
+            outputs[t] = xp.where(on, new[0], xp.zeros_like(new[0]))
         states[t] = state
         if keep:
             caches[t] = cache
-    outputs = xp.stack([s[0] for s in states])
-    return outputs, state, ((states, caches, unprojected) if keep else None)
+    return xp.stack(outputs), state, ((states, caches, unprojected) if keep else None)
 
 
 def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, *,
-                       reverse: bool, grad_output, grad_final: Sequence[Any]):
+                       reverse: bool, grad_output, grad_final: Sequence[Any], active=None):
     """BPTT through one layer and direction.
 
     Returns ``(grad_x, grad_state0, grad_weights)``; the weight gradients are
@@ -98,9 +108,16 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
     d_state = list(grad_final)
     d_gx: list[Any] = [None] * steps
     d_gh: list[Any] = [None] * steps
+    if active is not None and grad_output is not None:  # padded outputs are constant zeros
+        grad_output = xp.where(active, grad_output, xp.zeros_like(grad_output))
     for t in reversed(forward_order):
         d_state[0] = _add(d_state[0], None if grad_output is None else grad_output[t, ...])
         d_state = [xp.zeros_like(s) if d is None else d for d, s in zip(d_state, states[t])]
+        passed = None
+        if active is not None:  # inactive: the state went through untouched, output was 0
+            on = active[t, ...]
+            passed = [xp.where(on, xp.zeros_like(d), d) for d in d_state]
+            d_state = [xp.where(on, d, xp.zeros_like(d)) for d in d_state]
         state = states[t]
         if w.w_hr is not None:  # h_t = m_t W_hr^T: back to the cell's own output m_t
             d_projected[t] = d_state[0]
@@ -110,6 +127,8 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
                                                       caches[t])
         d_state = list(direct)
         d_state[0] = _add(d_state[0], d_gh[t] @ w.w_hh)
+        if passed is not None:
+            d_state = [_add(d, p) for d, p in zip(d_state, passed)]
     d_gx_all = xp.stack(d_gx)
     d_gh_all = d_gx_all if cell.folds_hidden_bias else xp.stack(d_gh)
     h_prev = xp.stack([previous[t][0] for t in range(steps)])
@@ -127,14 +146,15 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
 
 def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell, *,
                num_layers: int, bidirectional: bool, dropout: float, training: bool,
-               generator: np.random.Generator | None, keep: bool = False):
+               generator: np.random.Generator | None, keep: bool = False, active=None):
     """Run a stacked, optionally bidirectional recurrence.
 
     ``states`` holds each state component as (L*D, B, H), layer-major and
     direction-minor like ``weights``. Returns ``(output, final_states, backward)``
     with output (T, B, D*H) from the last layer, final states in the layout of
     ``states``, and (with ``keep``, else ``None``) the :data:`Backward` function.
-    Dropout (training only) follows every layer but the last.
+    Dropout (training only) follows every layer but the last. ``active`` (T, B, 1)
+    booleans mark the valid steps of variable-length sequences (see ``run_direction``).
     """
     directions = 2 if bidirectional else 1
     layer_input = x
@@ -147,7 +167,7 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
             out, final, tape = run_direction(xp, layer_input,
                                              tuple(s[index, ...] for s in states),
                                              weights[index], cell, reverse=direction == 1,
-                                             keep=keep)
+                                             keep=keep, active=active)
             outputs.append(out)
             finals.append(final)
             tapes.append(tape)
@@ -181,7 +201,7 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
                 g_x, g_state0, grad_weights[index] = direction_backward(
                     xp, layer_in, tuple(s[index, ...] for s in states), weights[index], cell,
                     tapes[direction], reverse=direction == 1, grad_output=g_out,
-                    grad_final=g_final)
+                    grad_final=g_final, active=active)
                 grad_in = _add(grad_in, g_x)
                 for k, g in enumerate(g_state0):
                     grad_states[k][index] = g

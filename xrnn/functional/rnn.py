@@ -10,7 +10,7 @@ import numpy as np
 
 from ..backend import get_namespace
 from .cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
-from .checks import check_input, check_state
+from .checks import check_input, check_lengths, check_state
 from .dropout import as_generator, check_probability
 from .recurrence import run_layers
 from .weights import group_weights, parameter_names
@@ -23,7 +23,8 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
                   cell: Cell, *, num_layers: int, bias: bool, batch_first: bool,
                   dropout: float, bidirectional: bool, training: bool,
                   generator: np.random.Generator | int | None, with_vjp: bool = False,
-                  proj_size: int = 0) -> tuple[Any, tuple[Any, ...], VJP | None]:
+                  proj_size: int = 0, lengths: Any = None
+                  ) -> tuple[Any, tuple[Any, ...], VJP | None]:
     """Check arguments, arrange the layout and call the shared driver; any cell type.
 
     ``initial_states`` holds one entry (or ``None`` for zeros) per state component.
@@ -53,6 +54,14 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
 
     x = to_driver_layout(x)
     batch = x.shape[1]
+    active = None
+    if lengths is not None:
+        if unbatched:
+            raise ValueError("lengths needs batched input (a batch axis to index)")
+        host = check_lengths(lengths, x.shape[0], batch)
+        valid = np.arange(x.shape[0])[:, None] < host[None, :]
+        active = xp.asarray(valid[:, :, None], device=array_api_compat.device(x))
+        x = xp.where(active, x, xp.zeros_like(x))  # padding never reaches a product
     directions = 2 if bidirectional else 1
     states = []
     for k, (given, size) in enumerate(zip(initial_states, cell.state_sizes(groups[0]))):
@@ -66,7 +75,8 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
     output, finals, backward = run_layers(
         xp, x, tuple(states), groups, cell, num_layers=num_layers, bidirectional=bidirectional,
         dropout=dropout, training=training,
-        generator=as_generator(generator) if training and dropout else None, keep=with_vjp)
+        generator=as_generator(generator) if training and dropout else None, keep=with_vjp,
+        active=active)
     output = to_caller_layout(output)
     finals = tuple(f[:, 0, ...] for f in finals) if unbatched else finals
     if backward is None:
@@ -119,7 +129,8 @@ _LEGEND = """
 def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
         batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-        training: bool = False, generator: np.random.Generator | int | None = None
+        training: bool = False, generator: np.random.Generator | int | None = None,
+        lengths: Any = None
         ) -> tuple[Any, Any]:
     r"""Elman RNN over a whole sequence, as ``torch.nn.RNN``.
 
@@ -133,6 +144,10 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
             weight_ih_l0_reverse, ...]`` or a mapping with those names (a ``state_dict``).
         dropout: probability of zeroing each output of every layer but the last (training only).
         generator: NumPy ``Generator`` or seed for the dropout masks.
+        lengths: (B,) integers in [1, T], for a padded batch of sequences of different
+            lengths (PyTorch's packed sequences without the packing, in any order): each
+            sequence's reverse direction starts at its own last valid step, ``h_n`` holds
+            its state there, and outputs (and gradients) past its length are zero.
 
     Returns:
         ``(output, h_n)``: output (T, B, D*H) (batch-first if asked) with directions
@@ -141,7 +156,8 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         reading step 0, i.e. ``output[0, :, H:]``, not ``output[-1]``.
     """
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator)
+                   bidirectional=bidirectional, training=training, generator=generator,
+                   lengths=lengths)
     output, (h_n,), _ = _call(elman_cell(nonlinearity), x, (h0,), weights, options, False)
     return output, h_n
 
@@ -149,7 +165,8 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
 def rnn_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
             num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
             batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-            training: bool = False, generator: np.random.Generator | int | None = None
+            training: bool = False, generator: np.random.Generator | int | None = None,
+        lengths: Any = None
             ) -> tuple[tuple[Any, Any], VJP]:
     """:func:`rnn` plus its backward (BPTT): returns ``((output, h_n), vjp)``.
 
@@ -160,7 +177,8 @@ def rnn_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
     to ``output`` and ``h_n`` (``None`` for zero). Dropout uses the forward's masks.
     """
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator)
+                   bidirectional=bidirectional, training=training, generator=generator,
+                   lengths=lengths)
     output, (h_n,), vjp = _call(elman_cell(nonlinearity), x, (h0,), weights, options, True)
     return (output, h_n), vjp
 
@@ -168,7 +186,8 @@ def rnn_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
 def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[str, Any], *,
          num_layers: int = 1, bias: bool = True, batch_first: bool = False,
          dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-         training: bool = False, generator: np.random.Generator | int | None = None
+         training: bool = False, generator: np.random.Generator | int | None = None,
+        lengths: Any = None
          ) -> tuple[Any, tuple[Any, Any]]:
     r"""LSTM over a whole sequence, as ``torch.nn.LSTM``.
 
@@ -189,6 +208,7 @@ def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[st
     """
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
                    bidirectional=bidirectional, training=training, generator=generator,
+                   lengths=lengths,
                    proj_size=proj_size)
     output, finals, _ = _call(LSTM_CELL, x, _lstm_states(hx), weights, options, False)
     return output, finals
@@ -197,13 +217,15 @@ def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[st
 def lstm_vjp(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[str, Any], *,
              num_layers: int = 1, bias: bool = True, batch_first: bool = False,
              dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
-             training: bool = False, generator: np.random.Generator | int | None = None
+             training: bool = False, generator: np.random.Generator | int | None = None,
+        lengths: Any = None
              ) -> tuple[tuple[Any, tuple[Any, Any]], VJP]:
     """:func:`lstm` plus its backward: ``((output, (h_n, c_n)), vjp)`` with
     ``vjp(grad_output, grad_h_n=None, grad_c_n=None) -> (grad_x, (grad_h0, grad_c0),
     grad_weights)``, as :func:`rnn_vjp`."""
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
                    bidirectional=bidirectional, training=training, generator=generator,
+                   lengths=lengths,
                    proj_size=proj_size)
     output, finals, vjp = _call(LSTM_CELL, x, _lstm_states(hx), weights, options, True)
     return (output, finals), vjp
@@ -212,7 +234,8 @@ def lstm_vjp(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mappin
 def gru(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         num_layers: int = 1, bias: bool = True, batch_first: bool = False,
         dropout: float = 0.0, bidirectional: bool = False, training: bool = False,
-        generator: np.random.Generator | int | None = None) -> tuple[Any, Any]:
+        generator: np.random.Generator | int | None = None,
+        lengths: Any = None) -> tuple[Any, Any]:
     r"""GRU over a whole sequence, as ``torch.nn.GRU``.
 
     Gates (PyTorch's order r, z, n): :math:`r, z = \sigma(x W_{i\cdot}^T + b_{i\cdot} +
@@ -221,7 +244,8 @@ def gru(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
     Shapes as :func:`rnn`.
     """
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator)
+                   bidirectional=bidirectional, training=training, generator=generator,
+                   lengths=lengths)
     output, (h_n,), _ = _call(GRU_CELL, x, (h0,), weights, options, False)
     return output, h_n
 
@@ -229,11 +253,13 @@ def gru(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
 def gru_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
             num_layers: int = 1, bias: bool = True, batch_first: bool = False,
             dropout: float = 0.0, bidirectional: bool = False, training: bool = False,
-            generator: np.random.Generator | int | None = None
+            generator: np.random.Generator | int | None = None,
+        lengths: Any = None
             ) -> tuple[tuple[Any, Any], VJP]:
     """:func:`gru` plus its backward, as :func:`rnn_vjp`."""
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator)
+                   bidirectional=bidirectional, training=training, generator=generator,
+                   lengths=lengths)
     output, (h_n,), vjp = _call(GRU_CELL, x, (h0,), weights, options, True)
     return (output, h_n), vjp
 

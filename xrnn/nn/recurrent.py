@@ -58,12 +58,14 @@ class RecurrentBase(Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def _run(self, x: Any, initial_states: tuple[Any | None, ...]) -> tuple[Any, tuple[Any, ...]]:
+    def _run(self, x: Any, initial_states: tuple[Any | None, ...], lengths: Any = None
+             ) -> tuple[Any, tuple[Any, ...]]:
         output, finals, self._vjp = run_recurrent(
             x, initial_states, [p.data for p in self._parameters.values()], self.cell,
             num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
             dropout=self.dropout, bidirectional=self.bidirectional, training=self.training,
-            generator=self._dropout_rng, with_vjp=True, proj_size=self.proj_size)
+            generator=self._dropout_rng, with_vjp=True, proj_size=self.proj_size,
+            lengths=lengths)
         return output, finals
 
     def _backward(self, grad_output: Any, grad_finals: tuple[Any | None, ...],
@@ -154,8 +156,10 @@ class RNN(RecurrentBase):
         super().__init__(elman_cell(nonlinearity), input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, dtype, seed)
 
-    def forward(self, x: Any, h0: Any | None = None) -> tuple[Any, Any]:
-        output, (h_n,) = self._run(x, (h0,))
+    def forward(self, x: Any, h0: Any | None = None, lengths: Any = None) -> tuple[Any, Any]:
+        """``(output, h_n)``; ``lengths`` (B,) for a padded batch of variable-length
+        sequences, as :func:`xrnn.functional.rnn`."""
+        output, (h_n,) = self._run(x, (h0,), lengths)
         return output, h_n
 
     def backward(self, grad_output: Any, grad_h_n: Any | None = None, *,
@@ -215,10 +219,11 @@ class LSTM(RecurrentBase):
         super().__init__(LSTM_CELL, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, dtype, seed, proj_size)
 
-    def forward(self, x: Any, hx: tuple[Any, Any] | None = None) -> tuple[Any, tuple[Any, Any]]:
+    def forward(self, x: Any, hx: tuple[Any, Any] | None = None, lengths: Any = None
+                ) -> tuple[Any, tuple[Any, Any]]:
         if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise TypeError(f"expected hx = (h0, c0) or None, got {type(hx).__name__}")
-        output, (h_n, c_n) = self._run(x, (None, None) if hx is None else tuple(hx))
+        output, (h_n, c_n) = self._run(x, (None, None) if hx is None else tuple(hx), lengths)
         return output, (h_n, c_n)
 
     def step(self, x_t: Any, hx: tuple[Any, Any] | None = None
