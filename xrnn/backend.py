@@ -181,9 +181,15 @@ def move(array: Any, name: str) -> Any:
         return array
     xp = _namespace_for(name)
     try:
-        return xp.from_dlpack(array)
+        moved = xp.from_dlpack(array)
     except (TypeError, ValueError, RuntimeError, BufferError, AttributeError, NotImplementedError):
-        return xp.asarray(to_numpy(array))
+        moved = None
+    # DLPack keeps the source's device (a CuPy array becomes a CUDA torch tensor), while
+    # each backend's arrays live on its default device (torch's here: the CPU).
+    if moved is not None and array_api_compat.device(moved) == array_api_compat.device(
+            xp.empty((0,))):
+        return moved
+    return xp.asarray(to_numpy(array))
 
 
 def _resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
