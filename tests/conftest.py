@@ -75,3 +75,16 @@ def torch_rnn_like(model, dtype: str):
     reference = getattr(torch.nn, kind)(model.input_size, model.hidden_size, **options)
     reference.load_state_dict(xrnn.io.torch_state_dict(model))
     return reference.eval()
+
+
+def backward_random_projection(rng, output, finals):
+    """Backpropagate ``sum(output * G) + sum_k sum(finals[k] * G_k)`` through torch with
+    random G, G_k, and return them as NumPy arrays: the gradients xrnn's backward takes."""
+    torch = pytest.importorskip("torch", reason="torch autograd is the gradient reference")
+    grad_out = rng.standard_normal(tuple(output.shape))
+    grad_finals = [rng.standard_normal(tuple(f.shape)) for f in finals]
+    loss = (output * torch.from_numpy(grad_out)).sum()
+    for final, grad in zip(finals, grad_finals):
+        loss = loss + (final * torch.from_numpy(grad)).sum()
+    loss.backward()
+    return grad_out, grad_finals

@@ -11,7 +11,7 @@ import pytest
 import xrnn
 from xrnn.testing import assert_close
 
-from .conftest import torch_rnn_like
+from .conftest import backward_random_projection, torch_rnn_like
 
 torch = pytest.importorskip("torch", reason="torch's packed sequences are the reference")
 
@@ -41,12 +41,7 @@ def test_lengths_match_packed_sequences(xp, rng, kind, num_layers, bidirectional
     reference = torch_rnn_like(model, "float64")
     x = rng.standard_normal((B, T, I) if batch_first else (T, B, I))
     tx, expected_out, expected_finals = packed_torch(reference, x, LENGTHS, batch_first)
-    grad_out = rng.standard_normal(tuple(expected_out.shape))
-    grad_finals = [rng.standard_normal(tuple(f.shape)) for f in expected_finals]
-    loss = (expected_out * torch.from_numpy(grad_out)).sum()
-    for f, g in zip(expected_finals, grad_finals):
-        loss = loss + (f * torch.from_numpy(g)).sum()
-    loss.backward()
+    grad_out, grad_finals = backward_random_projection(rng, expected_out, expected_finals)
 
     output, finals = model(xrnn.asarray(x), None, lengths=LENGTHS)
     finals = finals if isinstance(finals, tuple) else (finals,)

@@ -11,7 +11,7 @@ import pytest
 import xrnn
 from xrnn.testing import assert_close, gradcheck
 
-from .conftest import torch_rnn_like
+from .conftest import backward_random_projection, torch_rnn_like
 
 torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
 
@@ -98,12 +98,7 @@ def test_gradients_match_torch_autograd(xp, rng, kind_proj, num_layers, bidirect
     tx = torch.tensor(x, requires_grad=True)
     t_states = [torch.tensor(s, requires_grad=True) for s in states]
     output, finals = call_torch(reference, tx, t_states if with_state else [])
-    grad_out = rng.standard_normal(tuple(output.shape))
-    grad_finals = [rng.standard_normal(tuple(f.shape)) for f in finals]
-    loss = (output * torch.from_numpy(grad_out)).sum()
-    for f, g in zip(finals, grad_finals):
-        loss = loss + (f * torch.from_numpy(g)).sum()
-    loss.backward()
+    grad_out, grad_finals = backward_random_projection(rng, output, finals)
 
     call_xrnn(model, x, states if with_state else [])
     grads = [xrnn.asarray(g) for g in grad_finals]
