@@ -113,11 +113,13 @@ def _call(cell: Cell, x, initial_states, weights, options: dict, with_vjp: bool)
     return run_recurrent(x, initial_states, weights, cell, with_vjp=with_vjp, **options)
 
 
-def _lstm_states(hx: Any) -> tuple[Any, Any]:
+def lstm_states(hx: Any, names: str = "(h0, c0)") -> tuple[Any, Any]:
+    """An LSTM's state pair ``hx`` as a tuple (``(None, None)`` for ``None``), else
+    ``TypeError`` naming the expected ``names``."""
     if hx is None:
         return None, None
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-        raise TypeError(f"expected hx = (h0, c0) or None for an LSTM, got {type(hx).__name__}")
+        raise TypeError(f"expected hx = {names} or None for an LSTM, got {type(hx).__name__}")
     return tuple(hx)
 
 
@@ -210,7 +212,7 @@ def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[st
                    bidirectional=bidirectional, training=training, generator=generator,
                    lengths=lengths,
                    proj_size=proj_size)
-    output, finals, _ = _call(LSTM_CELL, x, _lstm_states(hx), weights, options, False)
+    output, finals, _ = _call(LSTM_CELL, x, lstm_states(hx), weights, options, False)
     return output, finals
 
 
@@ -227,7 +229,7 @@ def lstm_vjp(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mappin
                    bidirectional=bidirectional, training=training, generator=generator,
                    lengths=lengths,
                    proj_size=proj_size)
-    output, finals, vjp = _call(LSTM_CELL, x, _lstm_states(hx), weights, options, True)
+    output, finals, vjp = _call(LSTM_CELL, x, lstm_states(hx), weights, options, True)
     return (output, finals), vjp
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from ..backend import get_namespace
 from ..functional.cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
 from ..functional.dropout import check_probability
-from ..functional.rnn import run_recurrent
+from ..functional.rnn import lstm_states, run_recurrent
 from ..functional.weights import parameter_shapes
 from .module import Module, check_dtype_name, check_positive_int, uniform
 
@@ -221,18 +221,14 @@ class LSTM(RecurrentBase):
 
     def forward(self, x: Any, hx: tuple[Any, Any] | None = None, lengths: Any = None
                 ) -> tuple[Any, tuple[Any, Any]]:
-        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise TypeError(f"expected hx = (h0, c0) or None, got {type(hx).__name__}")
-        output, (h_n, c_n) = self._run(x, (None, None) if hx is None else tuple(hx), lengths)
+        output, (h_n, c_n) = self._run(x, lstm_states(hx), lengths)
         return output, (h_n, c_n)
 
     def step(self, x_t: Any, hx: tuple[Any, Any] | None = None
              ) -> tuple[Any, tuple[Any, Any]]:
         """Streaming inference, as :meth:`RNN.step`: ``(y_t, (h, c))`` from one timestep
         x_t (B, H_in) and the state ``hx = (h, c)`` (``None`` for zeros)."""
-        if hx is not None and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise TypeError(f"expected hx = (h, c) or None, got {type(hx).__name__}")
-        y_t, (h, c) = self._step(x_t, (None, None) if hx is None else tuple(hx))
+        y_t, (h, c) = self._step(x_t, lstm_states(hx, "(h, c)"))
         return y_t, (h, c)
 
     def backward(self, grad_output: Any, grad_hx: tuple[Any, Any] | None = None, *,
