@@ -58,14 +58,20 @@ class RecurrentBase(Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    def _recurrent(self, x: Any, initial_states: tuple[Any | None, ...], **options: Any):
+        """``run_recurrent`` with this module's weights and configuration; ``options``
+        override or add to it."""
+        config = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                      dropout=self.dropout, bidirectional=self.bidirectional,
+                      training=self.training, generator=self._dropout_rng,
+                      proj_size=self.proj_size)
+        return run_recurrent(x, initial_states, [p.data for p in self._parameters.values()],
+                             self.cell, **(config | options))
+
     def _run(self, x: Any, initial_states: tuple[Any | None, ...], lengths: Any = None
              ) -> tuple[Any, tuple[Any, ...]]:
-        output, finals, self._vjp = run_recurrent(
-            x, initial_states, [p.data for p in self._parameters.values()], self.cell,
-            num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-            dropout=self.dropout, bidirectional=self.bidirectional, training=self.training,
-            generator=self._dropout_rng, with_vjp=True, proj_size=self.proj_size,
-            lengths=lengths)
+        output, finals, self._vjp = self._recurrent(x, initial_states, with_vjp=True,
+                                                    lengths=lengths)
         return output, finals
 
     def _backward(self, grad_output: Any, grad_finals: tuple[Any | None, ...],
@@ -85,11 +91,7 @@ class RecurrentBase(Module):
                              f"{getattr(x_t, 'shape', type(x_t).__name__)}")
         xp = get_namespace(x_t)
         sequence = xp.expand_dims(x_t, axis=0)  # (1, B, H_in) or (1, H_in), time-major
-        output, finals, _ = run_recurrent(
-            sequence, states, [p.data for p in self._parameters.values()], self.cell,
-            num_layers=self.num_layers, bias=self.bias, batch_first=False,
-            dropout=self.dropout, bidirectional=False, training=self.training,
-            generator=self._dropout_rng, proj_size=self.proj_size)
+        output, finals, _ = self._recurrent(sequence, states, batch_first=False)
         return output[0, ...], finals
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -104,10 +106,6 @@ class RecurrentBase(Module):
         options = dict(input_size=self.input_size, hidden_size=self.hidden_size,
                        num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                        dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype)
-        if isinstance(self, RNN):
-            options["nonlinearity"] = self.nonlinearity
-        if isinstance(self, LSTM):
-            options["proj_size"] = self.proj_size
         return options
 
     def extra_repr(self) -> str:
@@ -183,6 +181,9 @@ class RNN(RecurrentBase):
         y_t, (h,) = self._step(x_t, (h,))
         return y_t, h
 
+    def config(self) -> dict[str, Any]:
+        return dict(super().config(), nonlinearity=self.nonlinearity)
+
     def extra_repr(self) -> str:
         text = super().extra_repr()
         return text + (f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh"
@@ -223,6 +224,9 @@ class LSTM(RecurrentBase):
                 ) -> tuple[Any, tuple[Any, Any]]:
         output, (h_n, c_n) = self._run(x, lstm_states(hx), lengths)
         return output, (h_n, c_n)
+
+    def config(self) -> dict[str, Any]:
+        return dict(super().config(), proj_size=self.proj_size)
 
     def step(self, x_t: Any, hx: tuple[Any, Any] | None = None
              ) -> tuple[Any, tuple[Any, Any]]:
