@@ -12,6 +12,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .._kernels import layer_runner
 from .cells import Cell, State
 from .dropout import dropout_mask
 from .weights import LayerWeights
@@ -144,6 +145,43 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
     return grad_x, tuple(d_state), grad_w
 
 
+def run_layer(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell, *,
+              keep: bool = False, active=None):
+    """One layer, every direction, on the generic path: ``(output, finals, backward)``.
+
+    ``states`` each (D, B, H) and ``weights`` one group per direction; output
+    (T, B, D*H); finals like ``states``; ``backward(grad_output, grad_finals) ->
+    (grad_x, grad_states, grad_weights)`` with ``keep``, else ``None``. The fast paths in
+    ``xrnn._kernels`` implement this same interface.
+    """
+    runs = [run_direction(xp, x, tuple(s[d, ...] for s in states), w, cell,
+                          reverse=d == 1, keep=keep, active=active)
+            for d, w in enumerate(weights)]
+    output = runs[0][0] if len(runs) == 1 else xp.concat([r[0] for r in runs], axis=-1)
+    finals = tuple(xp.stack([r[1][k] for r in runs]) for k in range(len(states)))
+    if not keep:
+        return output, finals, None
+
+    def backward(grad_output, grad_finals):
+        hidden = runs[0][0].shape[-1]
+        grad_x, grad_states, grad_weights = None, [], []
+        for d, w in enumerate(weights):
+            g_out = grad_output if grad_output is None or len(runs) == 1 else (
+                grad_output[..., d * hidden:(d + 1) * hidden])
+            g_x, g_state0, g_w = direction_backward(
+                xp, x, tuple(s[d, ...] for s in states), w, cell, runs[d][2],
+                reverse=d == 1, grad_output=g_out,
+                grad_final=[None if g is None else g[d, ...] for g in grad_finals],
+                active=active)
+            grad_x = _add(grad_x, g_x)
+            grad_states.append(g_state0)
+            grad_weights.append(g_w)
+        return (grad_x, tuple(xp.stack([g[k] for g in grad_states]) for k in range(len(states))),
+                grad_weights)
+
+    return output, finals, backward
+
+
 def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell, *,
                num_layers: int, bidirectional: bool, dropout: float, training: bool,
                generator: np.random.Generator | None, keep: bool = False, active=None):
@@ -155,57 +193,48 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
     ``states``, and (with ``keep``, else ``None``) the :data:`Backward` function.
     Dropout (training only) follows every layer but the last. ``active`` (T, B, 1)
     booleans mark the valid steps of variable-length sequences (see ``run_direction``).
+    Each layer runs on a fast path from ``xrnn._kernels`` where one fits, else on
+    :func:`run_layer`.
     """
     directions = 2 if bidirectional else 1
+    fast = layer_runner(xp, cell, x.dtype)
     layer_input = x
     finals: list[State] = []
-    records = []  # per layer: (input, [tape per direction], dropout mask or None)
+    records = []  # per layer: (backward, dropout mask or None)
     for layer in range(num_layers):
-        outputs, tapes = [], []
-        for direction in range(directions):
-            index = layer * directions + direction
-            out, final, tape = run_direction(xp, layer_input,
-                                             tuple(s[index, ...] for s in states),
-                                             weights[index], cell, reverse=direction == 1,
-                                             keep=keep, active=active)
-            outputs.append(out)
-            finals.append(final)
-            tapes.append(tape)
-        layer_output = outputs[0] if directions == 1 else xp.concat(outputs, axis=-1)
+        group = slice(layer * directions, (layer + 1) * directions)
+        layer_states = tuple(s[group, ...] for s in states)
+        if fast is not None:
+            output, final, backward = fast(layer_input, layer_states, weights[group], cell,
+                                           keep=keep, active=active)
+        else:
+            output, final, backward = run_layer(xp, layer_input, layer_states, weights[group],
+                                                cell, keep=keep, active=active)
+        finals.append(final)
         mask = None
         if training and dropout > 0.0 and layer < num_layers - 1:
-            mask = dropout_mask(layer_output, dropout, generator)
-            layer_output = layer_output * mask
-        records.append((layer_input, tapes, mask))
-        layer_input = layer_output
-    final_states = tuple(xp.stack([f[k] for f in finals]) for k in range(len(states)))
+            mask = dropout_mask(output, dropout, generator)
+            output = output * mask
+        records.append((backward, mask))
+        layer_input = output
+    final_states = tuple(xp.concat([f[k] for f in finals]) for k in range(len(states)))
     if not keep:
         return layer_input, final_states, None
 
     def backward(grad_output, grad_finals):
-        hidden = states[0].shape[-1]
-        grad_states: list[list[Any]] = [[None] * (num_layers * directions) for _ in states]
-        grad_weights: list[Any] = [None] * (num_layers * directions)
+        grad_states: list[Any] = []
+        grad_weights: list[Any] = []
         grad_above = grad_output  # gradient of this layer's (masked) output
         for layer in range(num_layers - 1, -1, -1):
-            layer_in, tapes, mask = records[layer]
+            layer_backward, mask = records[layer]
             if mask is not None and grad_above is not None:
                 grad_above = grad_above * mask
-            grad_in = None
-            for direction in range(directions):
-                index = layer * directions + direction
-                g_out = None if grad_above is None else (
-                    grad_above[..., direction * hidden:(direction + 1) * hidden]
-                    if directions == 2 else grad_above)
-                g_final = [None if g is None else g[index, ...] for g in grad_finals]
-                g_x, g_state0, grad_weights[index] = direction_backward(
-                    xp, layer_in, tuple(s[index, ...] for s in states), weights[index], cell,
-                    tapes[direction], reverse=direction == 1, grad_output=g_out,
-                    grad_final=g_final, active=active)
-                grad_in = _add(grad_in, g_x)
-                for k, g in enumerate(g_state0):
-                    grad_states[k][index] = g
-            grad_above = grad_in
-        return grad_above, tuple(xp.stack(g) for g in grad_states), grad_weights
+            group = slice(layer * directions, (layer + 1) * directions)
+            grad_above, g_states, g_weights = layer_backward(
+                grad_above, [None if g is None else g[group, ...] for g in grad_finals])
+            grad_states.insert(0, g_states)
+            grad_weights[:0] = g_weights
+        return (grad_above, tuple(xp.concat([g[k] for g in grad_states])
+                                  for k in range(len(states))), grad_weights)
 
     return layer_input, final_states, backward

@@ -1,0 +1,90 @@
+"""The fast paths in ``xrnn._kernels`` against the generic driver they replace.
+
+The generic path is itself checked against torch elsewhere; here every kernel must
+give the generic path's outputs, final states and all gradients to rounding, with
+every option the driver has (layers, directions, bias, projection, lengths, given
+initial states and final-state gradients, dropout).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import xrnn
+from xrnn import _kernels
+from xrnn.functional.cells import ELMAN_CELLS, GRU_CELL, LSTM_CELL
+from xrnn.testing import assert_close
+
+CASES = [("RNN", {"nonlinearity": n}) for n in ("tanh", "relu")] + [
+    ("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {})]
+GRID = list(itertools.product(range(len(CASES)), [1, 2], [False, True], [False, True],
+                              [False, True]))
+T, B, I, H = 5, 3, 4, 6
+
+
+def _run(model, x, state, lengths, grad_out, grad_finals, fast: bool):
+    """Output, final states, grad of x, of the initial states and of every parameter."""
+    with _kernels.kernels_enabled(fast):
+        model.zero_grad()
+        output, finals = model(x, state, lengths=lengths)
+        grad_x, grad_state = model.backward(grad_out, grad_finals, return_state_grad=True)
+    flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
+    return ([output, *flat(finals), grad_x, *flat(grad_state)]
+            + [p.grad for _, p in model.named_parameters()])
+
+
+@pytest.mark.parametrize("case, num_layers, bidirectional, bias, with_lengths", GRID,
+                         ids=[f"{CASES[c][0]}{CASES[c][1] or ''}-{L}-{d}-{b}-{n}"
+                              for c, L, d, b, n in GRID])
+def test_numpy_kernel_matches_generic_path(rng, case, num_layers, bidirectional, bias,
+                                           with_lengths):
+    kind, options = CASES[case]
+    with xrnn.backend.use_backend("numpy"):
+        model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=bidirectional,
+                                    dtype="float64", seed=3, **options)
+        x = rng.standard_normal((T, B, I))
+        output, finals = model(x)
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        state = tuple(rng.standard_normal(f.shape) for f in finals)
+        grad_finals = tuple(rng.standard_normal(f.shape) for f in finals)
+        if kind != "LSTM":
+            state, grad_finals = state[0], grad_finals[0]
+        grad_out = rng.standard_normal(output.shape)
+        lengths = [2, T, 1] if with_lengths else None
+        fast = _run(model, x, state, lengths, grad_out, grad_finals, fast=True)
+        generic = _run(model, x, state, lengths, grad_out, grad_finals, fast=False)
+    assert len(fast) == len(generic)
+    for got, want in zip(fast, generic):
+        assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_numpy_kernel_float32_and_dropout(rng, kind):
+    """float32, and training-mode dropout with the same seed on both paths."""
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    grad_out = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+    results = []
+    with xrnn.backend.use_backend("numpy"):
+        for fast in (True, False):  # the same seed gives the same weights and masks
+            model = getattr(xrnn, kind)(I, H, 3, dropout=0.5, bidirectional=True, seed=5)
+            results.append(_run(model.train(), x, None, None, grad_out, None, fast))
+    for got, want in zip(*results):
+        assert got.dtype == np.float32
+        assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_choice():
+    """NumPy float32/float64 takes the kernel; other backends, float16 and a disabled
+    switch take the generic path."""
+    numpy_xp = xrnn.get_namespace(np.zeros(1))
+    cells = [*ELMAN_CELLS.values(), LSTM_CELL, GRU_CELL]
+    for cell, dtype in itertools.product(cells, (np.float32, np.float64)):
+        assert _kernels.layer_runner(numpy_xp, cell, np.dtype(dtype)) is not None
+    assert _kernels.layer_runner(numpy_xp, LSTM_CELL, np.dtype(np.float16)) is None
+    with _kernels.kernels_enabled(False):
+        assert _kernels.layer_runner(numpy_xp, LSTM_CELL, np.dtype(np.float32)) is None
+    strict = pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
+    assert _kernels.layer_runner(strict, LSTM_CELL, strict.float32) is None

@@ -1,0 +1,347 @@
+"""The NumPy fast path: one layer of any cell, both directions at once, forward and BPTT.
+
+It computes what the generic driver (``xrnn.functional.recurrence``) computes, in the
+same interface (:func:`run_layer`), but arranged for NumPy on the CPU:
+
+- both directions of a layer advance together: every state and per-step buffer has a
+  leading direction axis D, so one batched ``matmul`` and one call per elementwise
+  operation serve both directions (the reverse direction's inputs are stored in the
+  order it reads them, its "step order");
+- every array the time loop touches is preallocated; each operation writes with
+  ``out=`` into a slice of a buffer indexed by step, so the loop allocates nothing and
+  the tape for the backward is just those buffers;
+- the LSTM's gate rows are reordered i, f, o, g, so the three sigmoid gates are one
+  contiguous block, and the sigmoid gates' rows are halved (exact) so a single ``tanh``
+  serves all four gates;
+- the backward batches the weight gradients over all timesteps into single products.
+
+Shapes: ``x`` (T, B, I); states (D, B, H) (``h`` is (D, B, P), P = proj_size or H);
+output (T, B, D*P). Buffers indexed by step are (D, T, B, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..functional.cells import Cell
+from ..functional.weights import LayerWeights
+
+#: Kernel gate order, as indices of PyTorch's gate blocks. LSTM: i, f, o, g.
+_ORDER = {"lstm": (0, 1, 3, 2), "gru": (0, 1, 2)}
+#: Number of leading gate blocks that are sigmoids (computed as (1 + tanh(z/2)) / 2).
+_SIGMOIDS = {"lstm": 3, "gru": 2}
+KINDS = ("rnn_tanh", "rnn_relu", "rnn_identity", "lstm", "gru")
+
+
+def _blocks(a, order: Sequence[int], gates: int, axis: int):
+    """``a`` with its ``gates`` blocks along ``axis`` rearranged in ``order``."""
+    if list(order) == list(range(gates)):
+        return a
+    parts = np.split(a, gates, axis=axis)
+    return np.concatenate([parts[k] for k in order], axis=axis)
+
+
+class _Layer:
+    """One layer's weights in kernel layout, and its buffers."""
+
+    def __init__(self, x, states, weights: Sequence[LayerWeights], cell: Cell,
+                 keep: bool, active):
+        self.kind = cell.name
+        self.keep = keep
+        self.gates = gates = cell.gates
+        order = _ORDER.get(self.kind, (0,))
+        steps, batch, _ = x.shape
+        self.D = directions = len(weights)
+        dtype = x.dtype
+        self.H = hidden = weights[0].w_hh.shape[0] // gates
+        self.P = weights[0].w_hh.shape[1]  # size of h: proj_size or H
+        gh = gates * hidden
+
+        def rows(a):  # gate blocks of a weight or bias in kernel order
+            return None if a is None else _blocks(a, order, gates, axis=0)
+
+        w_ih = [rows(w.w_ih) for w in weights]  # unscaled, kernel order: for the backward
+        w_hh = [rows(w.w_hh) for w in weights]
+        self.w_ih, self.w_hh_stack = w_ih, np.stack(w_hh)  # (D, GH, P)
+        self.w_hr = None if weights[0].w_hr is None else np.stack([w.w_hr for w in weights])
+        self.w_hr_t = None if self.w_hr is None else np.ascontiguousarray(
+            np.swapaxes(self.w_hr, 1, 2))  # (D, H, P)
+        self.has_bias = weights[0].b_ih is not None
+        scale = np.ones(gh, dtype=dtype)
+        scale[:_SIGMOIDS.get(self.kind, 0) * hidden] = 0.5
+        self.w_hh_t = np.ascontiguousarray(np.swapaxes(self.w_hh_stack * scale[:, None], 1, 2))
+        self.b_hn = None  # GRU: the n block of b_hh, added inside the reset product
+
+        # the input projection, in step order: gx[d, s] = x[t(s)] W_ih^T + folded biases
+        self.x_steps = [x if d == 0 else np.ascontiguousarray(x[::-1]) for d in range(directions)]
+        self.gx = np.empty((directions, steps, batch, gh), dtype=dtype)
+        for d, w in enumerate(weights):
+            flat = self.gx[d].reshape(steps * batch, gh)
+            np.matmul(self.x_steps[d].reshape(steps * batch, -1), (w_ih[d] * scale[:, None]).T,
+                      out=flat)
+            if self.has_bias:
+                bias = rows(w.b_ih) + rows(w.b_hh)
+                if self.kind == "gru":  # b_hn stays inside r * (h W_hn^T + b_hn)
+                    bias[2 * hidden:] = rows(w.b_ih)[2 * hidden:]
+                flat += bias * scale
+        if self.kind == "gru" and self.has_bias:
+            self.b_hn = np.stack([w.b_hh[2 * hidden:] for w in weights])[:, None, :]  # (D,1,H)
+
+        # states by step: h[:, s] is the state before step s, h[:, T] the final one
+        self.h = np.empty((directions, steps + 1, batch, self.P), dtype=dtype)
+        self.h[:, 0] = states[0]
+        self.c = None
+        if self.kind == "lstm":
+            self.c = np.empty((directions, steps + 1, batch, hidden), dtype=dtype)
+            self.c[:, 0] = states[1]
+        # per-step activations; without ``keep`` one step's worth is reused
+        taped = steps if keep else 1
+        self.a = np.empty((directions, taped, batch, gh), dtype=dtype)
+        self.tanh_c = (np.empty((directions, taped, batch, hidden), dtype=dtype)
+                       if self.kind == "lstm" else None)
+        self.m = (np.empty((directions, taped, batch, hidden), dtype=dtype)
+                  if self.w_hr is not None else None)  # LSTM output before the projection
+        self.gh = (np.empty((directions, taped, batch, gh), dtype=dtype)
+                   if self.kind == "gru" else None)  # GRU: h W_hh^T (+ b_hn on the n block)
+        self.z = np.empty((directions, batch, gh), dtype=dtype)
+        self.tmp = np.empty((directions, batch, hidden), dtype=dtype)
+        # ``inactive[:, s]`` (D, B, 1): where a padded step leaves the state unchanged
+        self.inactive = None
+        if active is not None:
+            steps_active = np.stack([active if d == 0 else active[::-1]
+                                     for d in range(directions)])
+            self.inactive = ~steps_active
+
+    # forward ---------------------------------------------------------------------------
+
+    def forward(self):
+        steps = self.gx.shape[1]
+        step = getattr(self, "_step_" + self.kind.removeprefix("rnn_"))
+        for s in range(steps):
+            k = s if self.keep else 0
+            h_out = self.h[:, s + 1] if self.m is None else self.m[:, k]
+            step(s, k, self.h[:, s], h_out)
+            if self.m is not None:
+                np.matmul(h_out, self.w_hr_t, out=self.h[:, s + 1])
+            if self.inactive is not None:
+                np.copyto(self.h[:, s + 1], self.h[:, s], where=self.inactive[:, s])
+                if self.c is not None:
+                    np.copyto(self.c[:, s + 1], self.c[:, s], where=self.inactive[:, s])
+
+    def _step_tanh(self, s, k, h_prev, h_out):
+        z = np.matmul(h_prev, self.w_hh_t, out=self.z)
+        z += self.gx[:, s]
+        np.tanh(z, out=h_out)
+
+    def _step_relu(self, s, k, h_prev, h_out):
+        z = np.matmul(h_prev, self.w_hh_t, out=self.z)
+        z += self.gx[:, s]
+        np.maximum(z, 0.0, out=h_out)
+
+    def _step_identity(self, s, k, h_prev, h_out):
+        np.matmul(h_prev, self.w_hh_t, out=h_out)
+        h_out += self.gx[:, s]
+
+    def _step_lstm(self, s, k, h_prev, h_out):
+        hidden = self.H
+        z = np.matmul(h_prev, self.w_hh_t, out=self.z)
+        z += self.gx[:, s]
+        a = np.tanh(z, out=self.a[:, k])  # i, f, o halved: tanh(z/2)
+        sig = a[..., :3 * hidden]
+        sig *= 0.5
+        sig += 0.5
+        i, f, o, g = (a[..., j * hidden:(j + 1) * hidden] for j in range(4))
+        c = np.multiply(f, self.c[:, s], out=self.c[:, s + 1])
+        c += np.multiply(i, g, out=self.tmp)
+        tanh_c = np.tanh(c, out=self.tanh_c[:, k])
+        np.multiply(o, tanh_c, out=h_out)
+
+    def _step_gru(self, s, k, h_prev, h_out):
+        hidden = self.H
+        gh = np.matmul(h_prev, self.w_hh_t, out=self.gh[:, k])
+        hn = gh[..., 2 * hidden:]
+        if self.b_hn is not None:
+            hn += self.b_hn
+        gx = self.gx[:, s]
+        a = self.a[:, k]
+        rz = np.add(gx[..., :2 * hidden], gh[..., :2 * hidden], out=a[..., :2 * hidden])
+        np.tanh(rz, out=rz)  # r, z halved: tanh(z/2)
+        rz *= 0.5
+        rz += 0.5
+        r, z = rz[..., :hidden], rz[..., hidden:]
+        n = np.multiply(r, hn, out=a[..., 2 * hidden:])
+        n += gx[..., 2 * hidden:]
+        np.tanh(n, out=n)
+        np.subtract(h_prev, n, out=h_out)  # h = n + z (h_prev - n)
+        h_out *= z
+        h_out += n
+
+    def output(self, active):
+        """(T, B, D*P): each direction's outputs at their time positions, zero where padded."""
+        steps, batch = self.gx.shape[1], self.gx.shape[2]
+        out = np.empty((steps, batch, self.D * self.P), dtype=self.h.dtype)
+        out[..., :self.P] = self.h[0, 1:]
+        if self.D == 2:
+            out[..., self.P:] = self.h[1, :0:-1]
+        if active is not None:
+            np.copyto(out, 0.0, where=~active)
+        return out
+
+    def finals(self):
+        last = self.gx.shape[1]
+        return (self.h[:, last].copy(),) + (() if self.c is None else (self.c[:, last].copy(),))
+
+    # backward --------------------------------------------------------------------------
+
+    def backward(self, grad_output, grad_finals):
+        """BPTT; returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
+        directions, steps, batch, gh = self.gx.shape
+        hidden, dtype = self.H, self.gx.dtype
+        grad_steps = None  # grad_output per direction in step order, zero where padded
+        if grad_output is not None:
+            grad_steps = np.empty((directions, steps, batch, self.P), dtype=dtype)
+            grad_steps[0] = grad_output[..., :self.P]
+            if directions == 2:
+                grad_steps[1] = grad_output[::-1, :, self.P:]
+            if self.inactive is not None:
+                np.copyto(grad_steps, 0.0, where=self.inactive)
+        dh = (np.zeros((directions, batch, self.P), dtype=dtype) if grad_finals[0] is None
+              else np.array(grad_finals[0], dtype=dtype))
+        dc = None
+        if self.kind == "lstm":
+            dc = (np.zeros((directions, batch, hidden), dtype=dtype) if grad_finals[1] is None
+                  else np.array(grad_finals[1], dtype=dtype))
+        dz_all = np.empty((directions, steps, batch, gh), dtype=dtype)
+        dgh_all = np.empty_like(dz_all) if self.kind == "gru" else dz_all
+        dh_all = (np.empty((directions, steps, batch, self.P), dtype=dtype)
+                  if self.w_hr is not None else None)  # d(projected h), for d W_hr
+        saved = None
+        if self.inactive is not None:
+            saved = [np.empty_like(dh)] + ([] if dc is None else [np.empty_like(dc)])
+        scratch = np.empty((directions, batch, gh), dtype=dtype)
+        dm = np.empty((directions, batch, hidden), dtype=dtype) if dh_all is not None else None
+        step_back = getattr(self, "_back_" + self.kind.removeprefix("rnn_"))
+        for s in range(steps - 1, -1, -1):
+            if grad_steps is not None:
+                dh += grad_steps[:, s]
+            if saved is not None:  # a padded step passes its state's gradient through
+                np.copyto(saved[0], dh)
+                if dc is not None:
+                    np.copyto(saved[1], dc)
+            d_out = dh
+            if dh_all is not None:  # h = m W_hr^T: back to m
+                np.copyto(dh_all[:, s], dh)
+                d_out = np.matmul(dh, self.w_hr, out=dm)
+            dz, dgh = dz_all[:, s], dgh_all[:, s]
+            direct = step_back(s, d_out, dc, dz, dgh, scratch)
+            if saved is not None:
+                np.copyto(dz, 0.0, where=self.inactive[:, s])
+                if dh_all is not None:
+                    np.copyto(dh_all[:, s], 0.0, where=self.inactive[:, s])
+                if dgh is not dz:
+                    np.copyto(dgh, 0.0, where=self.inactive[:, s])
+            np.matmul(dgh, self.w_hh_stack, out=dh)
+            if direct is not None:
+                dh += direct
+            if saved is not None:
+                np.copyto(dh, saved[0], where=self.inactive[:, s])
+                if dc is not None:
+                    np.copyto(dc, saved[1], where=self.inactive[:, s])
+        return self._gradients(dz_all, dgh_all, dh_all, dh, dc)
+
+    def _back_tanh(self, s, dh, dc, dz, dgh, scratch):
+        h = self.h[:, s + 1]
+        np.multiply(h, h, out=dz)
+        np.subtract(1.0, dz, out=dz)
+        dz *= dh
+
+    def _back_relu(self, s, dh, dc, dz, dgh, scratch):
+        dz[...] = 0.0
+        np.copyto(dz, dh, where=self.h[:, s + 1] > 0.0)
+
+    def _back_identity(self, s, dh, dc, dz, dgh, scratch):
+        np.copyto(dz, dh)
+
+    def _back_lstm(self, s, dh, dc, dz, dgh, scratch):
+        hidden = self.H
+        a, tanh_c = self.a[:, s], self.tanh_c[:, s]
+        i, f, o, g = (a[..., j * hidden:(j + 1) * hidden] for j in range(4))
+        t = np.multiply(tanh_c, tanh_c, out=self.tmp)  # dc += dh o (1 - tanh(c)^2)
+        np.subtract(1.0, t, out=t)
+        t *= o
+        t *= dh
+        dc += t
+        np.multiply(dc, g, out=dz[..., :hidden])
+        np.multiply(dc, self.c[:, s], out=dz[..., hidden:2 * hidden])
+        np.multiply(dh, tanh_c, out=dz[..., 2 * hidden:3 * hidden])
+        np.multiply(dc, i, out=dz[..., 3 * hidden:])
+        slope = np.multiply(a, a, out=scratch)  # sigmoid' = s - s^2, tanh' = 1 - g^2
+        np.subtract(a[..., :3 * hidden], slope[..., :3 * hidden], out=slope[..., :3 * hidden])
+        np.subtract(1.0, slope[..., 3 * hidden:], out=slope[..., 3 * hidden:])
+        dz *= slope
+        dc *= f
+        return None
+
+    def _back_gru(self, s, dh, dc, dz, dgh, scratch):
+        hidden = self.H
+        a, hn = self.a[:, s], self.gh[:, s][..., 2 * hidden:]
+        rz, n = a[..., :2 * hidden], a[..., 2 * hidden:]
+        r, z = rz[..., :hidden], rz[..., hidden:]
+        dn = dz[..., 2 * hidden:]  # dh (1 - z) (1 - n^2)
+        np.multiply(n, n, out=dn)
+        np.subtract(1.0, dn, out=dn)
+        dn *= dh
+        dn *= np.subtract(1.0, z, out=self.tmp)
+        np.multiply(dn, hn, out=dz[..., :hidden])  # dr = dn hn r (1 - r)
+        np.subtract(self.h[:, s], n, out=dz[..., hidden:2 * hidden])  # dz = dh (h - n) z (1 - z)
+        dz[..., hidden:2 * hidden] *= dh
+        slope = np.subtract(1.0, rz, out=scratch[..., :2 * hidden])
+        slope *= rz
+        dz[..., :2 * hidden] *= slope
+        dgh[..., :2 * hidden] = dz[..., :2 * hidden]
+        np.multiply(dn, r, out=dgh[..., 2 * hidden:])
+        return np.multiply(dh, z, out=self.tmp)
+
+    def _gradients(self, dz_all, dgh_all, dh_all, dh, dc):
+        directions, steps, batch, gh = dz_all.shape
+        order = _ORDER.get(self.kind, (0,))
+        grad_x = None
+        grads = []
+        for d in range(directions):
+            dz = dz_all[d].reshape(steps * batch, gh)
+            dgh = dgh_all[d].reshape(steps * batch, gh)
+            x = self.x_steps[d]
+            g_x = (dz @ self.w_ih[d]).reshape(x.shape)
+            if d == 0:
+                grad_x = g_x
+            else:
+                grad_x += g_x[::-1]
+            h_prev = self.h[d, :steps].reshape(steps * batch, self.P)
+
+            def rows(a):  # back from kernel order to PyTorch's
+                return _blocks(a, order, self.gates, axis=0)
+
+            grads.append(LayerWeights(
+                rows(dz.T @ x.reshape(steps * batch, -1)), rows(dgh.T @ h_prev),
+                rows(dz.sum(axis=0)) if self.has_bias else None,
+                rows(dgh.sum(axis=0)) if self.has_bias else None,
+                None if dh_all is None else
+                dh_all[d].reshape(steps * batch, self.P).T
+                @ self.m[d].reshape(steps * batch, self.H)))
+        return grad_x, (dh,) + (() if dc is None else (dc,)), grads
+
+
+def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
+              keep: bool, active=None):
+    """One layer (all its directions) of ``cell``: ``(output, finals, backward or None)``.
+
+    ``x`` (T, B, I); ``states`` each (D, B, ·); ``weights`` one :class:`LayerWeights` per
+    direction; ``active`` (T, B, 1) booleans for variable lengths. ``backward(grad_output,
+    grad_finals) -> (grad_x, grad_states, grad_weights)`` (``None`` entries mean zero).
+    """
+    layer = _Layer(x, states, weights, cell, keep, active)
+    layer.forward()
+    return layer.output(active), layer.finals(), (layer.backward if keep else None)
