@@ -1,32 +1,75 @@
-"""Shared by the benchmark scripts: the shape grid, matched model pairs, alternating timing."""
+"""The benchmark's parts: shape grids, FLOP counts, matched xrnn/torch contenders,
+timers (wall clock on the CPU, CUDA events on the GPU), alternating medians, the
+machine's float32 matrix-product peak and a description of the machine."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import platform
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import xrnn
 
+Shape = tuple[int, int, int, int, int, int]  # (T, B, I, H, L, D)
+Timer = Callable[[Callable[[], object]], float]  # seconds one call of fn takes
+
 #: (T, B, I, H, L, D): sequence length, batch, input size, hidden size, layers, directions.
-GRID = [
+CPU_GRID: list[Shape] = [
     (50, 1, 8, 16, 2, 2),
     (100, 32, 64, 128, 2, 2),
     (200, 64, 256, 512, 2, 2),
     (100, 256, 512, 1024, 1, 1),
+    (1000, 16, 256, 256, 1, 1),    # long sequence
+    (100, 1, 64, 128, 1, 1),       # batch of one
+    (100, 1, 256, 512, 2, 2),
 ]
-
-
+GPU_GRID: list[Shape] = [
+    (50, 1, 8, 16, 2, 2),
+    (100, 64, 512, 512, 2, 2),
+    (1000, 16, 256, 256, 1, 1),
+    (100, 256, 512, 1024, 1, 1),
+]
 CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+MODES = ("forward", "train")
 
 
-def matched_pair(shape: tuple[int, ...], cell: str = "rnn"):
+def model_flops(cell: str, shape: Shape, mode: str) -> float:
+    """Useful matrix-product FLOPs of one run (2 per multiply-add), float32.
+
+    Per layer and direction, with G gates (RNN 1, GRU 3, LSTM 4) and input width
+    I_l (I for layer 0, D*H above it)::
+
+        forward = 2*T*B*G*H*I_l      (input projection, all steps)
+                + 2*T*B*G*H*H        (recurrent product h_{t-1} W_hh^T, every step)
+
+    summed over the L*D layer-directions. An LSTM with proj_size P would add
+    2*T*B*H*P and use P instead of H as the recurrent and upper-layer input width; the
+    grids have none. ``mode="train"`` (forward + backward) counts 3x forward: the
+    backward does each product twice more, once for the weight gradient and once for
+    the gradient of its input (x, or h_{t-1}). Gates, nonlinearities and biases are
+    elementwise work and not counted.
+    """
+    t, b, i, h, layers, d = shape
+    forward = sum(2 * t * b * GATES[cell] * h * ((i if k == 0 else d * h) + h) * d
+                  for k in range(layers))
+    return float(forward * (3 if mode == "train" else 1))
+
+
+def matched_pair(shape: Shape, cell: str):
     """An xrnn layer and the torch.nn layer of the same kind (``cell``: rnn, lstm or gru)
-    with the same weights, an input for each, and a sync function that waits for the
-    GPU when xrnn runs on CuPy (torch then uses CUDA)."""
+    with the same weights, on xrnn's selected backend (torch on CUDA when it is cupy),
+    and the same float32 input for each."""
     t, b, i, h, layers, d = shape
     device = "cuda" if xrnn.get_backend() == "cupy" else "cpu"
     model = getattr(xrnn, CELLS[cell])(i, h, num_layers=layers, bidirectional=d == 2, seed=0)
@@ -34,59 +77,172 @@ def matched_pair(shape: tuple[int, ...], cell: str = "rnn"):
     reference.load_state_dict(xrnn.io.torch_state_dict(model))
     reference.to(device)
     host = np.random.default_rng(0).standard_normal((t, b, i)).astype(np.float32)
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-            xrnn.get_namespace().cuda.Stream.null.synchronize()
-
-    return model, reference, xrnn.asarray(host), torch.from_numpy(host).to(device), sync
+    return model, reference, xrnn.asarray(host), torch.from_numpy(host).to(device)
 
 
-def _median_seconds(fn: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def contenders(shape: Shape, cell: str, mode: str) -> dict[str, tuple[Callable[[], None], Timer]]:
+    """Name -> (one run, its timer). ``mode`` is "forward" (eval mode, torch under
+    inference_mode) or "train" (forward + backward of the sum of outputs; both sides
+    compute every gradient: input, parameters). On the GPU a third contender,
+    ``torch_nocudnn``, is torch's per-timestep path with cuDNN disabled."""
+    model, reference, x, x_torch = matched_pair(shape, cell)
+    if mode == "forward":
+        model.eval(), reference.eval()
+
+        def run_xrnn() -> None:
+            model(x)
+
+        def run_torch() -> None:
+            with torch.inference_mode():
+                reference(x_torch)
+    else:
+        x_torch.requires_grad_(True)
+        grad_output = xrnn.get_namespace(x).ones_like(model(x)[0])  # d(sum of outputs)
+
+        def run_xrnn() -> None:
+            model.zero_grad()
+            model(x)
+            model.backward(grad_output)
+
+        def run_torch() -> None:
+            reference.zero_grad()
+            x_torch.grad = None
+            reference(x_torch)[0].sum().backward()
+
+    if xrnn.get_backend() != "cupy":
+        return {"xrnn": (run_xrnn, wall_seconds), "torch": (run_torch, wall_seconds)}
+
+    def run_torch_nocudnn() -> None:
+        with torch.backends.cudnn.flags(enabled=False):
+            run_torch()
+
+    return {"xrnn": (run_xrnn, cupy_event_seconds), "torch": (run_torch, torch_event_seconds),
+            "torch_nocudnn": (run_torch_nocudnn, torch_event_seconds)}
 
 
-def alternate(ours: Callable[[], None], theirs: Callable[[], None], rounds: int,
-              per_round: int) -> tuple[float, float]:
-    """Median seconds of each contender, run in alternating rounds after one warm-up each,
-    so that drifts in the machine's load hit both."""
-    ours(), theirs()
-    a, b = [], []
+def wall_seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def cupy_event_seconds(fn: Callable[[], object]) -> float:
+    """GPU time of ``fn`` between two CuPy events on its current stream, after waiting
+    for the whole device (torch's work included)."""
+    import cupy
+
+    cupy.cuda.Device().synchronize()
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 1e3
+
+
+def torch_event_seconds(fn: Callable[[], object]) -> float:
+    """GPU time of ``fn`` between two torch CUDA events on its current stream, after
+    waiting for the whole device (CuPy's work included)."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def alternate(runs: dict[str, tuple[Callable[[], None], Timer]], rounds: int, per_round: int,
+              warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each contender: ``warmup`` untimed runs each, then ``rounds``
+    rounds in which every contender in turn takes the median of ``per_round`` runs, so
+    that drifts in the machine's load hit all of them; the median over rounds."""
+    for _ in range(warmup):
+        for fn, _timer in runs.values():
+            fn()
+    medians: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        a.append(_median_seconds(ours, per_round))
-        b.append(_median_seconds(theirs, per_round))
-    return statistics.median(a), statistics.median(b)
+        for name, (fn, timer) in runs.items():
+            medians[name].append(statistics.median(timer(fn) for _ in range(per_round)))
+    return {name: statistics.median(values) for name, values in medians.items()}
 
 
-def report(title: str, rows: Iterable[tuple[tuple[int, ...], float, float]]) -> None:
-    """Print a table row by row, as ``rows`` are measured."""
-    print(title, flush=True)
-    print(f"{'T, B, I, H, L, D':<28}{'xrnn ms':>10}{'torch ms':>10}{'ratio':>8}")
-    for shape, ours, theirs in rows:
-        print(f"{str(shape):<28}{ours * 1e3:>10.2f}{theirs * 1e3:>10.2f}{ours / theirs:>8.2f}",
-              flush=True)
+def matmul_peak(backend: str, sizes: tuple[int, ...], min_seconds: float) -> float:
+    """The best float32 matrix-product rate, in GFLOP/s, of the backend's own namespace
+    (``numpy`` or ``cupy``) over square products of the given sizes: each size is run at
+    least 3 times and until ``min_seconds`` have been spent on it, after one warm-up."""
+    xp = importlib.import_module(backend)
+    timer = cupy_event_seconds if backend == "cupy" else wall_seconds
+    rng = np.random.default_rng(0)
+    best = 0.0
+    for n in sizes:
+        a, b = (xp.asarray(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
+        xp.matmul(a, b)
+        spent, count = 0.0, 0
+        while count < 3 or spent < min_seconds:
+            seconds = timer(lambda: xp.matmul(a, b))
+            spent, count = spent + seconds, count + 1
+            best = max(best, 2 * n**3 / seconds)
+    return best / 1e9
 
 
-def header(cell: str, rounds: int, per_round: int) -> str:
-    gpu = f", {torch.cuda.get_device_name()}" if xrnn.get_backend() == "cupy" else ""
-    return (f"{CELLS[cell]}: xrnn backend {xrnn.get_backend()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads{gpu}), medians of {rounds}x{per_round} runs")
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-def arguments(description: str):
-    """The benchmarks' shared command line: ``--cell`` (repeatable) and ``--quick``."""
-    import argparse
+def _blas() -> str:
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        text = f"{blas['name']} {blas.get('version', '')}".strip()
+        config = blas.get("openblas configuration")
+        return f"{text} ({config})" if config else text
+    except Exception:  # older numpy, or a build without the information
+        return "unknown"
 
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--cell", choices=list(CELLS), action="append",
-                        help="layer type(s) to time (default: all three)")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = parser.parse_args()
-    args.cell = args.cell or list(CELLS)
-    return args
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root,
+                               timeout=10).returncode != 0
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return f"{commit}{' (with uncommitted changes)' if dirty else ''}" if commit else "unknown"
+
+
+def machine_info(backend: str) -> dict[str, str]:
+    """What the results depend on: processor, cores, library versions, BLAS, threads,
+    and the GPU when xrnn runs on CuPy."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads_env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                              "MKL_NUM_THREADS") if k in os.environ}
+    info = {
+        "cpu": _cpu_model(),
+        "cores": f"{os.cpu_count()} ({usable} usable by this process)",
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "xrnn commit": _git_commit(),
+        "numpy": np.__version__,
+        "numpy BLAS": _blas(),
+        "thread variables": ", ".join(f"{k}={v}" for k, v in threads_env.items()) or "none set",
+        "torch": f"{torch.__version__}, {torch.get_num_threads()} threads",
+    }
+    if backend == "cupy":
+        import cupy
+
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cupy"] = (f"{cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
+                        f", CUPY_TF32={os.environ.get('CUPY_TF32', 'unset')}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
+        info["torch cuDNN"] = f"{torch.backends.cudnn.version()}, TF32 {tf32}"
+    return info
