@@ -197,6 +197,9 @@ def _resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
         return dtype
     if dtype not in ("float16", "float32", "float64", "int32", "int64", "bool"):
         raise ValueError(f"unsupported dtype {dtype!r}; expected a name such as 'float32' or 'float64'")
+    if not hasattr(xp, dtype):
+        raise TypeError(f"dtype {dtype!r} is not available on the {get_backend()!r} backend "
+                        f"(the Array API standard defines no {dtype})")
     return getattr(xp, dtype)
 
 

@@ -81,3 +81,18 @@ def check_lengths(lengths: Any, steps: int, batch: int) -> np.ndarray:
     if bad.size:
         raise ValueError(f"every length must be in [1, T={steps}], got {bad.tolist()}")
     return host.astype(np.int64)
+
+
+def check_all_finite(array: Any, name: str) -> None:
+    """``ValueError`` if ``array`` holds a NaN or an infinity, naming ``name``, how many
+    entries are non-finite and the index (and value) of the first in C order."""
+    xp = get_namespace(array)
+    bad = xp.reshape(xp.logical_not(xp.isfinite(array)), (-1,))
+    count = int(xp.sum(xp.astype(bad, xp.int64)))
+    if count == 0:
+        return
+    first = int(xp.argmax(xp.astype(bad, xp.int8)))  # argmax returns the first maximum
+    index = tuple(int(i) for i in np.unravel_index(first, tuple(array.shape)))
+    value = float(xp.reshape(array, (-1,))[first])
+    raise ValueError(f"{name} must be finite (check_finite=True), got {count} non-finite "
+                     f"of {bad.shape[0]} entries; the first is {value} at index {index}")

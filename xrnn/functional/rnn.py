@@ -10,7 +10,7 @@ import numpy as np
 
 from ..backend import get_namespace
 from .cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
-from .checks import check_input, check_lengths, check_state
+from .checks import check_all_finite, check_input, check_lengths, check_state
 from .dropout import as_generator, check_probability
 from .recurrence import run_layers
 from .weights import group_weights, parameter_names
@@ -23,7 +23,7 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
                   cell: Cell, *, num_layers: int, bias: bool, batch_first: bool,
                   dropout: float, bidirectional: bool, training: bool,
                   generator: np.random.Generator | int | None, with_vjp: bool = False,
-                  proj_size: int = 0, lengths: Any = None
+                  proj_size: int = 0, lengths: Any = None, check_finite: bool = False
                   ) -> tuple[Any, tuple[Any, ...], VJP | None]:
     """Check arguments, arrange the layout and call the shared driver; any cell type.
 
@@ -32,6 +32,8 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
     It maps the gradients of ``output`` and of each final state (``None`` for zero),
     in the caller's layout, to ``(grad_x, grad_initial_states, grad_weights)``, with
     ``grad_weights`` in the form ``weights`` came in (flat list or name mapping).
+    ``check_finite`` raises ``ValueError`` for a NaN or infinity in ``x`` (steps past
+    ``lengths``, never read, are not checked) or in a given initial state.
     """
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
@@ -62,6 +64,8 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
         valid = np.arange(x.shape[0])[:, None] < host[None, :]
         active = xp.asarray(valid[:, :, None], device=array_api_compat.device(x))
         x = xp.where(active, x, xp.zeros_like(x))  # padding never reaches a product
+    if check_finite:
+        check_all_finite(to_caller_layout(x), "input")
     directions = 2 if bidirectional else 1
     states = []
     for k, (given, size) in enumerate(zip(initial_states, cell.state_sizes(groups[0]))):
@@ -71,6 +75,8 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
             states.append(xp.zeros(shape, dtype=x.dtype, device=array_api_compat.device(x)))
             continue
         check_state(given, (shape[0], size) if unbatched else shape, name, x)
+        if check_finite:
+            check_all_finite(given, name)
         states.append(xp.expand_dims(given, axis=1) if unbatched else given)
     output, finals, backward = run_layers(
         xp, x, tuple(states), groups, cell, num_layers=num_layers, bidirectional=bidirectional,
@@ -132,7 +138,7 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
         batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
         training: bool = False, generator: np.random.Generator | int | None = None,
-        lengths: Any = None
+        lengths: Any = None, check_finite: bool = False
         ) -> tuple[Any, Any]:
     r"""Elman RNN over a whole sequence, as ``torch.nn.RNN``.
 
@@ -150,6 +156,9 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
             lengths (PyTorch's packed sequences without the packing, in any order): each
             sequence's reverse direction starts at its own last valid step, ``h_n`` holds
             its state there, and outputs (and gradients) past its length are zero.
+        check_finite: raise ``ValueError`` if ``x`` (within ``lengths``) or a given
+            initial state holds a NaN or an infinity, naming the array, the count and
+            the first index. Off by default: non-finite values then propagate as they are.
 
     Returns:
         ``(output, h_n)``: output (T, B, D*H) (batch-first if asked) with directions
@@ -159,7 +168,7 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
     """
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
                    bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths)
+                   lengths=lengths, check_finite=check_finite)
     output, (h_n,), _ = _call(elman_cell(nonlinearity), x, (h0,), weights, options, False)
     return output, h_n
 
@@ -168,7 +177,7 @@ def rnn_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
             num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
             batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
             training: bool = False, generator: np.random.Generator | int | None = None,
-        lengths: Any = None
+            lengths: Any = None, check_finite: bool = False
             ) -> tuple[tuple[Any, Any], VJP]:
     """:func:`rnn` plus its backward (BPTT): returns ``((output, h_n), vjp)``.
 
@@ -180,7 +189,7 @@ def rnn_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
     """
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
                    bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths)
+                   lengths=lengths, check_finite=check_finite)
     output, (h_n,), vjp = _call(elman_cell(nonlinearity), x, (h0,), weights, options, True)
     return (output, h_n), vjp
 
@@ -189,7 +198,7 @@ def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[st
          num_layers: int = 1, bias: bool = True, batch_first: bool = False,
          dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
          training: bool = False, generator: np.random.Generator | int | None = None,
-        lengths: Any = None
+         lengths: Any = None, check_finite: bool = False
          ) -> tuple[Any, tuple[Any, Any]]:
     r"""LSTM over a whole sequence, as ``torch.nn.LSTM``.
 
@@ -210,7 +219,7 @@ def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[st
     """
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
                    bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths,
+                   lengths=lengths, check_finite=check_finite,
                    proj_size=proj_size)
     output, finals, _ = _call(LSTM_CELL, x, lstm_states(hx), weights, options, False)
     return output, finals
@@ -220,14 +229,14 @@ def lstm_vjp(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mappin
              num_layers: int = 1, bias: bool = True, batch_first: bool = False,
              dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
              training: bool = False, generator: np.random.Generator | int | None = None,
-        lengths: Any = None
+             lengths: Any = None, check_finite: bool = False
              ) -> tuple[tuple[Any, tuple[Any, Any]], VJP]:
     """:func:`lstm` plus its backward: ``((output, (h_n, c_n)), vjp)`` with
     ``vjp(grad_output, grad_h_n=None, grad_c_n=None) -> (grad_x, (grad_h0, grad_c0),
     grad_weights)``, as :func:`rnn_vjp`."""
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
                    bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths,
+                   lengths=lengths, check_finite=check_finite,
                    proj_size=proj_size)
     output, finals, vjp = _call(LSTM_CELL, x, lstm_states(hx), weights, options, True)
     return (output, finals), vjp
@@ -237,7 +246,7 @@ def gru(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         num_layers: int = 1, bias: bool = True, batch_first: bool = False,
         dropout: float = 0.0, bidirectional: bool = False, training: bool = False,
         generator: np.random.Generator | int | None = None,
-        lengths: Any = None) -> tuple[Any, Any]:
+        lengths: Any = None, check_finite: bool = False) -> tuple[Any, Any]:
     r"""GRU over a whole sequence, as ``torch.nn.GRU``.
 
     Gates (PyTorch's order r, z, n): :math:`r, z = \sigma(x W_{i\cdot}^T + b_{i\cdot} +
@@ -247,7 +256,7 @@ def gru(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
     """
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
                    bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths)
+                   lengths=lengths, check_finite=check_finite)
     output, (h_n,), _ = _call(GRU_CELL, x, (h0,), weights, options, False)
     return output, h_n
 
@@ -256,12 +265,12 @@ def gru_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
             num_layers: int = 1, bias: bool = True, batch_first: bool = False,
             dropout: float = 0.0, bidirectional: bool = False, training: bool = False,
             generator: np.random.Generator | int | None = None,
-        lengths: Any = None
+            lengths: Any = None, check_finite: bool = False
             ) -> tuple[tuple[Any, Any], VJP]:
     """:func:`gru` plus its backward, as :func:`rnn_vjp`."""
     options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
                    bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths)
+                   lengths=lengths, check_finite=check_finite)
     output, (h_n,), vjp = _call(GRU_CELL, x, (h0,), weights, options, True)
     return (output, h_n), vjp
 

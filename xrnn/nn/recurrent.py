@@ -10,6 +10,7 @@ import numpy as np
 
 from ..backend import get_namespace
 from ..functional.cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
+from ..functional.checks import check_all_finite
 from ..functional.dropout import check_probability
 from ..functional.rnn import lstm_states, run_recurrent
 from ..functional.weights import parameter_shapes
@@ -68,10 +69,10 @@ class RecurrentBase(Module):
         return run_recurrent(x, initial_states, [p.data for p in self._parameters.values()],
                              self.cell, **(config | options))
 
-    def _run(self, x: Any, initial_states: tuple[Any | None, ...], lengths: Any = None
-             ) -> tuple[Any, tuple[Any, ...]]:
+    def _run(self, x: Any, initial_states: tuple[Any | None, ...], lengths: Any,
+             check_finite: bool) -> tuple[Any, tuple[Any, ...]]:
         output, finals, self._vjp = self._recurrent(x, initial_states, with_vjp=True,
-                                                    lengths=lengths)
+                                                    lengths=lengths, check_finite=check_finite)
         return output, finals
 
     def _backward(self, grad_output: Any, grad_finals: tuple[Any | None, ...],
@@ -81,7 +82,8 @@ class RecurrentBase(Module):
             parameter.accumulate(grad)
         return (grad_x, *grad_states) if return_state_grad else grad_x
 
-    def _step(self, x_t: Any, states: tuple[Any | None, ...]) -> tuple[Any, tuple[Any, ...]]:
+    def _step(self, x_t: Any, states: tuple[Any | None, ...], check_finite: bool
+              ) -> tuple[Any, tuple[Any, ...]]:
         """One timestep through every layer: x_t (B, H_in) or (H_in,) -> y_t (B, H_out)."""
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer: a bidirectional one reads "
@@ -89,9 +91,12 @@ class RecurrentBase(Module):
         if not hasattr(x_t, "ndim") or x_t.ndim not in (1, 2):
             raise ValueError("expected one timestep of shape (B, H_in) or (H_in,), got "
                              f"{getattr(x_t, 'shape', type(x_t).__name__)}")
+        if check_finite:  # here, so that the message indexes x_t itself
+            check_all_finite(x_t, "input")
         xp = get_namespace(x_t)
         sequence = xp.expand_dims(x_t, axis=0)  # (1, B, H_in) or (1, H_in), time-major
-        output, finals, _ = self._recurrent(sequence, states, batch_first=False)
+        output, finals, _ = self._recurrent(sequence, states, batch_first=False,
+                                            check_finite=check_finite)
         return output[0, ...], finals
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -132,7 +137,8 @@ class RNN(RecurrentBase):
         bias: use ``bias_ih`` / ``bias_hh``. batch_first: input/output are (B, T, ...).
         dropout: probability of zeroing each output of every layer but the last, in training.
         bidirectional: D = 2 when true.
-        dtype: ``"float32"`` or ``"float64"``. seed: seeds the init and dropout masks.
+        dtype: ``"float32"``, ``"float64"`` or ``"float16"`` (not on array_api_strict: the
+        standard has no float16). seed: seeds the init and dropout masks.
 
     Call ``rnn(x, h0=None) -> (output, h_n)``:
         x: (T, B, H_in), (B, T, H_in) if batch_first, or (T, H_in) unbatched.
@@ -154,10 +160,12 @@ class RNN(RecurrentBase):
         super().__init__(elman_cell(nonlinearity), input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, dtype, seed)
 
-    def forward(self, x: Any, h0: Any | None = None, lengths: Any = None) -> tuple[Any, Any]:
+    def forward(self, x: Any, h0: Any | None = None, lengths: Any = None, *,
+                check_finite: bool = False) -> tuple[Any, Any]:
         """``(output, h_n)``; ``lengths`` (B,) for a padded batch of variable-length
-        sequences, as :func:`xrnn.functional.rnn`."""
-        output, (h_n,) = self._run(x, (h0,), lengths)
+        sequences, and ``check_finite`` to reject NaN or infinite values in ``x`` or
+        ``h0`` with a ``ValueError``, as :func:`xrnn.functional.rnn`."""
+        output, (h_n,) = self._run(x, (h0,), lengths, check_finite)
         return output, h_n
 
     def backward(self, grad_output: Any, grad_h_n: Any | None = None, *,
@@ -171,14 +179,16 @@ class RNN(RecurrentBase):
         """
         return self._backward(grad_output, (grad_h_n,), return_state_grad)
 
-    def step(self, x_t: Any, h: Any | None = None) -> tuple[Any, Any]:
+    def step(self, x_t: Any, h: Any | None = None, *, check_finite: bool = False
+             ) -> tuple[Any, Any]:
         """Streaming inference: feed one timestep, get ``(y_t, h)``.
 
         x_t (B, H_in) or (H_in,); h (L, B, H) (or (L, H)), ``None`` for zeros; y_t
         (B, H). Calling it over t = 0..T-1, passing ``h`` on, gives the same outputs
         as ``forward`` over the whole sequence. Unidirectional layers only.
+        ``check_finite`` as in ``forward``.
         """
-        y_t, (h,) = self._step(x_t, (h,))
+        y_t, (h,) = self._step(x_t, (h,), check_finite)
         return y_t, h
 
     def config(self) -> dict[str, Any]:
@@ -220,19 +230,21 @@ class LSTM(RecurrentBase):
         super().__init__(LSTM_CELL, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, dtype, seed, proj_size)
 
-    def forward(self, x: Any, hx: tuple[Any, Any] | None = None, lengths: Any = None
-                ) -> tuple[Any, tuple[Any, Any]]:
-        output, (h_n, c_n) = self._run(x, lstm_states(hx), lengths)
+    def forward(self, x: Any, hx: tuple[Any, Any] | None = None, lengths: Any = None, *,
+                check_finite: bool = False) -> tuple[Any, tuple[Any, Any]]:
+        """``(output, (h_n, c_n))``; ``lengths`` and ``check_finite`` as in
+        :meth:`RNN.forward` (``check_finite`` covers ``x``, ``h0`` and ``c0``)."""
+        output, (h_n, c_n) = self._run(x, lstm_states(hx), lengths, check_finite)
         return output, (h_n, c_n)
 
     def config(self) -> dict[str, Any]:
         return dict(super().config(), proj_size=self.proj_size)
 
-    def step(self, x_t: Any, hx: tuple[Any, Any] | None = None
-             ) -> tuple[Any, tuple[Any, Any]]:
+    def step(self, x_t: Any, hx: tuple[Any, Any] | None = None, *,
+             check_finite: bool = False) -> tuple[Any, tuple[Any, Any]]:
         """Streaming inference, as :meth:`RNN.step`: ``(y_t, (h, c))`` from one timestep
         x_t (B, H_in) and the state ``hx = (h, c)`` (``None`` for zeros)."""
-        y_t, (h, c) = self._step(x_t, lstm_states(hx, "(h, c)"))
+        y_t, (h, c) = self._step(x_t, lstm_states(hx, "(h, c)"), check_finite)
         return y_t, (h, c)
 
     def backward(self, grad_output: Any, grad_hx: tuple[Any, Any] | None = None, *,
