@@ -152,17 +152,26 @@ def torch_event_seconds(fn: Callable[[], object]) -> float:
     return start.elapsed_time(end) / 1e3
 
 
+#: Seconds to wait before each contender's block of runs. After a parallel call, OpenBLAS's
+#: worker threads spin for up to ~0.1 s (and OpenMP's for a while too) before they sleep;
+#: on a 2-core machine a contender started at once shares a core with the other's spinning
+#: threads. Both libraries used alone never see that, so neither should here.
+SETTLE_SECONDS = 0.25
+
+
 def alternate(runs: dict[str, tuple[Callable[[], None], Timer]], rounds: int, per_round: int,
               warmup: int = 2) -> dict[str, float]:
     """Median seconds of each contender: ``warmup`` untimed runs each, then ``rounds``
     rounds in which every contender in turn takes the median of ``per_round`` runs, so
-    that drifts in the machine's load hit all of them; the median over rounds."""
+    that drifts in the machine's load hit all of them; the median over rounds. Each block
+    of runs starts after :data:`SETTLE_SECONDS`."""
     for _ in range(warmup):
         for fn, _timer in runs.values():
             fn()
     medians: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, (fn, timer) in runs.items():
+            time.sleep(SETTLE_SECONDS)
             medians[name].append(statistics.median(timer(fn) for _ in range(per_round)))
     return {name: statistics.median(values) for name, values in medians.items()}
 
