@@ -81,8 +81,8 @@ def matched_pair(shape: Shape, cell: str):
 
 
 def contenders(shape: Shape, cell: str, mode: str) -> dict[str, tuple[Callable[[], None], Timer]]:
-    """Name -> (one run, its timer). ``mode`` is "forward" (eval mode, torch under
-    inference_mode) or "train" (forward + backward of the sum of outputs; both sides
+    """Name -> (one run, its timer). ``mode`` is "forward" (eval mode, xrnn under
+    ``no_grad`` and torch under ``inference_mode``: neither keeps anything for a backward) or "train" (forward + backward of the sum of outputs; both sides
     compute every gradient: input, parameters). On the GPU a third contender,
     ``torch_nocudnn``, is torch's per-timestep path with cuDNN disabled."""
     model, reference, x, x_torch = matched_pair(shape, cell)
@@ -90,7 +90,8 @@ def contenders(shape: Shape, cell: str, mode: str) -> dict[str, tuple[Callable[[
         model.eval(), reference.eval()
 
         def run_xrnn() -> None:
-            model(x)
+            with xrnn.no_grad():
+                model(x)
 
         def run_torch() -> None:
             with torch.inference_mode():

@@ -460,3 +460,20 @@ def test_dropout_with_one_layer_warns_like_torch(xp, torch):
         warnings.simplefilter("error")
         xrnn.RNN(2, 3, num_layers=2, dropout=0.5, seed=0)
         xrnn.RNN(2, 3, dropout=0.0, seed=0)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_no_grad_forward_is_the_same_and_refuses_backward(xp, rng, kind):
+    model = getattr(xrnn, kind)(3, 4, num_layers=2, bidirectional=True, dtype="float64", seed=1)
+    x = xrnn.asarray(rng.standard_normal((5, 2, 3)))
+    output, _ = model(x)
+    assert xrnn.nn.is_grad_enabled()
+    with xrnn.no_grad():
+        assert not xrnn.nn.is_grad_enabled()
+        inference, _ = model(x)
+    assert xrnn.nn.is_grad_enabled()
+    np.testing.assert_array_equal(xrnn.to_numpy(inference), xrnn.to_numpy(output))
+    with pytest.raises(RuntimeError, match=r"no_grad\(\)"):
+        model.backward(xrnn.get_namespace(x).ones_like(output))
+    model(x)  # a recorded forward makes backward work again
+    assert model.backward(xrnn.get_namespace(x).ones_like(output)).shape == x.shape

@@ -10,7 +10,7 @@ from .backend import asarray, get_backend, get_namespace, set_backend, to_numpy,
 from .io import load, save
 from .losses import CrossEntropyLoss, MSELoss
 from .nn import (GRU, LSTM, RNN, Identity, Linear, Module, Parameter, ReLU, Sequential,
-                 Sigmoid, Tanh)
+                 Sigmoid, Tanh, no_grad)
 from .sequences import from_timesteps
 
 __version__ = "0.1.0"
@@ -19,5 +19,5 @@ __all__ = [
     "CrossEntropyLoss", "GRU", "LSTM", "MSELoss", "RNN", "Identity", "Linear", "Module",
     "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "asarray", "backend",
     "from_timesteps", "functional", "get_backend", "get_namespace", "io", "load", "losses",
-    "nn", "optim", "save", "set_backend", "to_numpy", "use_backend",
+    "nn", "no_grad", "optim", "save", "set_backend", "to_numpy", "use_backend",
 ]

@@ -14,7 +14,17 @@ from ..functional.checks import check_all_finite
 from ..functional.dropout import check_probability
 from ..functional.rnn import lstm_states, run_recurrent
 from ..functional.weights import parameter_shapes
-from .module import Module, check_dtype_name, check_positive_int, uniform
+from .module import Module, check_dtype_name, check_positive_int, is_grad_enabled, uniform
+
+
+def _untaped(name: str):
+    """The ``_vjp`` of a forward run under ``no_grad``: it refuses, saying why."""
+
+    def vjp(*_: Any) -> Any:
+        raise RuntimeError(f"{name}.backward: the last forward ran under xrnn.no_grad(), "
+                           "which keeps nothing for backward; run it outside no_grad")
+
+    return vjp
 
 
 class RecurrentBase(Module):
@@ -71,8 +81,10 @@ class RecurrentBase(Module):
 
     def _run(self, x: Any, initial_states: tuple[Any | None, ...], lengths: Any,
              check_finite: bool) -> tuple[Any, tuple[Any, ...]]:
-        output, finals, self._vjp = self._recurrent(x, initial_states, with_vjp=True,
-                                                    lengths=lengths, check_finite=check_finite)
+        recording = is_grad_enabled()
+        output, finals, vjp = self._recurrent(x, initial_states, with_vjp=recording,
+                                              lengths=lengths, check_finite=check_finite)
+        self._vjp = vjp if recording else _untaped(type(self).__name__)
         return output, finals
 
     def _backward(self, grad_output: Any, grad_finals: tuple[Any | None, ...],
