@@ -61,6 +61,18 @@ def test_numpy_kernel_matches_generic_path(rng, case, num_layers, bidirectional,
         assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk", [1, 2])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0] + str(c[1] or "") for c in CASES])
+def test_numpy_kernel_input_projection_in_chunks(rng, monkeypatch, case, chunk):
+    """The kernel projects the inputs a chunk of steps at a time; chunks of 1 and of 2
+    steps (T = 5: a partial last chunk) give what one chunk gives."""
+    from xrnn._kernels import numpy_layer
+
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[CASES[case][0]]
+    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", chunk * 2 * B * gates * H)
+    test_numpy_kernel_matches_generic_path(rng, case, 2, True, True, True)
+
+
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 def test_numpy_kernel_float32_and_dropout(rng, kind):
     """float32, and training-mode dropout with the same seed on both paths."""

@@ -36,6 +36,9 @@ _ORDER = {"lstm": (0, 1, 3, 2), "gru": (0, 1, 2)}
 #: Factors for the gate rows (kernel order) so that ``1 / (1 + exp(row))`` is each gate's
 #: sigmoid (for the LSTM's g, the sigmoid of 2z, from which g = tanh(z) follows).
 _SCALE = {"lstm": (-1.0, -1.0, -1.0, -2.0), "gru": (-1.0, -1.0, 1.0)}
+#: Size (elements) of the input-projection buffer: a chunk of steps at a time, so that a
+#: long sequence needs no (T, B, G*H) array and each chunk is still warm in cache.
+_CHUNK_ELEMENTS = 1 << 22
 KINDS = ("rnn_tanh", "rnn_relu", "rnn_identity", "lstm", "gru")
 
 
@@ -77,18 +80,19 @@ class _Layer:
         self.w_hh_t = np.ascontiguousarray(np.swapaxes(self.w_hh_stack * scale[:, None], 1, 2))
         self.b_hn = None  # GRU: the n block of b_hh, added inside the reset product
 
-        # the input projection, in step order: gx[d, s] = x[t(s)] W_ih^T + folded biases
+        self.steps, self.batch, self.dtype = steps, batch, dtype
+        # the input projection, made a chunk of steps at a time just before they run
         self.x_steps = [x if d == 0 else np.ascontiguousarray(x[::-1]) for d in range(directions)]
-        self.gx = np.empty((directions, steps, batch, gh), dtype=dtype)
-        for d, w in enumerate(weights):
-            flat = self.gx[d].reshape(steps * batch, gh)
-            np.matmul(self.x_steps[d].reshape(steps * batch, -1), (w_ih[d] * scale[:, None]).T,
-                      out=flat)
-            if self.has_bias:
-                bias = rows(w.b_ih) + rows(w.b_hh)
+        self.w_ih_t = [(w * scale[:, None]).T for w in w_ih]  # (I, GH), scaled rows
+        self.gx_bias = None
+        if self.has_bias:
+            self.gx_bias = [rows(w.b_ih) + rows(w.b_hh) for w in weights]
+            for bias, w in zip(self.gx_bias, weights):
                 if self.kind == "gru":  # b_hn stays inside r * (h W_hn^T + b_hn)
                     bias[2 * hidden:] = rows(w.b_ih)[2 * hidden:]
-                flat += bias * scale
+                bias *= scale
+        chunk = max(1, min(steps, _CHUNK_ELEMENTS // (directions * batch * gh)))
+        self.gx = np.empty((directions, chunk, batch, gh), dtype=dtype)
         if self.kind == "gru" and self.has_bias:
             self.b_hn = np.stack([w.b_hh[2 * hidden:] for w in weights])[:, None, :]  # (D,1,H)
 
@@ -117,19 +121,33 @@ class _Layer:
                                      for d in range(directions)])
             self.inactive = ~steps_active
 
+    def _project(self, start: int) -> None:
+        """Fill ``gx[d, j]`` with step ``start + j``'s ``x W_ih^T`` (scaled rows) plus the
+        biases that fold into it (all but the GRU's ``b_hn``): one product per direction."""
+        count = min(self.gx.shape[1], self.steps - start)
+        rows = count * self.batch
+        for d in range(self.D):
+            flat = self.gx[d, :count].reshape(rows, -1)
+            np.matmul(self.x_steps[d][start:start + count].reshape(rows, -1), self.w_ih_t[d],
+                      out=flat)
+            if self.gx_bias is not None:
+                flat += self.gx_bias[d]
+
     # forward ---------------------------------------------------------------------------
 
     def forward(self):
-        steps = self.gx.shape[1]
         step = getattr(self, "_step_" + self.kind.removeprefix("rnn_"))
         with np.errstate(over="ignore"):  # exp(large) = inf gives the gates' limits 0 and 1
-            self._loop(steps, step)
+            self._loop(step)
 
-    def _loop(self, steps, step):
-        for s in range(steps):
+    def _loop(self, step):
+        chunk = self.gx.shape[1]
+        for s in range(self.steps):
+            if s % chunk == 0:
+                self._project(s)
             k = s if self.keep else 0
             h_out = self.h[:, s + 1] if self.m is None else self.m[:, k]
-            step(s, k, self.h[:, s], h_out)
+            step(self.gx[:, s % chunk], s, k, self.h[:, s], h_out)
             if self.m is not None:
                 np.matmul(h_out, self.w_hr_t, out=self.h[:, s + 1])
             if self.inactive is not None:
@@ -137,24 +155,24 @@ class _Layer:
                 if self.c is not None:
                     np.copyto(self.c[:, s + 1], self.c[:, s], where=self.inactive[:, s])
 
-    def _step_tanh(self, s, k, h_prev, h_out):
+    def _step_tanh(self, gx, s, k, h_prev, h_out):
         z = np.matmul(h_prev, self.w_hh_t, out=self.z)
-        z += self.gx[:, s]
+        z += gx
         np.tanh(z, out=h_out)
 
-    def _step_relu(self, s, k, h_prev, h_out):
+    def _step_relu(self, gx, s, k, h_prev, h_out):
         z = np.matmul(h_prev, self.w_hh_t, out=self.z)
-        z += self.gx[:, s]
+        z += gx
         np.maximum(z, 0.0, out=h_out)
 
-    def _step_identity(self, s, k, h_prev, h_out):
+    def _step_identity(self, gx, s, k, h_prev, h_out):
         np.matmul(h_prev, self.w_hh_t, out=h_out)
-        h_out += self.gx[:, s]
+        h_out += gx
 
-    def _step_lstm(self, s, k, h_prev, h_out):
+    def _step_lstm(self, gx, s, k, h_prev, h_out):
         hidden = self.H
         z = np.matmul(h_prev, self.w_hh_t, out=self.z)
-        z += self.gx[:, s]
+        z += gx
         a = np.exp(z, out=self.a[:, k])
         a += 1.0
         np.divide(1.0, a, out=a)  # sigmoid(z) for i, f, o; sigmoid(2z) for g
@@ -166,13 +184,12 @@ class _Layer:
         tanh_c = np.tanh(c, out=self.tanh_c[:, k])
         np.multiply(o, tanh_c, out=h_out)
 
-    def _step_gru(self, s, k, h_prev, h_out):
+    def _step_gru(self, gx, s, k, h_prev, h_out):
         hidden = self.H
         gh = np.matmul(h_prev, self.w_hh_t, out=self.gh[:, k])
         hn = gh[..., 2 * hidden:]
         if self.b_hn is not None:
             hn += self.b_hn
-        gx = self.gx[:, s]
         a = self.a[:, k]
         rz = np.add(gx[..., :2 * hidden], gh[..., :2 * hidden], out=a[..., :2 * hidden])
         np.exp(rz, out=rz)  # rows negated: 1 / (1 + exp(-z)) = sigmoid(z)
@@ -188,7 +205,7 @@ class _Layer:
 
     def output(self, active):
         """(T, B, D*P): each direction's outputs at their time positions, zero where padded."""
-        steps, batch = self.gx.shape[1], self.gx.shape[2]
+        steps, batch = self.steps, self.batch
         out = np.empty((steps, batch, self.D * self.P), dtype=self.h.dtype)
         out[..., :self.P] = self.h[0, 1:]
         if self.D == 2:
@@ -198,15 +215,15 @@ class _Layer:
         return out
 
     def finals(self):
-        last = self.gx.shape[1]
+        last = self.steps
         return (self.h[:, last].copy(),) + (() if self.c is None else (self.c[:, last].copy(),))
 
     # backward --------------------------------------------------------------------------
 
     def backward(self, grad_output, grad_finals):
         """BPTT; returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
-        directions, steps, batch, gh = self.gx.shape
-        hidden, dtype = self.H, self.gx.dtype
+        directions, steps, batch, gh = self.D, self.steps, self.batch, self.gx.shape[-1]
+        hidden, dtype = self.H, self.dtype
         grad_steps = None  # grad_output per direction in step order, zero where padded
         if grad_output is not None:
             grad_steps = np.empty((directions, steps, batch, self.P), dtype=dtype)
