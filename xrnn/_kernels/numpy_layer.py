@@ -15,6 +15,8 @@ same interface (:func:`run_layer`), but arranged for NumPy on the CPU:
   The gate rows of the weights are multiplied by -1 or -2 beforehand (exact), and the
   LSTM's rows are reordered i, f, o, g so the sigmoid gates are one contiguous block.
   NumPy's float32 ``exp`` is about twice as fast as its ``tanh`` here (NOTES.md);
+- the input projection ``x W_ih^T`` is one product per direction for a chunk of steps,
+  made just before they run (no (T, B, G*H) array for long sequences);
 - the backward batches the weight gradients over all timesteps into single products.
 
 Shapes: ``x`` (T, B, I); states (D, B, H) (``h`` is (D, B, P), P = proj_size or H);
