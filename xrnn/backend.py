@@ -192,14 +192,18 @@ def move(array: Any, name: str) -> Any:
     return xp.asarray(to_numpy(array))
 
 
-def _resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
+def resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
+    """``xp``'s dtype for a name such as ``"float32"`` (other values pass through);
+    ``ValueError`` for an unknown name, ``TypeError`` where ``xp`` lacks it (float16 on
+    array_api_strict)."""
     if dtype is None or not isinstance(dtype, str):
         return dtype
     if dtype not in ("float16", "float32", "float64", "int32", "int64", "bool"):
         raise ValueError(f"unsupported dtype {dtype!r}; expected a name such as 'float32' or 'float64'")
     if not hasattr(xp, dtype):
         raise TypeError(f"dtype {dtype!r} is not available on the {get_backend()!r} backend "
-                        f"(the Array API standard defines no {dtype})")
+                        f"(the Array API standard defines no {dtype}); use float32 or "
+                        f"float64 there, or a backend that has {dtype}")
     return getattr(xp, dtype)
 
 
@@ -220,4 +224,4 @@ def asarray(obj: Any, dtype: Any = None) -> Any:
         source = "numpy"
     if source != target:
         obj = to_numpy(obj)
-    return xp.asarray(obj, dtype=_resolve_dtype(xp, dtype))
+    return xp.asarray(obj, dtype=resolve_dtype(xp, dtype))

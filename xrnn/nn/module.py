@@ -10,7 +10,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ..backend import backend_of, get_backend, get_namespace, move, to_numpy
+from ..backend import backend_of, get_namespace, move, resolve_dtype, to_numpy
 
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
@@ -66,10 +66,7 @@ def check_dtype_name(dtype: str) -> str:
     selected backend has (else ``TypeError``: array_api_strict has no float16)."""
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
-    if not hasattr(get_namespace(), dtype):
-        raise TypeError(f"dtype {dtype!r} is not available on the {get_backend()!r} backend "
-                        f"(the Array API standard defines no {dtype}); use float32 or "
-                        f"float64 there, or a backend that has {dtype}")
+    resolve_dtype(get_namespace(), dtype)
     return dtype
 
 
