@@ -80,23 +80,22 @@ class _Layer:
         self.has_bias = weights[0].b_ih is not None
         scale = np.repeat(np.asarray(_SCALE.get(self.kind, (1.0,)), dtype=dtype), hidden)
         self.w_hh_t = np.ascontiguousarray(np.swapaxes(self.w_hh_stack * scale[:, None], 1, 2))
-        self.b_hn = None  # GRU: the n block of b_hh, added inside the reset product
 
         self.steps, self.batch, self.dtype = steps, batch, dtype
         # the input projection, made a chunk of steps at a time just before they run
         self.x_steps = [x if d == 0 else np.ascontiguousarray(x[::-1]) for d in range(directions)]
         self.w_ih_t = [(w * scale[:, None]).T for w in w_ih]  # (I, GH), scaled rows
-        self.gx_bias = None
+        self.gx_bias = self.b_hn = None  # b_hn: GRU, the n block of b_hh, (D, 1, H)
         if self.has_bias:
             self.gx_bias = [rows(w.b_ih) + rows(w.b_hh) for w in weights]
             for bias, w in zip(self.gx_bias, weights):
                 if self.kind == "gru":  # b_hn stays inside r * (h W_hn^T + b_hn)
                     bias[2 * hidden:] = rows(w.b_ih)[2 * hidden:]
                 bias *= scale
+            if self.kind == "gru":
+                self.b_hn = np.stack([w.b_hh[2 * hidden:] for w in weights])[:, None, :]
         chunk = max(1, min(steps, _CHUNK_ELEMENTS // (directions * batch * gh)))
         self.gx = np.empty((directions, chunk, batch, gh), dtype=dtype)
-        if self.kind == "gru" and self.has_bias:
-            self.b_hn = np.stack([w.b_hh[2 * hidden:] for w in weights])[:, None, :]  # (D,1,H)
 
         # states by step: h[:, s] is the state before step s, h[:, T] the final one
         self.h = np.empty((directions, steps + 1, batch, self.P), dtype=dtype)
@@ -217,8 +216,8 @@ class _Layer:
         return out
 
     def finals(self):
-        last = self.steps
-        return (self.h[:, last].copy(),) + (() if self.c is None else (self.c[:, last].copy(),))
+        states = (self.h,) if self.c is None else (self.h, self.c)
+        return tuple(a[:, self.steps].copy() for a in states)
 
     # backward --------------------------------------------------------------------------
 
