@@ -9,7 +9,9 @@ import numpy as np
 
 from ..backend import get_namespace
 from ..functional.checks import check_compatible
-from .module import Module, check_dtype_name, check_positive_int, uniform
+from .arguments import check_dtype_name, check_positive_int
+from .init import uniform
+from .module import Module
 
 
 class Linear(Module):

@@ -10,9 +10,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ..backend import backend_of, get_namespace, move, resolve_dtype, to_numpy
-
-FLOAT_DTYPES = ("float16", "float32", "float64")
+from ..backend import backend_of, get_namespace, move, to_numpy
 
 _grad_enabled: ContextVar[bool] = ContextVar("xrnn_grad_enabled", default=True)
 
@@ -59,29 +57,6 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, backend={backend_of(self.data)})"
-
-
-def check_dtype_name(dtype: str) -> str:
-    """``dtype`` if it names a supported floating dtype (else ``ValueError``) that the
-    selected backend has (else ``TypeError``: array_api_strict has no float16)."""
-    if dtype not in FLOAT_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(FLOAT_DTYPES)}, got {dtype!r}")
-    resolve_dtype(get_namespace(), dtype)
-    return dtype
-
-
-def check_positive_int(value: Any, name: str) -> int:
-    """``value`` if it is a positive int, else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def uniform(rng: np.random.Generator, shape: tuple[int, ...], bound: float, dtype: str) -> Any:
-    """U(-bound, bound) drawn on the host in float64, then moved to the selected backend,
-    so one seed gives the same values on every backend."""
-    xp = get_namespace()
-    return xp.asarray(rng.uniform(-bound, bound, size=shape), dtype=getattr(xp, dtype))
 
 
 class Module:
@@ -217,8 +192,14 @@ class Module:
         return tuple(input_shape)
 
     def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild this module (without its weights)."""
+        """The constructor arguments that rebuild this module (without its weights), as
+        JSON-serialisable values; ``from_config`` is its inverse."""
         return {}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Module:
+        """A new module built from ``config()``'s output: ``cls(**config)`` by default."""
+        return cls(**config)
 
     def extra_repr(self) -> str:
         return ""

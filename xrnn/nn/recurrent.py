@@ -14,7 +14,9 @@ from ..functional.checks import check_all_finite
 from ..functional.dropout import check_probability
 from ..functional.rnn import lstm_states, run_recurrent
 from ..functional.weights import parameter_shapes
-from .module import Module, check_dtype_name, check_positive_int, is_grad_enabled, uniform
+from .arguments import check_dtype_name, check_positive_int
+from .init import uniform
+from .module import Module, is_grad_enabled
 
 
 def _untaped(name: str):
