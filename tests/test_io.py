@@ -11,33 +11,38 @@ import xrnn
 from xrnn.testing import assert_close
 
 
-def model():
+def model(dtype="float32"):
     return xrnn.Sequential(
-        xrnn.LSTM(3, 6, 2, bidirectional=True, proj_size=2, batch_first=True, seed=1),
-        xrnn.ReLU(), xrnn.GRU(4, 5, dropout=0.0, seed=2), xrnn.Tanh(),
-        xrnn.RNN(5, 4, 2, nonlinearity="relu", bias=False, dropout=0.3, seed=3),
-        xrnn.Linear(4, 2, seed=4), xrnn.Sigmoid())
+        xrnn.LSTM(3, 6, 2, bidirectional=True, proj_size=2, batch_first=True, dtype=dtype, seed=1),
+        xrnn.ReLU(), xrnn.GRU(4, 5, dropout=0.0, dtype=dtype, seed=2), xrnn.Tanh(),
+        xrnn.RNN(5, 4, 2, nonlinearity="relu", bias=False, dropout=0.3, dtype=dtype, seed=3),
+        xrnn.Linear(4, 2, dtype=dtype, seed=4), xrnn.Sigmoid())
 
 
 def host_params(module):
     return {name: xrnn.to_numpy(p.data).copy() for name, p in module.named_parameters()}
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("target", ["numpy", "array_api_strict", "torch"])
-def test_round_trip_bit_for_bit_across_backends(xp, rng, tmp_path, target):
-    original = model().eval()
+def test_round_trip_bit_for_bit_across_backends(xp, rng, tmp_path, target, dtype):
+    """Saved on one backend, loaded on another: the same architecture, dtype and every
+    weight bit (float64 weights drawn at full precision, so a float32 detour shows)."""
+    original = model(dtype).eval()
     path = tmp_path / "model.npz"
     xrnn.save(original, path)
-    x = rng.standard_normal((2, 7, 3)).astype("float32")
+    x = rng.standard_normal((2, 7, 3)).astype(dtype)
     expected = xrnn.to_numpy(original(xrnn.asarray(x)))
     with xrnn.use_backend(target):
         loaded = xrnn.load(path).eval()
         assert repr(loaded) == repr(original)
         assert loaded.config() == original.config()
+        assert list(host_params(loaded)) == list(host_params(original))
         for name, array in host_params(original).items():
             got = dict(loaded.named_parameters())[name].data
             assert xrnn.backend.backend_of(got) == target
-            np.testing.assert_array_equal(xrnn.to_numpy(got), array)
+            assert xrnn.to_numpy(got).dtype == np.dtype(dtype)
+            np.testing.assert_array_equal(xrnn.to_numpy(got), array, err_msg=name)
         assert_close(loaded(xrnn.asarray(x)), expected, rtol=1e-6, atol=1e-6)
 
 
