@@ -9,12 +9,16 @@ initial states and final-state gradients, dropout).
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import xrnn
 from xrnn import _kernels
+from xrnn._kernels import numpy_layer
 from xrnn.functional.cells import ELMAN_CELLS, GRU_CELL, LSTM_CELL
 from xrnn.testing import assert_close
 
@@ -46,7 +50,8 @@ def test_numpy_kernel_matches_generic_path(rng, case, num_layers, bidirectional,
         model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=bidirectional,
                                     dtype="float64", seed=3, **options)
         x = rng.standard_normal((T, B, I))
-        output, finals = model(x)
+        with xrnn.no_grad():  # only for the shapes
+            output, finals = model(x)
         finals = finals if isinstance(finals, tuple) else (finals,)
         state = tuple(rng.standard_normal(f.shape) for f in finals)
         grad_finals = tuple(rng.standard_normal(f.shape) for f in finals)
@@ -100,3 +105,40 @@ def test_kernel_choice():
         assert _kernels.layer_runner(numpy_xp, LSTM_CELL, np.dtype(np.float32)) is None
     strict = pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
     assert _kernels.layer_runner(strict, LSTM_CELL, strict.float32) is None
+
+
+def test_kernel_runs_are_counted():
+    """``numpy_layer.layers_run`` counts the layers the kernel ran: one per layer of a
+    NumPy float32 forward, none on the generic path (the observable used below)."""
+    x = np.ones((2, 1, 3), dtype=np.float32)
+    with xrnn.backend.use_backend("numpy"):
+        model = xrnn.LSTM(3, 4, num_layers=2, seed=0)
+        before = numpy_layer.layers_run
+        model(x)
+        assert numpy_layer.layers_run == before + 2
+        with _kernels.kernels_enabled(False):
+            model(x)
+        assert numpy_layer.layers_run == before + 2
+
+
+# A fresh interpreter, since the variable is read at import: a two-layer NumPy float32
+# forward, then how many layers the kernel ran.
+_FORWARD = """
+import numpy as np, xrnn
+from xrnn._kernels import numpy_layer
+with xrnn.use_backend("numpy"):
+    xrnn.LSTM(3, 4, num_layers=2, seed=0)(xrnn.asarray(np.ones((2, 1, 3)), dtype="float32"))
+print(numpy_layer.layers_run)
+"""
+
+
+@pytest.mark.parametrize("value, expected", [("0", 0), ("off", 0), (None, 2), ("1", 2)])
+def test_xrnn_kernels_environment_variable(value, expected):
+    """README: ``XRNN_KERNELS=0`` in the environment runs the generic path instead."""
+    env = {k: v for k, v in os.environ.items() if k != "XRNN_KERNELS"}
+    if value is not None:
+        env["XRNN_KERNELS"] = value
+    result = subprocess.run([sys.executable, "-c", _FORWARD], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == expected, f"XRNN_KERNELS={value!r}: {result.stdout}"

@@ -359,6 +359,10 @@ class _Layer:
         return grad_x, (dh,) + (() if dc is None else (dc,)), grads
 
 
+#: How many layers this kernel has run in this process: tests read it to see which path ran.
+layers_run = 0
+
+
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
               keep: bool, active=None):
     """One layer (all its directions) of ``cell``: ``(output, finals, backward or None)``.
@@ -367,6 +371,8 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     direction; ``active`` (T, B, 1) booleans for variable lengths. ``backward(grad_output,
     grad_finals) -> (grad_x, grad_states, grad_weights)`` (``None`` entries mean zero).
     """
+    global layers_run
+    layers_run += 1
     layer = _Layer(x, states, weights, cell, keep, active)
     layer.forward()
     return layer.output(active), layer.finals(), (layer.backward if keep else None)
