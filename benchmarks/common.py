@@ -98,7 +98,8 @@ def contenders(shape: Shape, cell: str, mode: str) -> dict[str, tuple[Callable[[
                 reference(x_torch)
     else:
         x_torch.requires_grad_(True)
-        grad_output = xrnn.get_namespace(x).ones_like(model(x)[0])  # d(sum of outputs)
+        with xrnn.no_grad():  # a forward only for the output's shape: nothing to record
+            grad_output = xrnn.get_namespace(x).ones_like(model(x)[0])  # d(sum of outputs)
 
         def run_xrnn() -> None:
             model.zero_grad()

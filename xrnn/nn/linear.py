@@ -11,7 +11,7 @@ from ..backend import get_namespace
 from ..functional.checks import check_compatible
 from .arguments import check_dtype_name, check_positive_int
 from .init import uniform
-from .module import Module
+from .module import Module, check_gradient_shape
 
 
 class Linear(Module):
@@ -42,17 +42,15 @@ class Linear(Module):
         y = x2 @ xp.matrix_transpose(self.weight.data)
         if self.bias is not None:
             y += self.bias.data  # in place on the fresh product
-        self._input = x2, tuple(x.shape)
+        self.save_for_backward(x2, tuple(x.shape))
         return xp.reshape(y, tuple(x.shape[:-1]) + (self.out_features,))
 
     def backward(self, grad_output: Any) -> Any:
         """(..., out_features) -> (..., in_features); adds to ``weight.grad``, ``bias.grad``."""
-        x2, shape = self._saved("_input")
+        x2, shape = self.saved_for_backward()
+        check_gradient_shape(self, grad_output, shape[:-1] + (self.out_features,))
         xp = get_namespace(grad_output)
         g2 = xp.reshape(grad_output, (-1, self.out_features))
-        if g2.shape[0] != x2.shape[0]:
-            raise ValueError(f"grad_output has shape {tuple(grad_output.shape)}; expected "
-                             f"{shape[:-1] + (self.out_features,)}")
         self.weight.accumulate(xp.matrix_transpose(g2) @ x2)
         if self.bias is not None:
             self.bias.accumulate(xp.sum(g2, axis=0))

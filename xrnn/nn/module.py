@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -17,10 +18,11 @@ _grad_enabled: ContextVar[bool] = ContextVar("xrnn_grad_enabled", default=True)
 
 @contextmanager
 def no_grad() -> Iterator[None]:
-    """Inference: inside the block, recurrent layers keep no tape for ``backward``.
+    """Inference: inside the block, forwards record nothing for ``backward``.
 
     Forwards then use less memory and run faster; their outputs are the same. A
-    ``backward`` through such a forward raises ``RuntimeError``. Like ``torch.no_grad``.
+    ``backward`` with no recorded forward left raises ``RuntimeError``. Like
+    ``torch.no_grad``.
     """
     token = _grad_enabled.set(False)
     try:
@@ -59,26 +61,154 @@ class Parameter:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, backend={backend_of(self.data)})"
 
 
+def check_gradient_shape(module: Module, grad: Any, like_shape: Any,
+                         name: str = "grad_output") -> None:
+    """``ValueError`` unless ``grad`` has the shape ``like_shape`` (a shape, or an array
+    whose shape is meant) of the output of the forward call that ``module.backward`` is
+    pairing it with."""
+    expected = tuple(getattr(like_shape, "shape", like_shape))
+    given = getattr(grad, "shape", None)
+    if given is None or tuple(given) != expected:
+        shown = type(grad).__name__ if given is None else tuple(given)
+        raise ValueError(f"{type(module).__name__}.backward: expected {name} of shape "
+                         f"{expected}, the output of the forward call it pairs with (the "
+                         f"last one not yet backpropagated), got {shown}")
+
+
+def _consumes_tape(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a module's ``backward`` so that the forward call it read with
+    :meth:`Module.saved_for_backward` leaves the tape only when it returns normally:
+    after an error (a gradient of the wrong shape, say) the tape is unchanged."""
+
+    @functools.wraps(backward)
+    def wrapper(self: Module, *args: Any, **kwargs: Any) -> Any:
+        outermost = not self._backward_depth  # super().backward runs inside the same call
+        if outermost:
+            self._tape_read = False
+        self._backward_depth += 1
+        try:
+            result = backward(self, *args, **kwargs)
+        finally:
+            self._backward_depth -= 1
+        if outermost and self._tape_read:
+            self._tape.pop()
+            self._tape_read = False
+        return result
+
+    wrapper._consumes_tape = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Module:
     """Base class: named parameters, child modules, train/eval mode, ``state_dict``.
 
-    Parameter names follow PyTorch (``weight_ih_l0``, ``0.weight`` inside a
-    ``Sequential``), so state dicts move between the two libraries unchanged.
+    Assigning a :class:`Module` or a :class:`Parameter` to an attribute registers it,
+    as in ``torch.nn.Module``: ``self.encoder = GRU(...)`` makes the encoder's
+    parameters ``encoder.weight_ih_l0``, ... of this module. Parameter names follow
+    PyTorch (``weight_ih_l0``, ``0.weight`` inside a ``Sequential``), so state dicts
+    move between the two libraries unchanged.
+
+    **The contract of a subclass.** ``forward(*arrays, ...)`` computes the outputs and
+    records what ``backward`` needs with :meth:`save_for_backward`.
+    ``backward(*grad_outputs)`` takes gradients shaped like ``forward``'s outputs
+    (``None`` for an output that the loss does not use, where the module allows it),
+    reads the record with :meth:`saved_for_backward`, adds each parameter's gradient to
+    its ``.grad`` (:meth:`Parameter.accumulate`) and returns the gradients of
+    ``forward``'s array inputs. A module that only calls child modules records nothing
+    itself: its ``backward`` calls the children's ``backward`` in reverse order.
+
+    **Repeated calls.** Every forward call outside :func:`no_grad` keeps its own tape
+    entry; every ``backward`` consumes one, the last call first. Calling a module twice
+    and running ``backward`` for the second call, then the first, accumulates both
+    calls' gradients exactly. A module keeps at most :attr:`tape_limit` unconsumed
+    calls (the oldest is dropped, and a backward that would need it raises);
+    :meth:`zero_grad` refuses to start a new step while calls are unconsumed, and
+    :meth:`release` discards them.
     """
 
     #: True for recurrent modules, whose call returns ``(output, state)``.
     returns_state: bool = False
+    #: The most unconsumed forward calls a module keeps; the oldest is dropped beyond it.
+    tape_limit: int = 8
 
     def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_children", {})
         self.training = True
-        self._parameters: dict[str, Parameter] = {}
-        self._children: dict[str, Module] = {}
+        self._tape: list[Any] = []
+        self._dropped = 0
+        self._backward_depth = 0
+        self._tape_read = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        backward = cls.__dict__.get("backward")
+        if backward is not None and not getattr(backward, "_consumes_tape", False):
+            cls.backward = _consumes_tape(backward)
 
     # -- structure ---------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        registries = self.__dict__.get("_parameters"), self.__dict__.get("_children")
+        if registries[0] is None and isinstance(value, (Module, Parameter)):
+            raise AttributeError(f"cannot assign {type(value).__name__} {name!r} before "
+                                 f"{type(self).__name__}.__init__ called super().__init__()")
+        if isinstance(value, Parameter):
+            self.__dict__.pop(name, None)
+            self._children.pop(name, None)
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self.__dict__.pop(name, None)
+            self._parameters.pop(name, None)
+            self._children[name] = value
+        else:
+            if registries[0] is not None and name in self._parameters and value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} "
+                                f"of {type(self).__name__}: expected a Parameter or None")
+            for registry in registries:
+                if registry is not None:
+                    registry.pop(name, None)
+            object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        for registry in (self._parameters, self._children):
+            if name in registry:
+                del registry[name]
+                return
+        object.__delattr__(self, name)
+
+    def __getattr__(self, name: str) -> Any:
+        """Parameters and children by name, as in PyTorch: ``rnn.weight_ih_l0``."""
+        for registry in ("_parameters", "_children"):
+            found = self.__dict__.get(registry, {})
+            if name in found:
+                return found[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def register_parameter(self, name: str, data: Any) -> Parameter:
+        """A new :class:`Parameter` holding ``data``, registered as ``name``."""
         parameter = Parameter(data)
         self._parameters[name] = parameter
         return parameter
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` of the direct children, in registration order."""
+        yield from self._children.items()
+
+    def children(self) -> Iterator[Module]:
+        """The direct children, in registration order."""
+        yield from self._children.values()
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(name, module)`` of this module (name ``prefix``, ``""`` by default) and
+        of every descendant (``"encoder"``, ``"encoder.0"``, ...), depth first."""
+        yield prefix, self
+        for name, child in self._children.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every descendant, depth first."""
+        for _, module in self.named_modules():
+            yield module
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """``(name, Parameter)`` pairs of this module and its children, in order."""
@@ -96,18 +226,81 @@ class Module:
         """The number of scalar parameters."""
         return sum(int(np.prod(p.shape)) for p in self.parameters())
 
+    # -- the tape of forward calls -----------------------------------------
+    def save_for_backward(self, *values: Any) -> None:
+        """Record one forward call: ``values`` are what ``backward`` will need.
+
+        Called once per forward call; does nothing under :func:`no_grad`. Beyond
+        :attr:`tape_limit` unconsumed calls, the oldest record is dropped.
+        """
+        if not is_grad_enabled():
+            return
+        self._tape.append(values)
+        if len(self._tape) > self.tape_limit:
+            del self._tape[0]
+            self._dropped += 1
+
+    def saved_for_backward(self) -> tuple[Any, ...]:
+        """The values the last unconsumed forward call recorded, for ``backward``.
+
+        The record leaves the tape when ``backward`` returns normally; if it raises,
+        the tape is unchanged. Raises ``RuntimeError`` when no recorded call is left.
+        """
+        if not self._tape:
+            name = type(self).__name__
+            if self._dropped:
+                raise RuntimeError(
+                    f"{name}.backward: the forward call it would pair with was dropped; a "
+                    f"module keeps at most tape_limit={self.tape_limit} unconsumed calls. "
+                    f"Set {name}.tape_limit higher, or backpropagate sooner")
+            raise RuntimeError(
+                f"{name}.backward called before forward, or more times than forward: each "
+                "backward consumes one recorded forward call (the last one first), and "
+                "forwards under xrnn.no_grad() record nothing")
+        self._tape_read = True
+        return self._tape[-1]
+
+    def unconsumed_calls(self) -> dict[str, int]:
+        """``{module name: count}`` of recorded forward calls no backward consumed yet,
+        for this module and its descendants (``""`` names this module)."""
+        return {name: len(m._tape) for name, m in self.named_modules() if m._tape}
+
+    def release(self) -> Module:
+        """Discard every unconsumed forward record here and in every descendant (a
+        forward you do not backpropagate); returns ``self``."""
+        for module in self.modules():
+            module._tape.clear()
+            module._dropped = 0
+        return self
+
     def zero_grad(self) -> None:
-        """Reset every parameter's gradient to ``None``."""
+        """Start a training step: reset every parameter's gradient to ``None``.
+
+        Raises ``RuntimeError`` if forward calls are still unconsumed: their gradients
+        would otherwise be mixed into the next step's. Backpropagate them, call
+        :meth:`release`, or run forwards you do not backpropagate under :func:`no_grad`.
+        """
+        pending = self.unconsumed_calls()
+        if pending:
+            where = ", ".join(f"{name or type(self).__name__}: {count}"
+                              for name, count in pending.items())
+            raise RuntimeError(
+                f"zero_grad: forward calls that no backward consumed are still recorded "
+                f"({where}). Run backward for them, call .release() to discard them, or "
+                "run forwards you do not backpropagate (evaluation, inference) under "
+                "xrnn.no_grad()")
         for parameter in self.parameters():
             parameter.grad = None
 
     def to(self, backend: str) -> Module:
         """Move every parameter (and gradient) to ``backend`` ('numpy', 'cupy', ...), in
-        place; returns ``self``. Values and dtypes are kept exactly."""
+        place; returns ``self``. Values and dtypes are kept exactly. Unconsumed forward
+        records hold arrays of the old backend, so they are discarded."""
         for parameter in self.parameters():
             parameter.data = move(parameter.data, backend)
             if parameter.grad is not None:
                 parameter.grad = move(parameter.grad, backend)
+        self.release()
         return self
 
     # -- modes -------------------------------------------------------------
@@ -133,8 +326,10 @@ class Module:
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Copy arrays of any backend (NumPy, torch tensors, ...) into the parameters.
 
-        Values are cast to the module's dtype and moved to its backend. Everything is
-        checked before anything is written: a failed load leaves the module unchanged.
+        Values are cast to the module's dtype and moved to its backend. Names and every
+        value's shape are checked before any value is converted or copied, so an
+        untrusted mapping cannot make it allocate more than the module's own size, and
+        a failed load leaves the module unchanged.
         """
         own = dict(self.named_parameters())
         missing = [k for k in own if k not in state_dict]
@@ -142,31 +337,27 @@ class Module:
         if strict and (missing or unexpected):
             raise ValueError(f"state_dict does not match {type(self).__name__}: "
                              f"missing keys {missing}, unexpected keys {unexpected}")
+        selected = {name: value for name, value in state_dict.items() if name in own}
+        for name, value in selected.items():
+            shape = getattr(value, "shape", None)
+            if shape is None:
+                raise TypeError(f"state_dict entry {name!r} is a {type(value).__name__}; "
+                                "expected an array or tensor")
+            if tuple(shape) != own[name].shape:
+                raise ValueError(f"state_dict entry {name!r} has shape {tuple(shape)}; "
+                                 f"expected {own[name].shape}")
         updates = {}
-        for name, value in state_dict.items():
-            if name not in own:
-                continue
+        for name, value in selected.items():
             try:
                 host = to_numpy(value)
             except TypeError:
                 host = np.asarray(value)
-            if tuple(host.shape) != own[name].shape:
-                raise ValueError(f"state_dict entry {name!r} has shape {tuple(host.shape)}; "
-                                 f"expected {own[name].shape}")
             target = own[name].data
             xp = get_namespace(target)
             updates[name] = xp.asarray(np.asarray(host), dtype=target.dtype,
                                        device=array_api_compat.device(target))
         for name, data in updates.items():
             own[name].data = data
-
-    def __getattr__(self, name: str) -> Any:
-        """Parameters and children by name, as in PyTorch: ``rnn.weight_ih_l0``."""
-        for registry in ("_parameters", "_children"):
-            found = self.__dict__.get(registry, {})
-            if name in found:
-                return found[name]
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- calling -----------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -176,16 +367,10 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
 
     def backward(self, grad_output: Any) -> Any:
-        """Given the loss's gradient with respect to the last forward's output, add each
-        parameter's gradient to its ``grad`` and return the gradient for the input."""
+        """Given the loss's gradient with respect to the output of the last unconsumed
+        forward call, add each parameter's gradient to its ``grad`` and return the
+        gradient for that call's input."""
         raise NotImplementedError(f"{type(self).__name__} does not define backward")
-
-    def _saved(self, name: str) -> Any:
-        """What the last forward saved for backward, or a clear error if there was none."""
-        saved = self.__dict__.get(name)
-        if saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        return saved
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The shape of ``forward``'s (first) output for an input of ``input_shape``."""

@@ -19,16 +19,6 @@ from .init import uniform
 from .module import Module, is_grad_enabled
 
 
-def _untaped(name: str):
-    """The ``_vjp`` of a forward run under ``no_grad``: it refuses, saying why."""
-
-    def vjp(*_: Any) -> Any:
-        raise RuntimeError(f"{name}.backward: the last forward ran under xrnn.no_grad(), "
-                           "which keeps nothing for backward; run it outside no_grad")
-
-    return vjp
-
-
 class RecurrentBase(Module):
     """Shared by every recurrent layer: PyTorch's parameter names, shapes and init.
 
@@ -83,15 +73,15 @@ class RecurrentBase(Module):
 
     def _run(self, x: Any, initial_states: tuple[Any | None, ...], lengths: Any,
              check_finite: bool) -> tuple[Any, tuple[Any, ...]]:
-        recording = is_grad_enabled()
-        output, finals, vjp = self._recurrent(x, initial_states, with_vjp=recording,
+        output, finals, vjp = self._recurrent(x, initial_states, with_vjp=is_grad_enabled(),
                                               lengths=lengths, check_finite=check_finite)
-        self._vjp = vjp if recording else _untaped(type(self).__name__)
+        self.save_for_backward(vjp)
         return output, finals
 
     def _backward(self, grad_output: Any, grad_finals: tuple[Any | None, ...],
                   return_state_grad: bool) -> Any:
-        grad_x, grad_states, grad_weights = self._saved("_vjp")(grad_output, *grad_finals)
+        (vjp,) = self.saved_for_backward()
+        grad_x, grad_states, grad_weights = vjp(grad_output, *grad_finals)
         for parameter, grad in zip(self._parameters.values(), grad_weights):
             parameter.accumulate(grad)
         return (grad_x, *grad_states) if return_state_grad else grad_x
@@ -184,7 +174,8 @@ class RNN(RecurrentBase):
 
     def backward(self, grad_output: Any, grad_h_n: Any | None = None, *,
                  return_state_grad: bool = False) -> Any:
-        """BPTT through the last forward (training or eval mode, same dropout masks).
+        """BPTT through the last forward call not yet backpropagated (training or eval
+        mode, same dropout masks); see :class:`xrnn.Module` for repeated calls.
 
         Adds every parameter's gradient to its ``grad`` and returns ``grad_input``
         (shaped like the input), or ``(grad_input, grad_h0)`` with ``return_state_grad``.
@@ -263,7 +254,7 @@ class LSTM(RecurrentBase):
 
     def backward(self, grad_output: Any, grad_hx: tuple[Any, Any] | None = None, *,
                  return_state_grad: bool = False) -> Any:
-        """BPTT through the last forward, as :meth:`RNN.backward`; ``grad_hx`` is
+        """BPTT through the last unconsumed forward call, as :meth:`RNN.backward`; ``grad_hx`` is
         ``(grad_h_n, grad_c_n)`` (either may be ``None``), and with
         ``return_state_grad`` the result is ``(grad_input, (grad_h0, grad_c0))``."""
         grads = self._backward(grad_output, (None, None) if grad_hx is None else tuple(grad_hx),
