@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import array_api_compat
@@ -82,4 +82,81 @@ def gradcheck(fn: Callable[..., tuple[Any, Sequence[Any]]], inputs: Sequence[Any
                 raise AssertionError(f"input {k} entry {tuple(int(i) for i in index)}: "
                                      f"analytic gradient {analytic[index]!r}, finite "
                                      f"difference {numeric!r}")
+    return True
+
+
+def _flatten(outputs: Any) -> list[Any]:
+    if isinstance(outputs, (tuple, list)):
+        return [leaf for item in outputs for leaf in _flatten(item)]
+    return [outputs]
+
+
+def _like(outputs: Any, leaves: Iterator[Any]) -> Any:
+    """``leaves`` arranged in the (nested tuple) structure of ``outputs``."""
+    if isinstance(outputs, (tuple, list)):
+        return tuple(_like(item, leaves) for item in outputs)
+    return next(leaves)
+
+
+def gradcheck_module(module: Any, *inputs: Any, seed: int = 0, eps: float = 1e-6,
+                     rtol: float = 1e-6, atol: float = 1e-9, max_checks: int | None = 16
+                     ) -> bool:
+    """Check a module's hand-written ``backward`` by finite differences, in float64:
+    the gradient it returns for each floating input and every parameter's ``.grad``.
+
+    The loss is ``sum(output * R)`` with a fixed random ``R`` per output array; a tuple
+    output (a recurrent layer's ``(output, h_n)``) gets one ``R`` per array, handed to
+    ``backward`` in the same structure. ``backward``'s return value is the gradient of
+    the one input, or a tuple with one gradient per input; integer inputs (indices) are
+    passed through unchecked. Run it in eval mode or without dropout: each forward would
+    otherwise draw new masks. Returns True or raises ``AssertionError`` naming the input
+    (``input 0``) or parameter (``head.bias``) and the entry that disagree.
+    """
+    from .nn.module import no_grad
+
+    xp = get_namespace(*inputs)
+    with no_grad():
+        outputs = module(*inputs)
+    rng = np.random.default_rng(seed)
+    device = array_api_compat.device(inputs[0])
+    projections = [xp.asarray(rng.standard_normal(tuple(y.shape)), dtype=y.dtype,
+                              device=device) for y in _flatten(outputs)]
+    parameters = dict(module.named_parameters())
+
+    def loss_and_grads(arrays: Sequence[Any], target: str | int) -> tuple[Any, list[Any]]:
+        """Run forward and backward with ``arrays`` (inputs, then parameters' data)."""
+        saved = {name: (p.data, p.grad) for name, p in parameters.items()}
+        try:
+            for (name, p), data in zip(parameters.items(), arrays[len(inputs):]):
+                p.data, p.grad = data, None
+            outputs = module(*arrays[:len(inputs)])
+            loss = sum(xp.sum(y * r) for y, r in zip(_flatten(outputs), projections))
+            grads = module.backward(*(_like(outputs, iter(projections))
+                                      if isinstance(outputs, tuple) else projections))
+            if isinstance(target, str):
+                return loss, [parameters[target].grad]
+            grads = grads if isinstance(grads, tuple) and len(inputs) > 1 else (grads,)
+            if len(grads) != len(inputs):
+                raise AssertionError(f"backward returned {len(grads)} input gradients for "
+                                     f"{len(inputs)} inputs")
+            return loss, [grads[target]]
+        finally:
+            for name, (data, grad) in saved.items():
+                parameters[name].data, parameters[name].grad = data, grad
+
+    arrays = [*inputs, *(p.data for p in parameters.values())]
+    targets: list[str | int] = [k for k, x in enumerate(inputs)
+                                if xp.isdtype(x.dtype, "real floating")]
+    for target in targets + list(parameters):
+        k = target if isinstance(target, int) else len(inputs) + list(parameters).index(target)
+
+        def one(array: Any, target: str | int = target, k: int = k) -> tuple[Any, list[Any]]:
+            return loss_and_grads([*arrays[:k], array, *arrays[k + 1:]], target)
+
+        try:
+            gradcheck(one, [arrays[k]], eps=eps, rtol=rtol, atol=atol,
+                      max_checks=max_checks, seed=seed)
+        except AssertionError as error:
+            name = f"input {target}" if isinstance(target, int) else target
+            raise AssertionError(f"{name}: {error}".replace("input 0 ", "", 1)) from None
     return True
