@@ -5,7 +5,7 @@ The same model runs on NumPy (CPU) or CuPy (CUDA); ``XRNN_BACKEND`` or
 for argument, so a PyTorch ``state_dict`` loads unchanged.
 """
 
-from . import backend, functional, io, losses, nn, optim
+from . import backend, functional, io, losses, nn, optim, testing
 from .backend import asarray, get_backend, get_namespace, set_backend, to_numpy, use_backend
 from .io import load, save
 from .losses import CrossEntropyLoss, MSELoss
@@ -19,5 +19,5 @@ __all__ = [
     "CrossEntropyLoss", "GRU", "LSTM", "MSELoss", "RNN", "Identity", "Linear", "Module",
     "Parameter", "ReLU", "Sequential", "Sigmoid", "Tanh", "asarray", "backend",
     "from_timesteps", "functional", "get_backend", "get_namespace", "io", "load", "losses",
-    "nn", "no_grad", "optim", "save", "set_backend", "to_numpy", "use_backend",
+    "nn", "no_grad", "optim", "save", "set_backend", "testing", "to_numpy", "use_backend",
 ]
