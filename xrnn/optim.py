@@ -16,12 +16,13 @@ a dict keyed by the parameter's index in the list::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
-from .backend import backend_of, get_namespace, move
+from .backend import backend_of, get_namespace, move, to_numpy
 from .nn.module import Parameter
 
 __all__ = ["SGD", "Adam", "Optimizer", "clip_grad_norm_"]
@@ -86,6 +87,45 @@ class Optimizer:
                 if not isinstance(value, (int, float)):
                     state[key] = move(value, backend)
         return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The per-parameter state as a flat ``{"{index}.{key}": array}`` mapping (step
+        counts as 0-d int64 NumPy arrays, buffers as the backend's arrays), which
+        :func:`xrnn.save` writes; hyperparameters are the constructor's arguments."""
+        flat: dict[str, Any] = {}
+        for index, state in self.state.items():
+            for key, value in state.items():
+                flat[f"{index}.{key}"] = np.asarray(value, dtype=np.int64) if isinstance(
+                    value, int) else value
+        return flat
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (from any backend, e.g. after
+        :func:`xrnn.load`): buffers are moved to each parameter's backend and dtype.
+        Every entry is checked first; a failed load leaves the optimizer unchanged."""
+        state: dict[int, dict[str, Any]] = {}
+        for name, value in state_dict.items():
+            index_text, _, key = str(name).partition(".")
+            if not index_text.isdigit() or not key or int(index_text) >= len(self.params):
+                raise ValueError(f"optimizer state entry {name!r}: expected '<index>.<key>' "
+                                 f"with index < {len(self.params)}")
+            parameter = self.params[int(index_text)]
+            shape = tuple(getattr(value, "shape", ()))
+            if key == "step":
+                if shape != () or not np.issubdtype(np.asarray(to_numpy(value)).dtype,
+                                                    np.integer):
+                    raise ValueError(f"optimizer state entry {name!r}: expected a 0-d "
+                                     f"integer step count, got shape {shape}")
+                converted: Any = int(to_numpy(value))
+            elif shape != parameter.shape:
+                raise ValueError(f"optimizer state entry {name!r} has shape {shape}; "
+                                 f"expected the parameter's {parameter.shape}")
+            else:
+                xp = get_namespace(parameter.data)
+                converted = xp.asarray(np.asarray(to_numpy(value)), dtype=parameter.dtype,
+                                       device=array_api_compat.device(parameter.data))
+            state.setdefault(int(index_text), {})[key] = converted
+        self.state = state
 
     def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to ``None``."""
