@@ -210,15 +210,26 @@ class Module:
         for _, module in self.named_modules():
             yield module
 
-    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        """``(name, Parameter)`` pairs of this module and its children, in order."""
+    def named_parameters(self, prefix: str = "", remove_duplicate: bool = True
+                         ) -> Iterator[tuple[str, Parameter]]:
+        """``(name, Parameter)`` pairs of this module and its children, in order. A
+        parameter shared by two modules (tied weights) comes once, under its first
+        name, unless ``remove_duplicate=False`` (as in PyTorch)."""
+        seen: set[int] = set()
+        for name, parameter in self._all_parameters(prefix):
+            if remove_duplicate and id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            yield name, parameter
+
+    def _all_parameters(self, prefix: str) -> Iterator[tuple[str, Parameter]]:
         for name, parameter in self._parameters.items():
             yield prefix + name, parameter
         for child_name, child in self._children.items():
-            yield from child.named_parameters(prefix=f"{prefix}{child_name}.")
+            yield from child._all_parameters(f"{prefix}{child_name}.")
 
     def parameters(self) -> Iterator[Parameter]:
-        """Every ``Parameter``, in ``named_parameters`` order."""
+        """Every ``Parameter`` once, in ``named_parameters`` order."""
         for _, parameter in self.named_parameters():
             yield parameter
 
@@ -321,7 +332,7 @@ class Module:
 
         Use ``xrnn.io.torch_state_dict`` for a dict that ``torch.nn.Module.load_state_dict`` takes.
         """
-        return {name: p.data for name, p in self.named_parameters()}
+        return {name: p.data for name, p in self.named_parameters(remove_duplicate=False)}
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """Copy arrays of any backend (NumPy, torch tensors, ...) into the parameters.
@@ -331,7 +342,7 @@ class Module:
         untrusted mapping cannot make it allocate more than the module's own size, and
         a failed load leaves the module unchanged.
         """
-        own = dict(self.named_parameters())
+        own = dict(self.named_parameters(remove_duplicate=False))
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         if strict and (missing or unexpected):
