@@ -25,6 +25,7 @@ __all__ = [
     "asarray",
     "available_backends",
     "backend_of",
+    "dtype_name",
     "get_backend",
     "get_namespace",
     "move",
@@ -43,6 +44,8 @@ _NAMESPACE_MODULES = {
     "torch": "array_api_compat.torch",
     "array_api_strict": "array_api_strict",
 }
+
+_NO_GPU = "no usable CUDA GPU"  # starts the reason when CuPy is installed but cannot run
 
 _selected: str | None = None  # read from the environment at first use
 _namespaces: dict[str, ModuleType] = {}  # backends already checked and imported
@@ -73,9 +76,10 @@ def _unavailable_reason(name: str) -> str | None:
         try:
             count = module.cuda.runtime.getDeviceCount()
         except Exception as exc:  # CUDA driver or runtime missing
-            return f"CuPy is installed but no CUDA device is usable: {exc}"
+            return (f"{_NO_GPU}: CuPy is installed but no CUDA device is usable "
+                    f"({type(exc).__name__}: {exc})")
         if count < 1:
-            return "CuPy is installed but no CUDA device is visible"
+            return f"{_NO_GPU}: CuPy is installed but no CUDA device is visible"
     return None
 
 
@@ -88,6 +92,11 @@ def _namespace_for(name: str) -> ModuleType:
     if name not in _namespaces:
         reason = _unavailable_reason(name)
         if reason is not None:
+            headline, _, detail = reason.partition(": ")
+            if headline == _NO_GPU:  # the fix is a setting, not a package: say which
+                raise BackendUnavailableError(
+                    f"backend {name!r} is unavailable: {_NO_GPU}\n  {detail}\n"
+                    f"set {ENV_VAR}=numpy (or xrnn.set_backend('numpy')) to run on the CPU")
             raise BackendUnavailableError(f"backend {name!r} is unavailable: {reason}")
         _namespaces[name] = importlib.import_module(_NAMESPACE_MODULES[name])
     return _namespaces[name]
@@ -140,9 +149,15 @@ def backend_of(array: Any) -> str:
         return "torch"
     if type(array).__module__.startswith("array_api_strict"):
         return "array_api_strict"
-    raise TypeError(
-        f"expected an array of one of the backends {', '.join(BACKENDS)}, got {type(array).__name__}"
-    )
+    if isinstance(array, tuple):
+        given = ("a tuple; recurrent layers return (output, h_n): pass output = rnn(x)[0] "
+                 "(xrnn.asarray(data) makes an array of Python data)")
+    elif isinstance(array, list):
+        given = ("list; xrnn.asarray(data) makes an array of Python data (recurrent layers "
+                 "return a tuple (output, h_n): pass output = rnn(x)[0])")
+    else:
+        given = type(array).__name__
+    raise TypeError(f"expected an array of one of the backends {', '.join(BACKENDS)}, got {given}")
 
 
 def get_namespace(*arrays: Any) -> ModuleType:
@@ -192,19 +207,46 @@ def move(array: Any, name: str) -> Any:
     return xp.asarray(to_numpy(array))
 
 
+_DTYPE_NAMES = ("float16", "float32", "float64", "int32", "int64", "bool")
+
+
+def dtype_name(dtype: Any, xp: ModuleType | None = None) -> str | None:
+    """The name (``"float32"``, ...) of ``dtype`` given as that name, as a NumPy dtype or
+    scalar type (``np.float32``, ``np.dtype("float32")``) or as a dtype of ``xp`` (the
+    selected backend's namespace by default: ``torch.float32``); None for anything else."""
+    if isinstance(dtype, str):
+        return dtype if dtype in _DTYPE_NAMES else None
+    if isinstance(dtype, (np.dtype, type)):
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            return None
+        return name if name in _DTYPE_NAMES else None
+    xp = get_namespace() if xp is None else xp
+    for name in _DTYPE_NAMES:
+        candidate = getattr(xp, name, None)
+        if type(candidate) is type(dtype) and candidate == dtype:
+            return name
+    return None
+
+
 def resolve_dtype(xp: ModuleType, dtype: Any) -> Any:
-    """``xp``'s dtype for a name such as ``"float32"`` (other values pass through);
-    ``ValueError`` for an unknown name, ``TypeError`` where ``xp`` lacks it (float16 on
-    array_api_strict)."""
-    if dtype is None or not isinstance(dtype, str):
+    """``xp``'s dtype for a name such as ``"float32"`` or a NumPy dtype (unrecognised
+    non-string values pass through); ``ValueError`` for an unknown name, ``TypeError``
+    where ``xp`` lacks it (float16 on array_api_strict)."""
+    if dtype is None:
+        return None
+    name = dtype_name(dtype, xp)
+    if name is None:
+        if isinstance(dtype, str):
+            raise ValueError(f"unsupported dtype {dtype!r}; expected a name such as 'float32' "
+                             "or 'float64'")
         return dtype
-    if dtype not in ("float16", "float32", "float64", "int32", "int64", "bool"):
-        raise ValueError(f"unsupported dtype {dtype!r}; expected a name such as 'float32' or 'float64'")
-    if not hasattr(xp, dtype):
-        raise TypeError(f"dtype {dtype!r} is not available on the {get_backend()!r} backend "
-                        f"(the Array API standard defines no {dtype}); use float32 or "
-                        f"float64 there, or a backend that has {dtype}")
-    return getattr(xp, dtype)
+    if not hasattr(xp, name):
+        raise TypeError(f"dtype {name!r} is not available on the {get_backend()!r} backend "
+                        f"(the Array API standard defines no {name}); use float32 or "
+                        f"float64 there, or a backend that has {name}")
+    return getattr(xp, name)
 
 
 def asarray(obj: Any, dtype: Any = None) -> Any:

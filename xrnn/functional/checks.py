@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import backend_of, get_namespace, to_numpy
+from ..backend import backend_of, dtype_name, get_backend, get_namespace, to_numpy
 
 
 def check_compatible(x: Any, reference: Any, *, features: int, what: str) -> None:
@@ -19,15 +19,22 @@ def check_compatible(x: Any, reference: Any, *, features: int, what: str) -> Non
     ``features`` entries on its last axis (``what`` names that size in messages)."""
     x_backend, ref_backend = backend_of(x), backend_of(reference)
     if x_backend != ref_backend:
+        convert = ("xrnn.asarray(x)" if get_backend() == ref_backend
+                   else f"xrnn.backend.move(x, {ref_backend!r})")
         raise TypeError(f"input is a {x_backend} array but the parameters are {ref_backend} "
-                        f"arrays; move one of them (xrnn.backend.asarray or "
-                        f"model.to({ref_backend!r}))")
-    if not get_namespace(x).isdtype(x.dtype, "real floating"):
+                        f"arrays: convert the input to {ref_backend} with {convert}, or move "
+                        f"the model to {x_backend} with model.to({x_backend!r})")
+    xp = get_namespace(x)
+    if not xp.isdtype(x.dtype, "real floating"):
         raise TypeError(f"input must be a real floating array of dtype {reference.dtype}, "
                         f"got dtype {x.dtype}")
     if x.dtype != reference.dtype:
+        given, wanted = dtype_name(x.dtype, xp), dtype_name(reference.dtype, xp)
+        cast = (f"x.astype({wanted!r}) or " if x_backend in ("numpy", "cupy") else "")
         raise TypeError(f"input dtype {x.dtype} does not match the parameters' dtype "
-                        f"{reference.dtype}; convert one of them")
+                        f"{reference.dtype}: convert the input with {cast}"
+                        f"xrnn.asarray(x, dtype={wanted!r}), or build the model with "
+                        f"dtype={given!r}")
     if x.ndim < 1 or x.shape[-1] != features:
         raise ValueError(f"expected input with {features} features ({what}) on the last axis, "
                          f"got shape {tuple(x.shape)}")
