@@ -1,9 +1,10 @@
-"""The command line: ``python -m xrnn info`` and ``python -m xrnn shapes ...``."""
+"""The command line: ``xrnn info``, ``xrnn shapes ...``, ``--help`` and ``--version``."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -173,3 +174,48 @@ def test_proj_size_needs_lstm():
                      "--proj-size", "2")
     assert result.returncode == 2
     assert "--proj-size" in result.stderr
+
+
+# -- program name, help, version ---------------------------------------------------------
+
+def test_help_names_the_console_script_and_has_no_markup(capsys):
+    for argv in (["--help"], ["info", "--help"], ["shapes", "--help"], ["demo", "--help"]):
+        with pytest.raises(SystemExit) as info:
+            xrnn.__main__.main(argv)
+        assert info.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: xrnn {argv[0] if len(argv) == 2 else ''}".rstrip()), out
+        assert "``" not in out and "python -m" not in out, out
+
+
+def test_version_in_process(capsys):
+    with pytest.raises(SystemExit) as info:
+        xrnn.__main__.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"xrnn {xrnn.__version__}\n"
+
+
+def test_module_names_itself_python_m_xrnn():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m xrnn "), result.stdout
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"xrnn {xrnn.__version__}\n"), result.stderr
+
+
+def test_console_script_version():
+    script = shutil.which("xrnn", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip(f"no xrnn console script beside {sys.executable} (package not installed)")
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (0, f"xrnn {xrnn.__version__}\n"), result.stderr
+
+
+def test_version_is_single_sourced():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library "
+                                  "from Python 3.11")
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "xrnn.__version__"}
+    assert (REPO_ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert project["project"]["license-files"] == ["LICENSE"]

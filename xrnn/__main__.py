@@ -1,4 +1,4 @@
-"""Command line: ``python -m xrnn info | shapes | demo``."""
+"""Command line: ``xrnn info | shapes | demo`` (or ``python -m xrnn ...``); ``--version``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import backend
+from . import __version__, backend
 from .functional.weights import parameter_shapes
 
 
@@ -45,7 +45,7 @@ def _device_description(name: str) -> str:
 
 def info() -> int:
     """Print the selected backend, its version and device, and every backend's availability."""
-    print(f"xrnn {_version('xrnn')}  (python {sys.version.split()[0]}, "
+    print(f"xrnn {__version__}  (python {sys.version.split()[0]}, "
           f"array-api-compat {_version('array-api-compat')})")
     try:
         name = backend.get_backend()
@@ -113,8 +113,14 @@ def shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xrnn", description=__doc__)
+DESCRIPTION = ("Recurrent neural networks on NumPy, CuPy, torch or array_api_strict: "
+               "info shows the backends, shapes the arrays of a layer, demo trains a small model.")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "xrnn") -> int:
+    """The ``xrnn`` console script; ``prog`` names the command in usage lines and errors."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"xrnn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="selected backend, version, device; available backends")
     p = commands.add_parser("shapes", help="parameter and array shapes of a recurrent layer")
@@ -134,16 +140,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compare-unidirectional", action="store_true",
                    help="also train a one-direction model on the same task")
     p.add_argument("--plot", metavar="FILE.png", help="write the loss curves (needs matplotlib)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=3000, help="training steps per model "
+                   "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the data "
+                   "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "info":
         return info()
     if args.command == "demo":
         if args.steps < 1:
             parser.error(f"--steps must be a positive integer, got {args.steps}")
-        from .demo import run
+        from .demo import plot_problem, run
 
+        if args.plot and (problem := plot_problem(args.plot)):
+            parser.exit(1, f"{prog} demo: error: {problem}\n")  # before training
         return run(args.cell, args.compare_unidirectional, args.plot, args.seed, args.steps)
     for name in ("input_size", "hidden_size", "num_layers", "seq_len", "batch"):
         value = getattr(args, name)
@@ -156,4 +166,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m xrnn"))

@@ -8,6 +8,8 @@ from the position; a bidirectional one learns the task.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -82,11 +84,33 @@ def train(*, cell: str = "rnn", bidirectional: bool = True, steps: int = 3000, b
     return DemoResult(accuracy(model, test_x, test_y), seconds, losses)
 
 
+class _ProgressLines:
+    """Plain progress lines on stderr, ten per run: the stand-in for tqdm's bar (the same
+    ``set_postfix`` / ``update`` / ``close`` calls) when tqdm is not installed."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.every, self.done = total, max(1, total // 10), 0
+        self.postfix, self.start = "", time.perf_counter()
+
+    def set_postfix(self, refresh: bool = False, **values: str) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self) -> None:
+        self.done += 1
+        if self.done % self.every == 0 or self.done == self.total:
+            print(f"training: step {self.done}/{self.total}, {self.postfix}, "
+                  f"{time.perf_counter() - self.start:.1f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 def _progress_bar(total: int):
+    """tqdm's bar where tqdm is installed (``xrnn[demo]``), plain lines otherwise."""
     try:
         from tqdm import tqdm
     except ImportError:
-        raise ImportError("the demo's progress bar needs tqdm: pip install 'xrnn[demo]'") from None
+        return _ProgressLines(total)
     return tqdm(total=total, desc="training", unit="step", mininterval=0.5)
 
 
@@ -97,8 +121,22 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install matplotlib") from None
+        raise ImportError("--plot needs matplotlib, which is not installed: "
+                          "pip install matplotlib") from None
     return plt
+
+
+def plot_problem(path: str) -> str | None:
+    """Why writing the loss curves to ``path`` would fail after training (matplotlib
+    missing, no such folder), or None."""
+    try:
+        _pyplot()
+    except ImportError as exc:
+        return str(exc)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--plot {path}: the folder {folder} does not exist"
+    return None
 
 
 def plot_losses(path: str, curves: dict[str, list[float]]) -> None:
@@ -115,7 +153,7 @@ def plot_losses(path: str, curves: dict[str, list[float]]) -> None:
 def run(cell: str, compare_unidirectional: bool, plot: str | None, seed: int, steps: int) -> int:
     """The ``python -m xrnn demo`` command."""
     if plot:
-        _pyplot()  # fail before training, not after
+        _pyplot()  # fail before training, not after (main checks with plot_problem first)
     print(f"backend {backend.get_backend()}: label each symbol 1 if it appears again later "
           "(needs future context)")
     curves = {}
