@@ -31,9 +31,9 @@ class Linear(Module):
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(in_features)
         self.weight = self.register_parameter(
-            "weight", uniform(rng, (out_features, in_features), bound, dtype))
+            "weight", uniform(rng, (out_features, in_features), bound, self.dtype))
         self.bias = self.register_parameter(
-            "bias", uniform(rng, (out_features,), bound, dtype)) if bias else None
+            "bias", uniform(rng, (out_features,), bound, self.dtype)) if bias else None
 
     def forward(self, x: Any) -> Any:
         check_compatible(x, self.weight.data, features=self.in_features, what="in_features")

@@ -55,7 +55,7 @@ class RecurrentBase(Module):
         shapes = parameter_shapes(input_size, hidden_size, cell.gates, num_layers,
                                   bidirectional, bias, proj_size)
         for name, shape in shapes.items():
-            self.register_parameter(name, uniform(init_rng, shape, bound, dtype))
+            self.register_parameter(name, uniform(init_rng, shape, bound, self.dtype))
 
     @property
     def num_directions(self) -> int:
