@@ -4,7 +4,8 @@
 Each backend gets its own pytest process with ``XRNN_BACKEND`` and
 ``XRNN_TEST_BACKENDS`` set to it, so backend-agnostic tests (the CLI, the README
 examples) run on that backend too. Prints a per-backend table and a closing line
-``total: N passed, N failed, N skipped``; exits non-zero if any run failed.
+``total: N passed, N failed, N skipped``; exits non-zero if any run failed or passed
+no test (every test skipped, or none collected: such a leg proves nothing).
 
     python ci/run_tests.py                       # numpy, array_api_strict, torch (+ cupy with a GPU)
     python ci/run_tests.py --backends cupy,numpy  # a subset
@@ -57,8 +58,15 @@ def main() -> int:
     parser.add_argument("--backends", help="comma-separated list (default: every usable one)")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = parser.parse_args()
-    if args.backends:
+    if args.backends is not None:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        if not backends:
+            parser.error(f"--backends {args.backends!r} names no backend; expected a "
+                         f"comma-separated list from {', '.join(DEFAULT)}")
+        unknown = [b for b in backends if b not in DEFAULT]
+        if unknown:
+            parser.error(f"--backends names unknown backends {unknown}; expected names "
+                         f"from {', '.join(DEFAULT)}")
     else:
         backends = [b for b in DEFAULT if b != "cupy" or cupy_usable()]
         if "cupy" not in backends:
@@ -71,8 +79,12 @@ def main() -> int:
     for name, c in results.items():
         print(f"{name:<18}{c['passed']:>8}{c['failed']:>8}{c['skipped']:>9}{c['exit']:>6}")
     total = {k: sum(c[k] for c in results.values()) for k in ("passed", "failed", "skipped")}
-    bad = [n for n, c in results.items() if c["exit"] != 0]
     print(f"total: {total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped")
+    for name, c in results.items():
+        if c["passed"] == 0 and c["failed"] == 0:
+            print(f"backend {name}: no test passed ({c['skipped']} skipped, pytest exit "
+                  f"{c['exit']}): a leg that runs nothing proves nothing")
+    bad = [n for n, c in results.items() if c["exit"] != 0 or c["passed"] == 0]
     if bad:
         print(f"failing backends: {', '.join(bad)}")
     return 1 if bad else 0
