@@ -105,6 +105,23 @@ def test_gradcheck_catches_a_wrong_gradient(xp, rng):
         gradcheck(wrong, [x])
 
 
+def test_gradcheck_needs_one_gradient_per_input(xp, rng):
+    """A gradient left out is an error naming the counts and the input without one;
+    ``None`` skips an input on purpose, and only that input."""
+    x, w = xrnn.asarray(rng.standard_normal(5)), xrnn.asarray(rng.standard_normal(5))
+
+    def loss(grads):  # sum(x * w * w): d/dx = w * w, d/dw = 2 x w
+        return lambda x, w: (xrnn.get_namespace(x).sum(x * w * w), grads(x, w))
+    with pytest.raises(ValueError, match=r"returned 1 gradients for 2 inputs; input 1 has none"):
+        gradcheck(loss(lambda x, w: [w * w]), [x, w])
+    with pytest.raises(ValueError, match=r"returned 3 gradients for 2 inputs; gradient 2 has no"):
+        gradcheck(loss(lambda x, w: [w * w, 2 * x * w, w]), [x, w])
+    assert gradcheck(loss(lambda x, w: [w * w, 2 * x * w]), [x, w])
+    assert gradcheck(loss(lambda x, w: [None, 2 * x * w]), [x, w])
+    with pytest.raises(AssertionError, match="input 1 entry"):
+        gradcheck(loss(lambda x, w: [None, x * w]), [x, w])
+
+
 def test_backward_in_eval_mode_ignores_dropout_and_matches_torch(xp, rng):
     model = xrnn.RNN(I, H, 3, dropout=0.5, bidirectional=True, dtype="float64", seed=6).eval()
     x, h0 = rng.standard_normal((T, B, I)), np.zeros((6, B, H))

@@ -48,16 +48,24 @@ def gradcheck(fn: Callable[..., tuple[Any, Sequence[Any]]], inputs: Sequence[Any
     """Check analytic gradients against central finite differences, in float64.
 
     ``fn(*inputs) -> (loss, grads)`` returns a scalar loss (0-d array or float) and
-    its claimed gradient with respect to each input (same shapes; ``None`` skips an
-    input). Every input must be a float64 array of one backend. Each input's entries
-    are perturbed by ``±eps`` one at a time (at most ``max_checks`` entries per
-    input, chosen at random with ``seed``; ``None`` checks all). Returns True or
-    raises ``AssertionError`` naming the input and entry that disagree.
+    its claimed gradient with respect to each input: exactly one per input, in order
+    (same shapes; ``None`` skips an input deliberately), else ``ValueError`` naming the
+    counts and the first input without one. Every input must be a float64 array of one
+    backend. Each input's entries are perturbed by ``±eps`` one at a time (at most
+    ``max_checks`` entries per input, chosen at random with ``seed``; ``None`` checks
+    all). Returns True or raises ``AssertionError`` naming the input and entry that
+    disagree.
     """
     for k, array in enumerate(inputs):
         if _host(array).dtype != np.float64:
             raise ValueError(f"gradcheck needs float64 inputs; input {k} is {_host(array).dtype}")
     _, grads = fn(*inputs)
+    grads = list(grads)
+    if len(grads) != len(inputs):
+        missing = (f"input {len(grads)} has none" if len(grads) < len(inputs) else
+                   f"gradient {len(inputs)} has no input")
+        raise ValueError(f"gradcheck needs one gradient per input (None to skip one): fn "
+                         f"returned {len(grads)} gradients for {len(inputs)} inputs; {missing}")
     rng = np.random.default_rng(seed)
     for k, (array, grad) in enumerate(zip(inputs, grads)):
         if grad is None:
