@@ -312,7 +312,8 @@ def test_repeated_calls_pair_each_backward_with_its_own_call(xp, rng, name):
     last call first: each equals a fresh module used once; parameter gradients add up."""
     make = REPEATABLE[name]
     if name == "Embedding":
-        calls = [(rng.integers(0, V, size=(T, B)), None), (rng.integers(0, V, size=(B, T + 1)), None)]
+        calls = [(rng.integers(0, V, size=(T, B)), None),
+                 (rng.integers(0, V, size=(B, T + 1)), None)]
     else:
         calls = [(rng.standard_normal((T, B, 2 * H)), LENGTHS),
                  (rng.standard_normal((T + 1, B, 2 * H)), None)]

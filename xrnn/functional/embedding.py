@@ -55,12 +55,15 @@ def scatter_add_rows(indices: Any, values: Any, num_rows: int) -> Any:
     if bool(xp.all(finite)):
         return _one_hot_sum(xp, indices, values, num_rows)
     # A one-hot product would spread 0 * inf = NaN to every row: sum the finite values,
-    # then put each row's non-finite result back from counts of inf, -inf and NaN.
+    # then set each entry that an inf, a -inf or a NaN lands in as IEEE addition would.
     zero = xp.zeros_like(values)
     total = _one_hot_sum(xp, indices, xp.where(finite, values, zero), num_rows)
-    count = lambda hit: _one_hot_sum(xp, indices, xp.astype(hit, values.dtype), num_rows) > 0  # noqa: E731
-    positive, negative = count(values == xp.inf), count(values == -xp.inf)
-    nan = count(xp.isnan(values)) | (positive & negative)
+
+    def any_in_row(hit: Any) -> Any:  # (num_rows, E): does a hit land in this entry?
+        return _one_hot_sum(xp, indices, xp.astype(hit, values.dtype), num_rows) > 0
+
+    positive, negative = any_in_row(values == xp.inf), any_in_row(values == -xp.inf)
+    nan = any_in_row(xp.isnan(values)) | (positive & negative)
     total = xp.where(positive, xp.full_like(total, xp.inf), total)
     total = xp.where(negative, xp.full_like(total, -xp.inf), total)
     return xp.where(nan, xp.full_like(total, xp.nan), total)
