@@ -182,3 +182,49 @@ def test_moving_a_model_discards_its_records(xp, rng):
     lin(_array(rng, B, I))
     lin.to("numpy")
     assert lin.unconsumed_calls() == {}
+
+
+def test_shared_embedding_for_input_and_tied_output_weights_matches_torch(xp, rng, torch):
+    """One Parameter in two modules: the embedding's table is also the output layer's
+    weight, so its gradient is the sum of both uses; the shared embedding is also called
+    twice (two token streams summed)."""
+    V, E = 7, 5
+
+    class TiedLM(xrnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = xrnn.Embedding(V, E, dtype="float64", seed=0)
+            self.gru = xrnn.GRU(E, E, dtype="float64", seed=1)
+            self.head = xrnn.Linear(E, V, bias=False, dtype="float64", seed=2)
+            self.head.weight = self.embed.weight  # tied
+
+        def forward(self, a, b):
+            output, _ = self.gru(self.embed(a) + self.embed(b))
+            return self.head(output)
+
+        def backward(self, grad_logits):
+            grad = self.gru.backward(self.head.backward(grad_logits))
+            self.embed.backward(grad)  # the second call (b) first
+            self.embed.backward(grad)
+
+    model = TiedLM()
+    assert [n for n, _ in model.named_parameters()] == [
+        "embed.weight", "gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_ih_l0",
+        "gru.bias_hh_l0"]  # the tied weight once, as torch lists it
+    a, b = rng.integers(0, V, size=(T, B)), rng.integers(0, V, size=(T, B))
+    g = rng.standard_normal((T, B, V))
+    model(xrnn.asarray(a), xrnn.asarray(b))
+    model.backward(xrnn.asarray(g))
+
+    embed = torch.nn.Embedding(V, E, dtype=torch.float64)
+    gru = torch.nn.GRU(E, E, dtype=torch.float64)
+    head = torch.nn.Linear(E, V, bias=False, dtype=torch.float64)
+    head.weight = embed.weight
+    embed.load_state_dict(xrnn.io.torch_state_dict(model.embed))
+    gru.load_state_dict(xrnn.io.torch_state_dict(model.gru))
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    (head(gru(embed(ta) + embed(tb))[0]) * torch.from_numpy(g)).sum().backward()
+    assert_close(model.embed.weight.grad, embed.weight.grad.numpy(), **TIGHT)
+    for name, parameter in model.gru.named_parameters():
+        assert_close(parameter.grad, dict(gru.named_parameters())[name].grad.numpy(), **TIGHT)
+    assert model.unconsumed_calls() == {}
