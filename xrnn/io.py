@@ -134,17 +134,15 @@ def load(path: str | os.PathLike, *,
             with init.shape_only(2 * arrays + 16, 2 * elements + (1 << 16),
                                  f"set by the file's {arrays} arrays of {elements} elements"):
                 model = _build(meta["model"], modules, "model", arrays)
-        parameters = dict(model.named_parameters())
+        parameters = dict(model.named_parameters(remove_duplicate=False))  # tied: every name
         _check_fit(parameters, members, where)
         with _refusing(unreadable):
             loaded = {name: _read_array(archive, members[name]) for name in parameters}
-    drawn = {}  # parameters that a custom module created without xrnn.nn.init
-    for name, parameter in parameters.items():
-        if isinstance(parameter.data, init.ShapeOnly):
-            parameter.data = asarray(loaded[name])
-        else:
-            drawn[name] = loaded[name]
-    model.load_state_dict(drawn, strict=False)
+    shape_only = [name for name, p in parameters.items() if isinstance(p.data, init.ShapeOnly)]
+    for name in shape_only:
+        parameters[name].data = asarray(loaded[name])
+    # parameters that a custom module created without xrnn.nn.init: cast into their dtype
+    model.load_state_dict({k: v for k, v in loaded.items() if k not in shape_only}, strict=False)
     return model
 
 
@@ -213,12 +211,17 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> _Member:
     label = repr(info.filename)
     with archive.open(info) as stream:
         version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
+        readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
             raise ValueError(f"entry {label} is .npy format {version}; expected 1.0 or 2.0")
+        try:
+            shape, fortran_order, dtype = readers[version](stream)
+        except (zipfile.BadZipFile, zlib.error, OSError):
+            raise
+        except Exception as exc:  # a parser of untrusted text (ast, tokenize, np.dtype)
+            raise ValueError(f"entry {label} has an unreadable .npy header: "
+                             f"{type(exc).__name__}: {exc}") from exc
         offset = stream.tell()
     if not all(isinstance(n, int) and n >= 0 for n in shape):
         raise ValueError(f"entry {label} declares shape {shape}")
@@ -385,7 +388,8 @@ def _build(description: Any, modules: Mapping[str, type[nn.Module]], where: str,
     try:
         module = cls.from_config(config)
     except _BUILD_ERRORS as exc:
-        raise ValueError(f"{where} ({name}): {exc}") from exc
+        options = [f"{key}={reprlib.repr(value)}" for key, value in list(config.items())[:16]]
+        raise ValueError(f"{where} ({', '.join([name, *options])}): {exc}") from exc
     saved = module.config()
     for key, value in config.items():
         if key not in saved:
