@@ -359,6 +359,34 @@ def test_custom_modules_are_built_abstractly_and_checked(xp, rng, tmp_path):
         xrnn.load(path, custom_modules={"Tagger": dict})
 
 
+class Tied(xrnn.Module):
+    """One Linear registered under two names (tied weights), and a parameter created
+    directly rather than with xrnn.nn.init."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.features = features
+        self._children["encoder"] = self._children["decoder"] = xrnn.Linear(features, features,
+                                                                             seed=0)
+        self.register_parameter("offset", xrnn.asarray(np.arange(features), dtype="float64"))
+
+    def config(self):
+        return {"features": self.features}
+
+
+def test_tied_and_directly_created_parameters_load(xp, tmp_path):
+    model = Tied(3)
+    xrnn.save(model, tmp_path / "tied.npz")
+    loaded = xrnn.load(tmp_path / "tied.npz", custom_modules={"Tied": Tied})
+    assert loaded.encoder.weight is loaded.decoder.weight
+    assert list(loaded.state_dict()) == ["offset", "encoder.weight", "encoder.bias",
+                                         "decoder.weight", "decoder.bias"]
+    for name, value in model.state_dict().items():
+        got = loaded.state_dict()[name]
+        assert xrnn.backend.backend_of(got) == xrnn.get_backend()
+        np.testing.assert_array_equal(xrnn.to_numpy(got), xrnn.to_numpy(value))
+
+
 BYTE_FLIPS = st.lists(st.tuples(st.integers(0, 2**31), st.integers(0, 255)), min_size=1,
                       max_size=6)
 # The fuzz tests run on the default backend only: what they exercise (the archive, the

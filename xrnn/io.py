@@ -112,8 +112,8 @@ def load(path: str | os.PathLike, *,
     where = repr(os.fspath(path))
     unreadable, foreign = f"{where} is not a readable xrnn file", f"{where} is not an xrnn file"
     with _refusing(unreadable):
-        archive = zipfile.ZipFile(path)
         size = os.path.getsize(path)
+        archive = zipfile.ZipFile(path)
     with archive:
         with _refusing(unreadable):
             members = _index(archive, size)
