@@ -346,10 +346,11 @@ def test_custom_modules_are_built_abstractly_and_checked(xp, rng, tmp_path):
 
     contents = entries(path)
     crafted = tmp_path / "crafted.npz"
-    for key, value, match in [("hidden_size", 60000, r"\(Tagger, .*hidden_size=60000.*exceed"),
-                              ("classes", 3, r"array '0.scale' has shape \(2,\); .* \(3,\)"),
-                              ("layers", 2, r"Tagger.* unexpected keyword argument 'layers'"),
-                              ("classes", "2", r"out_features must be a positive integer, got '2'")]:
+    for key, value, match in [
+            ("hidden_size", 60000, r"\(Tagger, .*hidden_size=60000.*exceed"),
+            ("classes", 3, r"array '0.scale' has shape \(2,\); .* \(3,\)"),
+            ("layers", 2, r"Tagger.* unexpected keyword argument 'layers'"),
+            ("classes", "2", r"out_features must be a positive integer, got '2'")]:
         meta = edited(meta_of(contents), ("model", "config", "layers", 0, "config", key), value)
         refused(write(crafted, with_meta(contents, meta)), match,
                 custom_modules={"Tagger": Tagger})

@@ -359,8 +359,8 @@ def _build(description: Any, modules: Mapping[str, type[nn.Module]], where: str,
     option in the file must be one the class saves, read back as the same value."""
     if not isinstance(description, dict) or set(description) != {"class", "config"}:
         shown = sorted(description) if isinstance(description, dict) else description
-        raise ValueError(f"{where} is {reprlib.repr(shown)}; expected an object with exactly 'class' "
-                         "and 'config'")
+        raise ValueError(f"{where} is {reprlib.repr(shown)}; expected an object with "
+                         "exactly 'class' and 'config'")
     name, config = description["class"], description["config"]
     if not isinstance(name, str):
         raise ValueError(f"{where}.class is {reprlib.repr(name)}; expected a class name")
