@@ -10,14 +10,17 @@ small fraction of the RMS, so zeroing half of an array's entries fails (checked 
 for every array). Measured over 100 seeds on NumPy and torch (T=5, B=3, two
 bidirectional layers, every kind below), the smallest atol fraction that passes:
 
-- outputs and final states, rtol 1e-2 (about ten float16 ulps): 4.6e-3 at worst
-  (mostly below 3e-3); allowed 1e-2.
-- gradients (input and every parameter), rtol 2e-2: 1.4e-2 at worst; allowed 3e-2.
+- outputs and final states, rtol 1e-2 (about ten float16 ulps): 4.6e-3 at worst (ReLU;
+  the others 3.0e-3); allowed 1e-2.
+- gradients (input and every parameter), rtol 2e-2: 1.4e-2 at worst (ReLU aside, below);
+  allowed 3e-2.
 
 ReLU gradients are the exception: where a pre-activation rounds across zero in float16
 but not in float32, a unit is dead on one side and alive on the other, and whole gradient
-entries differ (11 of 100 seeds). The seeds here are fixed, so the check is
-reproducible; the other kinds pass at every seed measured.
+entries differ (4 of the 100 seeds fail the gradient check; none fails the forward one).
+The seeds here are fixed, so the check is reproducible; the other kinds pass at every
+seed measured. At the seeds here the worst entries need atol fractions of 1.3e-3
+(forward) and 3.6e-3 (gradients).
 """
 
 from __future__ import annotations
