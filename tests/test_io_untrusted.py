@@ -117,6 +117,22 @@ def test_the_issue_example_is_refused_before_allocating(xp, tmp_path):
     assert "4 arrays" in message
 
 
+def test_every_initialiser_goes_through_the_shape_only_hook(xp, tmp_path):
+    """Embedding draws N(0, 1) through init.create: its table is a placeholder too."""
+    xrnn.save(xrnn.Sequential(xrnn.Embedding(10, 3, seed=0), xrnn.GRU(3, 4, seed=0)),
+              tmp_path / "tagger.npz")
+    contents = entries(tmp_path / "tagger.npz")
+    where = ("model", "config", "layers", 0, "config", "num_embeddings")
+    meta = edited(meta_of(contents), where, 10**12)
+    refused(write(tmp_path / "crafted.npz", with_meta(contents, meta)),
+            r"layers\[0\] \(Embedding, num_embeddings=1000000000000.*exceed", 256 << 10)
+    with init.shape_only(1, 30):
+        table = init.normal(np.random.default_rng(0), (10, 3), 0.0, 1.0, "float32")
+        assert table == init.ShapeOnly((10, 3), "float32")
+        with pytest.raises(ValueError, match="more than 1 parameter arrays"):
+            init.uniform(np.random.default_rng(0), (1,), 1.0, "float32")
+
+
 @pytest.mark.parametrize("where, value, match", [
     (LSTM_CONFIG + ("hidden_size",), 60000, r"hidden_size=60000.*exceed"),
     (LSTM_CONFIG + ("hidden_size",), 10**400, r"hidden_size=1000000.*int too large"),
