@@ -8,7 +8,7 @@ inside each group ``weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]``
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 
@@ -41,9 +41,17 @@ def parameter_shapes(input_size: int, hidden_size: int, gates: int, num_layers: 
                      bidirectional: bool, bias: bool, proj_size: int = 0
                      ) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in flat order."""
+    return dict(iter_parameter_shapes(input_size, hidden_size, gates, num_layers,
+                                      bidirectional, bias, proj_size))
+
+
+def iter_parameter_shapes(input_size: int, hidden_size: int, gates: int, num_layers: int,
+                          bidirectional: bool, bias: bool, proj_size: int = 0
+                          ) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """``(name, shape)`` of every parameter in flat order, one at a time: a caller
+    creating them under a budget (``xrnn.load``) stops at once on a huge ``num_layers``."""
     d = 2 if bidirectional else 1
     out = proj_size or hidden_size
-    shapes: dict[str, tuple[int, ...]] = {}
     for layer in range(num_layers):
         layer_in = input_size if layer == 0 else d * out
         for direction in range(d):
@@ -52,8 +60,7 @@ def parameter_shapes(input_size: int, hidden_size: int, gates: int, num_layers: 
                      "bias_ih": (gates * hidden_size,), "bias_hh": (gates * hidden_size,),
                      "weight_hr": (proj_size, hidden_size)}
             for name in group_names(layer, direction, bias, proj_size > 0):
-                shapes[name] = kinds[name[:name.index("_l")]]
-    return shapes
+                yield name, kinds[name[:name.index("_l")]]
 
 
 def _likely_hidden_size(w_ih: Any, w_hh: Any, gates: int, proj: bool) -> int:

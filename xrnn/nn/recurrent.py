@@ -13,7 +13,7 @@ from ..functional.cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
 from ..functional.checks import check_all_finite
 from ..functional.dropout import check_probability
 from ..functional.rnn import lstm_states, run_recurrent
-from ..functional.weights import parameter_shapes
+from ..functional.weights import iter_parameter_shapes
 from .arguments import check_dtype_name, check_positive_int
 from .init import uniform
 from .module import Module, is_grad_enabled
@@ -52,9 +52,8 @@ class RecurrentBase(Module):
         init_rng = np.random.default_rng(init_seq)
         self._dropout_rng = np.random.default_rng(dropout_seq)
         bound = 1.0 / math.sqrt(hidden_size)
-        shapes = parameter_shapes(input_size, hidden_size, cell.gates, num_layers,
-                                  bidirectional, bias, proj_size)
-        for name, shape in shapes.items():
+        for name, shape in iter_parameter_shapes(input_size, hidden_size, cell.gates,
+                                                 num_layers, bidirectional, bias, proj_size):
             self.register_parameter(name, uniform(init_rng, shape, bound, self.dtype))
 
     @property
