@@ -12,6 +12,7 @@ import xrnn
 from xrnn.testing import assert_close, gradcheck
 
 from .conftest import backward_random_projection, torch_rnn_like
+from .test_gradients import assert_every_gradient
 
 torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
 
@@ -68,6 +69,16 @@ def call_xrnn(model, x, states):
     return output, (h_n,)
 
 
+def backward_xrnn(model, grad_out, grad_finals):
+    """xrnn's (grad_input, tuple of initial-state gradients) for NumPy gradients of the
+    output and of each final state."""
+    grads = [xrnn.asarray(g) for g in grad_finals]
+    if isinstance(model, xrnn.LSTM):
+        return model.backward(xrnn.asarray(grad_out), tuple(grads), return_state_grad=True)
+    grad_x, grad_h0 = model.backward(xrnn.asarray(grad_out), grads[0], return_state_grad=True)
+    return grad_x, (grad_h0,)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind_proj, num_layers, bidirectional, bias, batch_first, with_state",
                          GRID, ids=ids(GRID))
@@ -101,33 +112,35 @@ def test_gradients_match_torch_autograd(xp, rng, kind_proj, num_layers, bidirect
     grad_out, grad_finals = backward_random_projection(rng, output, finals)
 
     call_xrnn(model, x, states if with_state else [])
-    grads = [xrnn.asarray(g) for g in grad_finals]
-    if isinstance(model, xrnn.LSTM):
-        grad_x, grad_states = model.backward(xrnn.asarray(grad_out), tuple(grads),
-                                             return_state_grad=True)
-    else:
-        grad_x, grad_h0 = model.backward(xrnn.asarray(grad_out), grads[0], return_state_grad=True)
-        grad_states = (grad_h0,)
+    grad_x, grad_states = backward_xrnn(model, grad_out, grad_finals)
     assert_close(grad_x, tx.grad, backend=xrnn.get_backend(), **GRAD)
     if with_state:
         for got, want in zip(grad_states, t_states, strict=True):
             assert_close(got, want.grad, **GRAD)
-    expected = dict(reference.named_parameters())
-    for name, parameter in model.named_parameters():
-        assert_close(parameter.grad, expected[name].grad, **GRAD)
+    assert_every_gradient(model, {n: p.grad for n, p in reference.named_parameters()})
 
 
 @pytest.mark.parametrize("kind_proj", KINDS, ids=["lstm", "lstm-proj", "gru"])
 def test_unbatched_matches_torch(xp, rng, kind_proj):
+    """Unbatched input (T, H_in) and states (L*D, H): the forward, and the gradients of
+    the input, the initial states and every parameter against torch autograd."""
     model = make(*kind_proj, 2, True, True, False, "float64")
+    reference = torch_rnn_like(model, "float64")
     x, states = rng.standard_normal((T, I)), initial_states(model, rng, batch=None)
+    tx = torch.tensor(x, requires_grad=True)
+    t_states = [torch.tensor(s, requires_grad=True) for s in states]
+    expected, expected_finals = call_torch(reference, tx, t_states)
     output, finals = call_xrnn(model, x, states)
-    with torch.no_grad():
-        expected, expected_finals = call_torch(torch_rnn_like(model, "float64"),
-                                               torch.from_numpy(x), states)
-    assert_close(output, expected, **FORWARD_TOL["float64"])
+    assert_close(output, expected.detach(), **FORWARD_TOL["float64"])
     for got, want in zip(finals, expected_finals, strict=True):
-        assert_close(got, want, **FORWARD_TOL["float64"])
+        assert_close(got, want.detach(), **FORWARD_TOL["float64"])
+
+    grad_out, grad_finals = backward_random_projection(rng, expected, expected_finals)
+    grad_x, grad_states = backward_xrnn(model, grad_out, grad_finals)
+    assert_close(grad_x, tx.grad, **GRAD)
+    for got, want in zip(grad_states, t_states, strict=True):
+        assert_close(got, want.grad, **GRAD)
+    assert_every_gradient(model, {n: p.grad for n, p in reference.named_parameters()})
 
 
 @pytest.mark.parametrize("kind_proj", KINDS, ids=["lstm", "lstm-proj", "gru"])
