@@ -498,3 +498,27 @@ def test_crafted_files_are_refused_under_an_address_space_limit(tmp_path):
                             timeout=60, env=dict(os.environ, XRNN_BACKEND="numpy"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == [word for path in paths for word in ("refused", path)]
+
+
+class DeepEncoder(xrnn.Module):
+    """A user's class that passes a size from its config straight into a GRU."""
+
+    def __init__(self, layers: int = 1) -> None:
+        super().__init__()
+        self.layers = layers
+        self.gru = xrnn.GRU(2, 3, num_layers=layers, seed=0)
+
+    def config(self):
+        return {"layers": self.layers}
+
+
+def test_a_huge_layer_count_in_a_custom_config_stops_at_the_budget(xp, tmp_path):
+    """The recurrent layer creates its parameters one at a time, so the budget stops a
+    file's num_layers = 10**9 at once (it used to build every layer's shapes first)."""
+    path = tmp_path / "deep.npz"
+    xrnn.save(DeepEncoder(1), path)
+    contents = entries(path)
+    meta = edited(meta_of(contents), ("model", "config", "layers"), 10**9)
+    refused(write(tmp_path / "crafted.npz", with_meta(contents, meta)),
+            r"DeepEncoder, layers=1000000000\).*parameter arrays",
+            custom_modules={"DeepEncoder": DeepEncoder})
