@@ -168,7 +168,7 @@ def test_bad_sizes(xp, argument, value):
         xrnn.RNN(**sizes)
 
 
-@pytest.mark.parametrize("dtype", ["int32", "bfloat16", "double", np.float32])
+@pytest.mark.parametrize("dtype", ["int32", "bfloat16", "double", np.int32])
 def test_bad_dtype(xp, dtype):
     with pytest.raises(ValueError, match=r"float16, float32, float64.*" + re.escape(repr(dtype))):
         xrnn.RNN(3, 4, dtype=dtype)
