@@ -106,4 +106,5 @@ def test_benchmark_quick_repeats():
     plain, quick = parse_args(["--backend", "numpy"]), parse_args(["--backend", "numpy", "--quick"])
     assert [repeats(plain, m) for m in ("forward", "train")] == [(7, 5), (5, 3)]
     assert [repeats(quick, m) for m in ("forward", "train")] == [(3, 3), (3, 3)]
-    assert repeats(parse_args(["--backend", "numpy", "--quick", "--rounds", "2"]), "train") == (2, 3)
+    overridden = parse_args(["--backend", "numpy", "--quick", "--rounds", "2"])
+    assert repeats(overridden, "train") == (2, 3)
