@@ -13,6 +13,10 @@ import pytest
 
 import xrnn
 from xrnn import backend
+from xrnn.testing import assert_close
+
+#: float64 gradients against torch autograd
+GRAD = dict(rtol=1e-9, atol=1e-12)
 
 
 def _selected_backends() -> list[str]:
@@ -88,3 +92,15 @@ def backward_random_projection(rng, output, finals):
         loss = loss + (final * torch.from_numpy(grad)).sum()
     loss.backward()
     return grad_out, grad_finals
+
+
+def assert_every_gradient(model, expected, tolerance=GRAD):
+    """Every parameter of ``model`` has a ``.grad`` equal to ``expected[name]`` (name ->
+    array or tensor), and ``expected`` names exactly these parameters, in order."""
+    parameters = dict(model.named_parameters())
+    assert list(parameters) == list(expected)
+    for name, parameter in parameters.items():
+        try:
+            assert_close(parameter.grad, expected[name], **tolerance)
+        except AssertionError as error:
+            raise AssertionError(f"gradient of {name}: {error}") from None

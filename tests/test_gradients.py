@@ -10,7 +10,7 @@ import pytest
 import xrnn
 from xrnn.testing import assert_close, gradcheck
 
-from .conftest import torch_rnn_like
+from .conftest import assert_every_gradient, torch_rnn_like
 
 torch = pytest.importorskip("torch", reason="torch autograd is the gradient reference")
 
@@ -18,18 +18,6 @@ T, B, I, H = 4, 3, 3, 5
 GRAD = dict(rtol=1e-9, atol=1e-12)
 GRID = list(itertools.product([1, 2, 3], [False, True], ["tanh", "relu"], [True, False],
                               [False, True], [False, True]))
-
-
-def assert_every_gradient(model, expected, tolerance=GRAD):
-    """Every parameter of ``model`` has a ``.grad`` equal to ``expected[name]`` (name ->
-    array or tensor), and ``expected`` names exactly these parameters, in order."""
-    parameters = dict(model.named_parameters())
-    assert list(parameters) == list(expected)
-    for name, parameter in parameters.items():
-        try:
-            assert_close(parameter.grad, expected[name], **tolerance)
-        except AssertionError as error:
-            raise AssertionError(f"gradient of {name}: {error}") from None
 
 
 def torch_gradients(reference, x, h0, grad_out, grad_h):

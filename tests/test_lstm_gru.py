@@ -11,8 +11,7 @@ import pytest
 import xrnn
 from xrnn.testing import assert_close, gradcheck
 
-from .conftest import backward_random_projection, torch_rnn_like
-from .test_gradients import assert_every_gradient
+from .conftest import assert_every_gradient, backward_random_projection, torch_rnn_like
 
 torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
 
