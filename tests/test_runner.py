@@ -3,22 +3,16 @@
 Each case runs the runner in a subprocess on a throwaway test file outside the
 repository (so the inner pytest loads neither xrnn nor its conftest and takes about a
 second): one passing test (exit 0, the control), only skipped tests, no test at all.
-It runs in the numpy leg of the backend matrix only, as the runner picks its own
-backends.
+The runner picks its own backends, so these tests are the same in every leg.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-_selected = [n.strip() for n in os.environ.get("XRNN_TEST_BACKENDS", "").split(",") if n.strip()]
-pytestmark = pytest.mark.skipif(bool(_selected) and "numpy" not in _selected,
-                                reason="the runner's tests run with the numpy backend only")
 
 RUNNER = Path(__file__).resolve().parent.parent / "ci" / "run_tests.py"
 BODIES = {
