@@ -7,6 +7,7 @@ reported as SKIPPED with the reason (no package, no CUDA device).
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -104,3 +105,19 @@ def assert_every_gradient(model, expected, tolerance=GRAD):
             assert_close(parameter.grad, expected[name], **tolerance)
         except AssertionError as error:
             raise AssertionError(f"gradient of {name}: {error}") from None
+
+
+def run_packed(reference, x, lengths, batch_first: bool):
+    """torch's run of ``reference`` on the padded tensor ``x`` packed with ``lengths``
+    (unsorted, ``enforce_sorted=False``): ``(padded output, finals)``, the output padded
+    back to ``x``'s time length."""
+    torch = pytest.importorskip("torch", reason="torch is the parity reference (xrnn[parity])")
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths),
+                                                     batch_first=batch_first,
+                                                     enforce_sorted=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, finals = reference(packed)
+    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first,
+                                                    total_length=x.shape[1 if batch_first else 0])
+    return out, finals

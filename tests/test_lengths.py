@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import pytest
 import xrnn
 from xrnn.testing import assert_close
 
-from .conftest import backward_random_projection, torch_rnn_like
+from .conftest import backward_random_projection, run_packed, torch_rnn_like
 
 torch = pytest.importorskip("torch", reason="torch's packed sequences are the reference")
 
@@ -23,13 +22,7 @@ GRID = list(itertools.product(["RNN", "LSTM", "GRU"], [1, 2], [False, True], [Fa
 
 def packed_torch(reference, x, lengths, batch_first):
     tx = torch.tensor(x, requires_grad=True)
-    packed = torch.nn.utils.rnn.pack_padded_sequence(tx, torch.tensor(lengths),
-                                                     batch_first=batch_first,
-                                                     enforce_sorted=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out, finals = reference(packed)
-    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+    out, finals = run_packed(reference, tx, lengths, batch_first)
     return tx, out, finals if isinstance(finals, tuple) else (finals,)
 
 

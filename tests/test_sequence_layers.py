@@ -6,7 +6,6 @@ autograd; float64, every gradient within 1e-12."""
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from xrnn._kernels import kernels_enabled
 from xrnn.functional import embedding as functional_embedding
 from xrnn.testing import assert_close
 
-from .conftest import torch_rnn_like
+from .conftest import run_packed, torch_rnn_like
 
 T, B, V, E, H, C = 6, 4, 11, 3, 5, 3
 LENGTHS = [3, 6, 1, 4]  # unsorted, one full-length, one of length 1
@@ -36,18 +35,6 @@ def _tokens(rng, batch_first: bool) -> np.ndarray:
     tokens = rng.integers(1, V, size=(B, T))
     tokens[~_valid(True)[..., 0]] = 0
     return tokens if batch_first else tokens.T.copy()
-
-
-def _packed(torch, reference, x, batch_first: bool):
-    """torch's packed run of ``reference`` on padded ``x``: (padded output, finals)."""
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(LENGTHS),
-                                                     batch_first=batch_first,
-                                                     enforce_sorted=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out, finals = reference(packed)
-    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
-    return out, finals
 
 
 def _torch_pool(torch, pool: str, out, finals, batch_first: bool):
@@ -160,7 +147,7 @@ def test_last_step_is_the_top_layers_final_states(xp, rng, torch, kind, batch_fi
     reference = torch_rnn_like(rnn, F64)
     x = rng.standard_normal((B, T, E) if batch_first else (T, B, E))
     tx = torch.tensor(x, requires_grad=True)
-    _, finals = _packed(torch, reference, tx, batch_first)
+    _, finals = run_packed(reference, tx, LENGTHS, batch_first)
     expected = _torch_pool(torch, "LastStep", None, finals, batch_first)  # (B, 2H)
     grad = rng.standard_normal((B, 2 * H))
     (expected * torch.from_numpy(grad)).sum().backward()
@@ -365,7 +352,7 @@ def test_classifier_cross_entropy_gradients_match_torch(xp, rng, torch, pool, ba
                   "3": torch.nn.Linear(2 * H, C, dtype=torch.float64)}
     for index in ("0", "3"):
         references[index].load_state_dict(xrnn.io.torch_state_dict(model[int(index)]))
-    out, finals = _packed(torch, references["1"], references["0"](torch.from_numpy(tokens)),
+    out, finals = run_packed(references["1"], references["0"](torch.from_numpy(tokens)), LENGTHS,
                           batch_first)
     logits = references["3"](_torch_pool(torch, pool, out, finals, batch_first))
     expected = torch.nn.functional.cross_entropy(logits, torch.from_numpy(target))
@@ -393,7 +380,7 @@ def test_tagger_with_a_masked_loss_matches_torch(xp, rng, torch):
                   torch_rnn_like(model[1], F64), torch.nn.Linear(2 * H, C, dtype=torch.float64)]
     for index in (0, 2):
         references[index].load_state_dict(xrnn.io.torch_state_dict(model[index]))
-    out, _ = _packed(torch, references[1], references[0](torch.from_numpy(tokens)), False)
+    out, _ = run_packed(references[1], references[0](torch.from_numpy(tokens)), LENGTHS, False)
     per_step = torch.nn.functional.cross_entropy(references[2](out).reshape(-1, C),
                                                  torch.from_numpy(tags).reshape(-1),
                                                  reduction="none").reshape(T, B)
