@@ -58,6 +58,19 @@ def _describe(module: nn.Module) -> dict[str, Any]:
     return {"class": type(module).__name__, "config": module.config()}
 
 
+def describe(module: nn.Module) -> dict[str, Any]:
+    """The architecture as :func:`save` writes it: ``{"class": ..., "config": ...}``."""
+    return json.loads(json.dumps(_describe(module), allow_nan=False))
+
+
+def build(description: Mapping[str, Any], *,
+          custom_modules: Mapping[str, type[nn.Module]] | None = None) -> nn.Module:
+    """A new module (fresh weights, on the selected backend) from :func:`describe`'s
+    output, with :func:`load`'s rules: xrnn's classes or ``custom_modules``, every
+    option one the class saves and reads back unchanged; nothing is imported by name."""
+    return _build(dict(description), _registry(custom_modules), "model", 1 << 62)
+
+
 def save(model_or_state: nn.Module | Mapping[str, Any], path: str | os.PathLike) -> None:
     """Write a model (architecture and weights) or a name -> array mapping to ``path``.
 
