@@ -2,8 +2,12 @@
 
 :func:`layer_runner` picks the kernel for an array namespace, cell and dtype, or
 ``None`` when the generic path (``xrnn.functional.recurrence``) should run. Both give
-the same results to floating-point rounding; ``XRNN_KERNELS=0`` in the environment, or
-``with kernels_enabled(False):``, forces the generic path (for comparisons and tests).
+the same results to floating-point rounding. On NumPy that is the compiled kernel
+(:mod:`.numba_layer`, when Numba is installed: ``pip install xrnn[fast]``) for small
+layers and the NumPy kernel (:mod:`.numpy_layer`) otherwise. ``XRNN_KERNELS=0`` in the
+environment, or ``with kernels_enabled(False):``, forces the generic path;
+``XRNN_KERNELS=numpy`` / ``kernels_enabled("numpy")`` keeps only the NumPy kernel (for
+comparisons and tests).
 """
 
 from __future__ import annotations
@@ -14,18 +18,45 @@ from contextlib import contextmanager
 
 import array_api_compat
 
-_enabled = os.environ.get("XRNN_KERNELS", "1").strip() not in ("0", "false", "no", "off")
+_OFF = ("0", "false", "no", "off")
+#: False (generic path only), "numpy" (NumPy kernel only) or True (every kernel)
+_enabled: bool | str = os.environ.get("XRNN_KERNELS", "1").strip().lower()
+_enabled = False if _enabled in _OFF else "numpy" if _enabled == "numpy" else True
 
 
 @contextmanager
-def kernels_enabled(enabled: bool) -> Iterator[None]:
-    """Turn the fast paths on or off for the duration of a ``with`` block."""
+def kernels_enabled(enabled: bool | str) -> Iterator[None]:
+    """Turn the fast paths on (``True``), off (``False``) or to the NumPy kernel only
+    (``"numpy"``) for the duration of a ``with`` block."""
     global _enabled
-    previous, _enabled = _enabled, bool(enabled)
+    if enabled not in (True, False, "numpy"):
+        raise ValueError(f"kernels_enabled takes True, False or 'numpy', got {enabled!r}")
+    previous, _enabled = _enabled, enabled
     try:
         yield
     finally:
         _enabled = previous
+
+
+def _compiled():
+    """The compiled kernel's module, or ``None`` when Numba is missing or fails to load."""
+    try:
+        from . import numba_layer
+    except ImportError:
+        return None
+    return numba_layer
+
+
+def cpu_path() -> str:
+    """Which kernel a NumPy float32/float64 layer runs on, in words (``xrnn info``)."""
+    if not _enabled:
+        return "generic driver (XRNN_KERNELS off)"
+    compiled = None if _enabled == "numpy" else _compiled()
+    if compiled is None:
+        reason = "XRNN_KERNELS=numpy" if _enabled == "numpy" else "numba not installed"
+        return f"NumPy kernel ({reason})"
+    return (f"numba {compiled.numba.__version__} kernel for small layers "
+            f"(B*G*H*P <= {compiled.MAX_STEP_WORK}), NumPy kernel above")
 
 
 def layer_runner(xp, cell, dtype) -> Callable | None:
@@ -39,4 +70,5 @@ def layer_runner(xp, cell, dtype) -> Callable | None:
 
     if cell.name not in numpy_layer.KINDS or dtype not in (np.float32, np.float64):
         return None
-    return numpy_layer.run_layer
+    compiled = None if _enabled == "numpy" else _compiled()
+    return numpy_layer.run_layer if compiled is None else compiled.run_layer

@@ -1,0 +1,297 @@
+"""The compiled CPU path (optional, ``pip install xrnn[fast]``): the time loop in Numba.
+
+At small sizes (batch of one, a few hundred units) the NumPy fast path
+(:mod:`.numpy_layer`) spends its time on Python and on the overhead of its ~10 NumPy
+calls per step, not on arithmetic. Here the whole time loop of a layer, forward and
+BPTT, is one compiled call: the recurrent product as explicit loops (contiguous inner
+axis, vectorised by LLVM; Numba's ``np.dot`` would need SciPy) and every gate in the
+same pass. It is single-threaded on purpose: at these sizes a thread pool costs more
+than it gains, and it would fight OpenBLAS's for the cores (NOTES.md, issue 13).
+
+Everything else is the NumPy kernel's: the weight layout (gate rows reordered and
+scaled so that ``1 / (1 + exp(z))`` gives every gate), the buffers (the tape), the input
+projection by chunks of steps, the output, and the weight gradients batched over time.
+:func:`run_layer` takes the NumPy kernel where this one does not fit (:func:`fits`).
+Functions are compiled per dtype on first use and cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..functional.cells import Cell
+from ..functional.weights import LayerWeights
+from . import numpy_layer
+
+#: Largest ``B * G * H * P`` (multiply-adds of one direction's recurrent product per step)
+#: that runs compiled; larger layers take the NumPy kernel, whose BLAS products win there.
+#: Measured in NOTES.md (issue 13).
+MAX_STEP_WORK = 1 << 18
+#: Elman activations, as the compiled code's codes.
+_ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
+KINDS = (*_ACTIVATION, "lstm", "gru")
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+def fits(x, weights: Sequence[LayerWeights], cell: Cell) -> bool:
+    """Whether this layer runs compiled: a supported cell without projection, small enough."""
+    w = weights[0]
+    if cell.name not in KINDS or w.w_hr is not None:
+        return False
+    return x.shape[1] * w.w_hh.shape[0] * w.w_hh.shape[1] <= MAX_STEP_WORK
+
+
+# compiled loops ---------------------------------------------------------------------------
+# Shapes as in numpy_layer: gx (D, chunk, B, GH); w_t (D, P, GH); h (D, T+1, B, P);
+# c (D, T+1, B, H); taped buffers (D, T or 1, B, ·); inactive (D, T, B).
+
+@_jit
+def _product(z, gx_row, h_row, w_t):
+    """``z = gx_row + h_row w_t`` (``gx_row`` may be None-like: pass zeros)."""
+    z[:] = gx_row
+    for k in range(h_row.shape[0]):
+        hk = h_row[k]
+        for j in range(z.shape[0]):
+            z[j] += hk * w_t[k, j]
+
+
+@_jit
+def _elman_forward(gx, start, count, w_t, h, inactive, activation):
+    directions, _, batch, width = gx.shape
+    z = np.empty(width, dtype=gx.dtype)
+    for s in range(start, start + count):
+        for d in range(directions):
+            for b in range(batch):
+                out = h[d, s + 1, b]
+                if inactive[d, s, b]:
+                    out[:] = h[d, s, b]
+                    continue
+                _product(z, gx[d, s - start, b], h[d, s, b], w_t[d])
+                for j in range(width):
+                    if activation == 0:
+                        out[j] = math.tanh(z[j])
+                    elif activation == 1:
+                        out[j] = max(z[j], 0.0)
+                    else:
+                        out[j] = z[j]
+
+
+@_jit
+def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
+    directions, _, batch, width = gx.shape
+    hidden = width // 4
+    taped = a.shape[1]
+    z = np.empty(width, dtype=gx.dtype)
+    for s in range(start, start + count):
+        k = s if taped > 1 else 0
+        for d in range(directions):
+            for b in range(batch):
+                if inactive[d, s, b]:
+                    h[d, s + 1, b] = h[d, s, b]
+                    c[d, s + 1, b] = c[d, s, b]
+                    continue
+                _product(z, gx[d, s - start, b], h[d, s, b], w_t[d])
+                gates = a[d, k, b]
+                for j in range(width):  # rows scaled: sigmoid for i, f, o; sigmoid(2z) for g
+                    gates[j] = 1.0 / (1.0 + math.exp(z[j]))
+                for j in range(3 * hidden, width):
+                    gates[j] = gates[j] * 2.0 - 1.0
+                for j in range(hidden):
+                    cj = gates[hidden + j] * c[d, s, b, j]
+                    cj += gates[j] * gates[3 * hidden + j]
+                    c[d, s + 1, b, j] = cj
+                    t = math.tanh(cj)
+                    tanh_c[d, k, b, j] = t
+                    h[d, s + 1, b, j] = gates[2 * hidden + j] * t
+
+
+@_jit
+def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
+    directions, _, batch, width = gx.shape
+    hidden = width // 3
+    taped = a.shape[1]
+    for s in range(start, start + count):
+        k = s if taped > 1 else 0
+        for d in range(directions):
+            for b in range(batch):
+                if inactive[d, s, b]:
+                    h[d, s + 1, b] = h[d, s, b]
+                    continue
+                hh, gates, x_row = gh[d, k, b], a[d, k, b], gx[d, s - start, b]
+                _product(hh, b_hn[d], h[d, s, b], w_t[d])  # b_hn: zeros on r, z
+                for j in range(2 * hidden):  # rows negated: sigmoid
+                    gates[j] = 1.0 / (1.0 + math.exp(x_row[j] + hh[j]))
+                for j in range(hidden):
+                    n = math.tanh(gates[j] * hh[2 * hidden + j] + x_row[2 * hidden + j])
+                    gates[2 * hidden + j] = n
+                    h[d, s + 1, b, j] = (h[d, s, b, j] - n) * gates[hidden + j] + n
+
+
+@_jit
+def _back_product(dh_row, dgh_row, w):
+    """``dh_row += dgh_row w`` with ``w`` (GH, P)."""
+    for j in range(w.shape[0]):
+        g = dgh_row[j]
+        for p in range(w.shape[1]):
+            dh_row[p] += g * w[j, p]
+
+
+@_jit
+def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
+    directions, steps, batch, width = dz_all.shape
+    for s in range(steps - 1, -1, -1):
+        for d in range(directions):
+            for b in range(batch):
+                dz, row = dz_all[d, s, b], dh[d, b]
+                for p in range(width):
+                    row[p] += grad_steps[d, s, b, p]
+                if inactive[d, s, b]:  # a padded step passes the gradient through
+                    dz[:] = 0.0
+                    continue
+                out = h[d, s + 1, b]
+                for p in range(width):
+                    if activation == 0:
+                        dz[p] = (1.0 - out[p] * out[p]) * row[p]
+                    elif activation == 1:
+                        dz[p] = row[p] if out[p] > 0.0 else 0.0
+                    else:
+                        dz[p] = row[p]
+                row[:] = 0.0
+                _back_product(row, dz, w[d])
+
+
+@_jit
+def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive):
+    directions, steps, batch, width = dz_all.shape
+    hidden = width // 4
+    for s in range(steps - 1, -1, -1):
+        for d in range(directions):
+            for b in range(batch):
+                dz, row, dc_row = dz_all[d, s, b], dh[d, b], dc[d, b]
+                for p in range(hidden):
+                    row[p] += grad_steps[d, s, b, p]
+                if inactive[d, s, b]:
+                    dz[:] = 0.0
+                    continue
+                gates, tc = a[d, s, b], tanh_c[d, s, b]
+                for j in range(hidden):
+                    i, f = gates[j], gates[hidden + j]
+                    o, g = gates[2 * hidden + j], gates[3 * hidden + j]
+                    dcj = dc_row[j] + (1.0 - tc[j] * tc[j]) * o * row[j]
+                    dz[j] = dcj * g * (i - i * i)
+                    dz[hidden + j] = dcj * c[d, s, b, j] * (f - f * f)
+                    dz[2 * hidden + j] = row[j] * tc[j] * (o - o * o)
+                    dz[3 * hidden + j] = dcj * i * (1.0 - g * g)
+                    dc_row[j] = dcj * f
+                row[:] = 0.0
+                _back_product(row, dz, w[d])
+
+
+@_jit
+def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
+    directions, steps, batch, width = dz_all.shape
+    hidden = width // 3
+    for s in range(steps - 1, -1, -1):
+        for d in range(directions):
+            for b in range(batch):
+                dz, dgh, row = dz_all[d, s, b], dgh_all[d, s, b], dh[d, b]
+                for p in range(hidden):
+                    row[p] += grad_steps[d, s, b, p]
+                if inactive[d, s, b]:
+                    dz[:] = 0.0
+                    dgh[:] = 0.0
+                    continue
+                gates, hh = a[d, s, b], gh[d, s, b]
+                for j in range(hidden):
+                    r, zj, n = gates[j], gates[hidden + j], gates[2 * hidden + j]
+                    dn = (1.0 - n * n) * row[j] * (1.0 - zj)
+                    dz[j] = dn * hh[2 * hidden + j] * ((1.0 - r) * r)
+                    dz[hidden + j] = (h[d, s, b, j] - n) * row[j] * ((1.0 - zj) * zj)
+                    dz[2 * hidden + j] = dn
+                    dgh[j], dgh[hidden + j] = dz[j], dz[hidden + j]
+                    dgh[2 * hidden + j] = dn * r
+                    row[j] *= zj  # the path that does not go through W_hh
+                _back_product(row, dgh, w[d])
+
+
+# the layer ------------------------------------------------------------------------------
+
+class _CompiledLayer(numpy_layer._Layer):
+    """The NumPy kernel's layer with its forward and backward time loops compiled."""
+
+    def __init__(self, x, states, weights, cell, keep, active):
+        super().__init__(x, states, weights, cell, keep, active)
+        steps_inactive = (np.zeros((self.D, self.steps, self.batch), dtype=np.bool_)
+                          if self.inactive is None else self.inactive[..., 0])
+        self.steps_inactive = np.ascontiguousarray(steps_inactive)
+
+    def forward(self):
+        chunk = self.gx.shape[1]
+        for start in range(0, self.steps, chunk):
+            self._project(start)
+            count = min(chunk, self.steps - start)
+            args = (self.gx, start, count, self.w_hh_t)
+            if self.kind == "lstm":
+                _lstm_forward(*args, self.h, self.c, self.a, self.tanh_c, self.steps_inactive)
+            elif self.kind == "gru":
+                b_hn = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
+                if self.b_hn is not None:
+                    b_hn[:, 2 * self.H:] = self.b_hn[:, 0]
+                _gru_forward(*args, b_hn, self.h, self.a, self.gh, self.steps_inactive)
+            else:
+                _elman_forward(*args, self.h, self.steps_inactive, _ACTIVATION[self.kind])
+
+    def backward(self, grad_output, grad_finals):
+        """BPTT; returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
+        directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
+        grad_steps = np.zeros((directions, steps, batch, self.P), dtype=dtype)
+        if grad_output is not None:  # per direction in step order, zero where padded
+            grad_steps[0] = grad_output[..., :self.P]
+            if directions == 2:
+                grad_steps[1] = grad_output[::-1, :, self.P:]
+            if self.inactive is not None:
+                np.copyto(grad_steps, 0.0, where=self.inactive)
+
+        def start(grad, size):
+            return (np.zeros((directions, batch, size), dtype=dtype) if grad is None
+                    else np.array(grad, dtype=dtype))
+
+        dh = start(grad_finals[0], self.P)
+        dz_all = np.empty((directions, steps, batch, self.gx.shape[-1]), dtype=dtype)
+        dgh_all, dc = dz_all, None
+        w = np.ascontiguousarray(self.w_hh_stack)
+        if self.kind == "lstm":
+            dc = start(grad_finals[1], self.H)
+            _lstm_backward(grad_steps, dh, dc, w, self.c, self.a, self.tanh_c, dz_all,
+                           self.steps_inactive)
+        elif self.kind == "gru":
+            dgh_all = np.empty_like(dz_all)
+            _gru_backward(grad_steps, dh, w, self.h, self.a, self.gh, dz_all, dgh_all,
+                          self.steps_inactive)
+        else:
+            _elman_backward(grad_steps, dh, w, self.h, dz_all, self.steps_inactive,
+                            _ACTIVATION[self.kind])
+        return self._gradients(dz_all, dgh_all, None, dh, dc)
+
+
+#: How many layers this kernel has run in this process: tests read it to see which path ran.
+layers_run = 0
+
+
+def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
+              keep: bool, active=None):
+    """One layer, compiled where it :func:`fits`, else on the NumPy kernel; the interface of
+    :func:`xrnn._kernels.numpy_layer.run_layer`: ``(output, finals, backward or None)``."""
+    global layers_run
+    if not fits(x, weights, cell):
+        return numpy_layer.run_layer(x, states, weights, cell, keep=keep, active=active)
+    layers_run += 1
+    layer = _CompiledLayer(x, states, weights, cell, keep, active)
+    layer.forward()
+    return layer.output(active), layer.finals(), (layer.backward if keep else None)
