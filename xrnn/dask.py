@@ -68,11 +68,12 @@ def _worker_model(payload: Mapping[str, Any]) -> Module:
     """This thread's model for ``payload``: rebuilt once per architecture on the
     worker's selected backend, its weights reloaded when the token changes."""
     models = _local.__dict__.setdefault("models", {})
-    entry = models.get(payload["key"])
+    key = (payload["key"], get_backend())
+    entry = models.get(key)
     if entry is None:
         model = io.build(json.loads(payload["architecture"]),
                          custom_modules=payload["custom_modules"])
-        entry = models[payload["key"]] = [model, None]
+        entry = models[key] = [model, None]
     model = entry[0]
     if entry[1] != payload["token"]:
         model.load_state_dict(payload["state"])
@@ -253,7 +254,8 @@ def predict(model: Module, x: Any, *, lengths: Any = None,
     lengths = _checked_lengths(model, lengths, x.shape[axis])
     structure, leaves = _probe(model, tuple(x.shape), x.dtype, axis)
     sizes = x.chunks[axis]
-    weights = dask.delayed(_payload(model, custom_modules), pure=False, traverse=False)
+    payload = _payload(model, custom_modules)
+    weights = dask.delayed(payload, name=f"xrnn-weights-{payload['token']}", traverse=False)
     blocks = _split(x, axis, sizes)
     length_blocks = [None] * len(blocks) if lengths is None else _split(lengths, 0, sizes)
     results = [dask.delayed(_predict_block, pure=False, nout=len(leaves))(
@@ -333,20 +335,20 @@ class DataParallel:
                 raise TypeError(f"{name} must be an array or a Dask array, got "
                                 f"{type(value).__name__}")
             _check_backend(self.model, value, name)
+        x, y = _host(x), _host(y)
         axis = _batch_axis(self.model, x.ndim)
         batch = x.shape[axis]
         lengths = _checked_lengths(self.model, lengths, batch)
         key = (tuple(n for i, n in enumerate(x.shape) if i != axis), str(x.dtype))
         if key not in self._probes:
-            self._probes[key] = _probe(self.model, tuple(x.shape), np.dtype(str(x.dtype))
-                                       if not isinstance(x, da.Array) else x.dtype, axis)[1]
+            self._probes[key] = _probe(self.model, tuple(x.shape), x.dtype, axis)[1]
         (shape, _, y_axis), *_ = self._probes[key]
         shape = tuple(batch if i == y_axis else n for i, n in enumerate(shape))
         if tuple(y.shape) not in (shape, shape[:-1]):
             raise ValueError(f"y must have the prediction's shape {shape} (MSELoss) or that "
                              f"shape without the class axis, {shape[:-1]} (CrossEntropyLoss);"
                              f" got {tuple(y.shape)}")
-        return _host(x), _host(y), lengths, axis, y_axis
+        return x, y, lengths, axis, y_axis
 
     def step(self, x: Any, y: Any, *, lengths: Any = None) -> float:
         """One training step on the batch ``x`` (as the model takes it, NumPy, model
@@ -362,7 +364,8 @@ class DataParallel:
         if self.client is not None:
             weights = self.client.scatter([payload], broadcast=True, hash=False)[0]
         else:
-            weights = dask.delayed(payload, pure=False, traverse=False)
+            weights = dask.delayed(payload, name=f"xrnn-weights-{payload['token']}",
+                                   traverse=False)
         tasks = [dask.delayed(_shard_step, pure=False)(
             weights, xs[i], ys[i], ls[i], self.loss_fn, (self.seed, self.steps, i))
             for i in range(count)]
