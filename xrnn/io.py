@@ -54,6 +54,23 @@ def torch_state_dict(module_or_state: Any) -> dict[str, Any]:
     return {name: torch.from_numpy(to_numpy(value).copy()) for name, value in state.items()}
 
 
+def from_keras(layer_or_model: Any) -> nn.Module:
+    """An xrnn module with a built Keras 3 layer's or ``keras.Sequential``'s weights and
+    output; see :func:`xrnn.keras.from_keras` (needs ``xrnn[keras]``; set
+    ``KERAS_BACKEND`` before keras is imported)."""
+    from . import keras as xrnn_keras
+
+    return xrnn_keras.from_keras(layer_or_model)
+
+
+def to_keras(model: nn.Module) -> Any:
+    """A built Keras 3 layer or ``keras.Sequential`` with ``model``'s weights and output;
+    see :func:`xrnn.keras.to_keras`."""
+    from . import keras as xrnn_keras
+
+    return xrnn_keras.to_keras(model)
+
+
 def _describe(module: nn.Module) -> dict[str, Any]:
     return {"class": type(module).__name__, "config": module.config()}
 
