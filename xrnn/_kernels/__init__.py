@@ -55,8 +55,9 @@ def cpu_path() -> str:
     if compiled is None:
         reason = "XRNN_KERNELS=numpy" if _enabled == "numpy" else "numba not installed"
         return f"NumPy kernel ({reason})"
+    limits = ", ".join(f"{k} {v}" for k, v in compiled.MAX_STEP_WORK.items())
     return (f"numba {compiled.numba.__version__} kernel for small layers "
-            f"(B*G*H*P <= {compiled.MAX_STEP_WORK}), NumPy kernel above")
+            f"(B*G*H*P <= {limits}), NumPy kernel above")
 
 
 def layer_runner(xp, cell, dtype) -> Callable | None:

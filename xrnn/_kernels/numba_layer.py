@@ -28,10 +28,12 @@ from ..functional.cells import Cell
 from ..functional.weights import LayerWeights
 from . import numpy_layer
 
-#: Largest ``B * G * H * P`` (multiply-adds of one direction's recurrent product per step)
-#: that runs compiled; larger layers take the NumPy kernel, whose BLAS products win there.
-#: Measured in NOTES.md (issue 13).
-MAX_STEP_WORK = 1 << 18
+#: Per cell family, the largest ``B * G * H * P`` (multiply-adds of one direction's
+#: recurrent product per step) that runs compiled. Above it the NumPy kernel wins: its
+#: BLAS products use both cores and its ufuncs' exp/tanh are vectorised, while here they
+#: are scalar calls. The NumPy RNN step is only 3 calls, so it pays off sooner.
+#: Measured in benchmarks/NOTES.md (issue 13).
+MAX_STEP_WORK = {"rnn": 1 << 14, "lstm": 1 << 18, "gru": 1 << 18}
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
 KINDS = (*_ACTIVATION, "lstm", "gru")
@@ -44,7 +46,8 @@ def fits(x, weights: Sequence[LayerWeights], cell: Cell) -> bool:
     w = weights[0]
     if cell.name not in KINDS or w.w_hr is not None:
         return False
-    return x.shape[1] * w.w_hh.shape[0] * w.w_hh.shape[1] <= MAX_STEP_WORK
+    limit = MAX_STEP_WORK[cell.name.split("_")[0]]
+    return x.shape[1] * w.w_hh.shape[0] * w.w_hh.shape[1] <= limit
 
 
 # compiled loops ---------------------------------------------------------------------------
