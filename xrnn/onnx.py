@@ -137,8 +137,8 @@ def _recurrent(g: _Graph, layer: RecurrentBase, x: str, lengths: str | None,
             inputs.append("")
         inputs.append(lengths or "")
         if states is not None:
-            starts, ends, axes = g.ints([k * directions]), g.ints([(k + 1) * directions]), g.ints([0])
-            inputs += [g.op("Slice", [state, starts, ends, axes]) for state in states]
+            rows = [g.ints([k * directions]), g.ints([(k + 1) * directions]), g.ints([0])]
+            inputs += [g.op("Slice", [state, *rows]) for state in states]
         while inputs[-1] == "":
             inputs.pop()
         outputs = g.op(type(layer).__name__, inputs, outputs=3 if isinstance(layer, LSTM) else 2,
