@@ -2,12 +2,13 @@
 
 A cell is a pair of pure functions over one timestep.
 
-``step(xp, gx_t, state, w_hh_t, b_hh) -> (state, cache)`` takes the hoisted input
-projection ``gx_t`` (B, G*H), the previous state (a tuple of (B, H) arrays whose
-first entry is the output ``h``), the transposed recurrent weight ``w_hh_t``
-(H, G*H) and, unless the cell folds it into the input projection, the recurrent
-bias ``b_hh`` (G*H,). It returns the new state and whatever its backward needs
-beyond the states.
+``step(xp, gx_t, state, w_hh_t, b_hh, h_in=None) -> (state, cache)`` takes the
+hoisted input projection ``gx_t`` (B, G*H), the previous state (a tuple of (B, H)
+arrays whose first entry is the output ``h``), the transposed recurrent weight
+``w_hh_t`` (H, G*H), unless the cell folds it into the input projection the
+recurrent bias ``b_hh`` (G*H,), and ``h_in``, the ``h`` that enters the product with
+``W_hh`` when it differs from ``state[0]`` (recurrent dropout; ``None`` otherwise).
+It returns the new state and whatever its backward needs beyond the states.
 
 ``step_backward(xp, d_state, state, state_prev, cache) -> (d_gx, d_gh, d_prev)``
 takes the gradient of the new state and returns the gradients of ``gx_t``, of the
@@ -54,8 +55,9 @@ def _elman(name: str, activation: Callable, derivative: Callable) -> Cell:
     """An Elman cell ``h_t = f(gx_t + h_{t-1} W_hh^T)``; ``derivative(xp, h, dh)`` is
     ``dh * f'(z)`` written in terms of the output ``h = f(z)``."""
 
-    def step(xp, gx_t, state, w_hh_t, b_hh):
-        return (activation(xp, _preactivation(gx_t, state[0], w_hh_t)),), None
+    def step(xp, gx_t, state, w_hh_t, b_hh, h_in=None):
+        h = state[0] if h_in is None else h_in
+        return (activation(xp, _preactivation(gx_t, h, w_hh_t)),), None
 
     def step_backward(xp, d_state, state, state_prev, cache):
         dz = derivative(xp, state[0], d_state[0])
@@ -97,9 +99,10 @@ def _sigmoid_from_tanh(t):
     return s
 
 
-def _lstm_step(xp, gx_t, state, w_hh_t, b_hh):
-    h, c = state
-    t = xp.tanh(_preactivation(gx_t, h, w_hh_t))  # i, f, o arrive halved (gate_scale)
+def _lstm_step(xp, gx_t, state, w_hh_t, b_hh, h_in=None):
+    c = state[1]
+    # i, f, o arrive halved (gate_scale)
+    t = xp.tanh(_preactivation(gx_t, state[0] if h_in is None else h_in, w_hh_t))
     i, f, _, o = _blocks(_sigmoid_from_tanh(t), 4)
     g = _blocks(t, 4)[2]
     c_new = f * c
@@ -124,9 +127,9 @@ LSTM_CELL = Cell("lstm", 4, _lstm_step, _lstm_step_backward,
                  gate_scale=(0.5, 0.5, 1.0, 0.5))
 
 
-def _gru_step(xp, gx_t, state, w_hh_t, b_hh):
+def _gru_step(xp, gx_t, state, w_hh_t, b_hh, h_in=None):
     h = state[0]
-    gh = h @ w_hh_t
+    gh = (h if h_in is None else h_in) @ w_hh_t
     if b_hh is not None:
         gh += b_hh
     size = h.shape[-1]

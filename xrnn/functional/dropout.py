@@ -22,10 +22,11 @@ def as_generator(generator: np.random.Generator | int | None) -> np.random.Gener
     return np.random.default_rng(generator)
 
 
-def check_probability(p: float) -> float:
-    """``p`` as a float in [0, 1), else ``ValueError``."""
+def check_probability(p: float, name: str = "dropout") -> float:
+    """``p`` as a float in [0, 1), else ``ValueError`` naming ``name``."""
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be a number in [0, 1), got {p!r}")
+        what = "dropout probability" if name == "dropout" else name
+        raise ValueError(f"{what} must be a number in [0, 1), got {p!r}")
     return float(p)
 
 
@@ -46,3 +47,11 @@ def dropout_mask(x: Any, p: float, generator: np.random.Generator) -> Any:
     keep = generator.random(tuple(x.shape)) >= p
     return get_namespace(x).asarray(keep.astype(np.float64) / (1.0 - p), dtype=x.dtype,
                                     device=array_api_compat.device(x))
+
+
+def keep_mask(shape: tuple[int, ...], p: float, generator: np.random.Generator, like: Any) -> Any:
+    """A 0/1 array of ``shape`` in ``like``'s dtype and backend, 1 with probability ``p``
+    (zoneout's choice to keep the previous value of a unit)."""
+    keep = generator.random(shape) < p
+    return get_namespace(like).asarray(keep.astype(np.float64), dtype=like.dtype,
+                                       device=array_api_compat.device(like))

@@ -8,7 +8,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ..backend import get_namespace
+from ..backend import get_namespace, to_numpy
 from .cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
 from .checks import check_all_finite, check_input, check_lengths, check_state
 from .dropout import as_generator, check_probability
@@ -23,7 +23,9 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
                   cell: Cell, *, num_layers: int, bias: bool, batch_first: bool,
                   dropout: float, bidirectional: bool, training: bool,
                   generator: np.random.Generator | int | None, with_vjp: bool = False,
-                  proj_size: int = 0, lengths: Any = None, check_finite: bool = False
+                  proj_size: int = 0, lengths: Any = None, check_finite: bool = False,
+                  recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                  weight_dropout: float = 0.0, reset: Any = None
                   ) -> tuple[Any, tuple[Any, ...], VJP | None]:
     """Check arguments, arrange the layout and call the shared driver; any cell type.
 
@@ -34,10 +36,15 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
     ``grad_weights`` in the form ``weights`` came in (flat list or name mapping).
     ``check_finite`` raises ``ValueError`` for a NaN or infinity in ``x`` (steps past
     ``lengths``, never read, are not checked) or in a given initial state.
+    ``recurrent_dropout``, ``zoneout``, ``weight_dropout`` and ``reset``: see :func:`rnn`.
     """
     if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
     dropout = check_probability(dropout)
+    recurrent_dropout, zoneout, weight_dropout = (
+        check_probability(p, name) for p, name in ((recurrent_dropout, "recurrent_dropout"),
+                                                   (zoneout, "zoneout"),
+                                                   (weight_dropout, "weight_dropout")))
     groups = group_weights(weights, gates=cell.gates, num_layers=num_layers,
                            bidirectional=bidirectional, bias=bias, proj_size=proj_size)
     flat = [w for g in groups for w in g if w is not None]
@@ -64,6 +71,13 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
         valid = np.arange(x.shape[0])[:, None] < host[None, :]
         active = xp.asarray(valid[:, :, None], device=array_api_compat.device(x))
         x = xp.where(active, x, xp.zeros_like(x))  # padding never reaches a product
+    starts = None
+    if reset is not None:
+        steps = x.shape[0]
+        host = _check_reset(reset, (steps,) if unbatched else
+                            (batch, steps) if batch_first else (steps, batch), batch_first)
+        host = host.T if batch_first and not unbatched else host
+        starts = xp.asarray(np.reshape(host, (steps, batch, 1)), device=array_api_compat.device(x))
     if check_finite:
         check_all_finite(to_caller_layout(x), "input")
     directions = 2 if bidirectional else 1
@@ -78,11 +92,13 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
         if check_finite:
             check_all_finite(given, name)
         states.append(xp.expand_dims(given, axis=1) if unbatched else given)
+    drawn = training and (dropout or recurrent_dropout or zoneout or weight_dropout)
     output, finals, backward = run_layers(
         xp, x, tuple(states), groups, cell, num_layers=num_layers, bidirectional=bidirectional,
         dropout=dropout, training=training,
-        generator=as_generator(generator) if training and dropout else None, keep=with_vjp,
-        active=active)
+        generator=as_generator(generator) if drawn else None, keep=with_vjp,
+        active=active, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+        weight_dropout=weight_dropout, reset=starts)
     output = to_caller_layout(output)
     finals = tuple(f[:, 0, ...] for f in finals) if unbatched else finals
     if backward is None:
@@ -115,6 +131,27 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
     return output, finals, vjp
 
 
+def _check_reset(reset: Any, shape: tuple[int, ...], batch_first: bool) -> np.ndarray:
+    """``reset`` as host booleans of ``shape``, else ``TypeError`` / ``ValueError``."""
+    try:
+        host = np.asarray(to_numpy(reset))
+    except TypeError:
+        host = np.asarray(reset)
+    if host.dtype != np.bool_:
+        raise TypeError(f"reset must be booleans, got dtype {host.dtype}")
+    if host.shape != shape:
+        layout = ("(T,) for unbatched input" if len(shape) == 1 else
+                  "(B, T) with batch_first" if batch_first else "(T, B)")
+        raise ValueError(f"expected reset of shape {shape}, i.e. {layout}, got {host.shape}")
+    return host
+
+
+def _options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A public function's keyword arguments (its ``locals()``) for :func:`run_recurrent`."""
+    return {k: v for k, v in arguments.items() if k not in ("x", "h0", "hx", "weights",
+                                                            "nonlinearity")}
+
+
 def _call(cell: Cell, x, initial_states, weights, options: dict, with_vjp: bool):
     return run_recurrent(x, initial_states, weights, cell, with_vjp=with_vjp, **options)
 
@@ -138,8 +175,9 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
         batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
         training: bool = False, generator: np.random.Generator | int | None = None,
-        lengths: Any = None, check_finite: bool = False
-        ) -> tuple[Any, Any]:
+        lengths: Any = None, check_finite: bool = False,
+        recurrent_dropout: float = 0.0, zoneout: float = 0.0, weight_dropout: float = 0.0,
+        reset: Any = None) -> tuple[Any, Any]:
     r"""Elman RNN over a whole sequence, as ``torch.nn.RNN``.
 
     For each layer and direction, :math:`h_t = f(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})`
@@ -151,7 +189,7 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         weights: PyTorch's flat order ``[weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0,
             weight_ih_l0_reverse, ...]`` or a mapping with those names (a ``state_dict``).
         dropout: probability of zeroing each output of every layer but the last (training only).
-        generator: NumPy ``Generator`` or seed for the dropout masks.
+        generator: NumPy ``Generator`` or seed for the dropout and zoneout masks.
         lengths: (B,) integers in [1, T], for a padded batch of sequences of different
             lengths (PyTorch's packed sequences without the packing, in any order): each
             sequence's reverse direction starts at its own last valid step, ``h_n`` holds
@@ -159,6 +197,18 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         check_finite: raise ``ValueError`` if ``x`` (within ``lengths``) or a given
             initial state holds a NaN or an infinity, naming the array, the count and
             the first index. Off by default: non-finite values then propagate as they are.
+        recurrent_dropout: in training, one mask (B, H_out) per layer and direction per
+            call, scaled by 1/(1-p), multiplies h_{t-1} where it enters W_hh (Gal and
+            Ghahramani); the carried state is not masked.
+        zoneout: each unit of the state (h, and c for an LSTM) keeps its previous value:
+            ``s_t = d * s_{t-1} + (1 - d) * s_new`` with d ~ Bernoulli(p) per step and unit
+            in training, d = p in eval (Krueger et al.). The output is the zoned-out h.
+        weight_dropout: in training, one mask per W_hh per call, scaled by 1/(1-p)
+            (DropConnect, as AWD-LSTM); the gradient reaches W_hh through the mask.
+        reset: (T, B) booleans ((B, T) with ``batch_first``, (T,) unbatched): where
+            ``reset[t, b]``, sequence b starts a new segment at step t, whose state
+            entering step t is the initial state, in both directions (the reverse
+            direction starts each segment at its last step) and in the backward.
 
     Returns:
         ``(output, h_n)``: output (T, B, D*H) (batch-first if asked) with directions
@@ -166,9 +216,7 @@ def rnn(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         For a bidirectional layer ``h_n`` of the reverse direction is its state after
         reading step 0, i.e. ``output[0, :, H:]``, not ``output[-1]``.
     """
-    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths, check_finite=check_finite)
+    options = _options(locals())
     output, (h_n,), _ = _call(elman_cell(nonlinearity), x, (h0,), weights, options, False)
     return output, h_n
 
@@ -177,8 +225,9 @@ def rnn_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
             num_layers: int = 1, nonlinearity: str = "tanh", bias: bool = True,
             batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
             training: bool = False, generator: np.random.Generator | int | None = None,
-            lengths: Any = None, check_finite: bool = False
-            ) -> tuple[tuple[Any, Any], VJP]:
+            lengths: Any = None, check_finite: bool = False,
+            recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+            weight_dropout: float = 0.0, reset: Any = None) -> tuple[tuple[Any, Any], VJP]:
     """:func:`rnn` plus its backward (BPTT): returns ``((output, h_n), vjp)``.
 
     ``vjp(grad_output, grad_h_n=None) -> (grad_x, (grad_h0,), grad_weights)``: the
@@ -187,9 +236,7 @@ def rnn_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
     or a name mapping if ``weights`` was one), given the loss's gradients with respect
     to ``output`` and ``h_n`` (``None`` for zero). Dropout uses the forward's masks.
     """
-    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths, check_finite=check_finite)
+    options = _options(locals())
     output, (h_n,), vjp = _call(elman_cell(nonlinearity), x, (h0,), weights, options, True)
     return (output, h_n), vjp
 
@@ -198,8 +245,9 @@ def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[st
          num_layers: int = 1, bias: bool = True, batch_first: bool = False,
          dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
          training: bool = False, generator: np.random.Generator | int | None = None,
-         lengths: Any = None, check_finite: bool = False
-         ) -> tuple[Any, tuple[Any, Any]]:
+         lengths: Any = None, check_finite: bool = False,
+         recurrent_dropout: float = 0.0, zoneout: float = 0.0, weight_dropout: float = 0.0,
+         reset: Any = None) -> tuple[Any, tuple[Any, Any]]:
     r"""LSTM over a whole sequence, as ``torch.nn.LSTM``.
 
     Gates (PyTorch's order i, f, g, o) from ``x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh``;
@@ -217,10 +265,7 @@ def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[st
         ``(output, (h_n, c_n))``: output (T, B, D*H_out); h_n (L*D, B, H_out);
         c_n (L*D, B, H).
     """
-    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths, check_finite=check_finite,
-                   proj_size=proj_size)
+    options = _options(locals())
     output, finals, _ = _call(LSTM_CELL, x, lstm_states(hx), weights, options, False)
     return output, finals
 
@@ -229,15 +274,14 @@ def lstm_vjp(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mappin
              num_layers: int = 1, bias: bool = True, batch_first: bool = False,
              dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
              training: bool = False, generator: np.random.Generator | int | None = None,
-             lengths: Any = None, check_finite: bool = False
+             lengths: Any = None, check_finite: bool = False,
+             recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+             weight_dropout: float = 0.0, reset: Any = None
              ) -> tuple[tuple[Any, tuple[Any, Any]], VJP]:
     """:func:`lstm` plus its backward: ``((output, (h_n, c_n)), vjp)`` with
     ``vjp(grad_output, grad_h_n=None, grad_c_n=None) -> (grad_x, (grad_h0, grad_c0),
     grad_weights)``, as :func:`rnn_vjp`."""
-    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths, check_finite=check_finite,
-                   proj_size=proj_size)
+    options = _options(locals())
     output, finals, vjp = _call(LSTM_CELL, x, lstm_states(hx), weights, options, True)
     return (output, finals), vjp
 
@@ -246,7 +290,9 @@ def gru(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         num_layers: int = 1, bias: bool = True, batch_first: bool = False,
         dropout: float = 0.0, bidirectional: bool = False, training: bool = False,
         generator: np.random.Generator | int | None = None,
-        lengths: Any = None, check_finite: bool = False) -> tuple[Any, Any]:
+        lengths: Any = None, check_finite: bool = False,
+        recurrent_dropout: float = 0.0, zoneout: float = 0.0, weight_dropout: float = 0.0,
+        reset: Any = None) -> tuple[Any, Any]:
     r"""GRU over a whole sequence, as ``torch.nn.GRU``.
 
     Gates (PyTorch's order r, z, n): :math:`r, z = \sigma(x W_{i\cdot}^T + b_{i\cdot} +
@@ -254,9 +300,7 @@ def gru(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
     (h W_{hn}^T + b_{hn}))`, :math:`h_t = (1 - z) \odot n + z \odot h_{t-1}`.
     Shapes as :func:`rnn`.
     """
-    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths, check_finite=check_finite)
+    options = _options(locals())
     output, (h_n,), _ = _call(GRU_CELL, x, (h0,), weights, options, False)
     return output, h_n
 
@@ -265,12 +309,11 @@ def gru_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
             num_layers: int = 1, bias: bool = True, batch_first: bool = False,
             dropout: float = 0.0, bidirectional: bool = False, training: bool = False,
             generator: np.random.Generator | int | None = None,
-            lengths: Any = None, check_finite: bool = False
-            ) -> tuple[tuple[Any, Any], VJP]:
+            lengths: Any = None, check_finite: bool = False,
+            recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+            weight_dropout: float = 0.0, reset: Any = None) -> tuple[tuple[Any, Any], VJP]:
     """:func:`gru` plus its backward, as :func:`rnn_vjp`."""
-    options = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                   bidirectional=bidirectional, training=training, generator=generator,
-                   lengths=lengths, check_finite=check_finite)
+    options = _options(locals())
     output, (h_n,), vjp = _call(GRU_CELL, x, (h0,), weights, options, True)
     return (output, h_n), vjp
 

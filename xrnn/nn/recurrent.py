@@ -29,7 +29,9 @@ class RecurrentBase(Module):
 
     def __init__(self, cell: Cell, input_size: int, hidden_size: int, num_layers: int,
                  bias: bool, batch_first: bool, dropout: float, bidirectional: bool,
-                 dtype: str, seed: int | None, proj_size: int = 0) -> None:
+                 dtype: str, seed: int | None, proj_size: int = 0,
+                 recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 weight_dropout: float = 0.0) -> None:
         super().__init__()
         self.cell = cell
         self.input_size = check_positive_int(input_size, "input_size")
@@ -39,6 +41,9 @@ class RecurrentBase(Module):
         if self.dropout > 0 and num_layers == 1:
             warnings.warn("dropout > 0 only acts between layers, so it does nothing with "
                           f"num_layers=1 (dropout={dropout})", UserWarning, stacklevel=3)
+        self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout")
+        self.zoneout = check_probability(zoneout, "zoneout")
+        self.weight_dropout = check_probability(weight_dropout, "weight_dropout")
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
@@ -66,14 +71,16 @@ class RecurrentBase(Module):
         config = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                       dropout=self.dropout, bidirectional=self.bidirectional,
                       training=self.training, generator=self._dropout_rng,
-                      proj_size=self.proj_size)
+                      proj_size=self.proj_size, recurrent_dropout=self.recurrent_dropout,
+                      zoneout=self.zoneout, weight_dropout=self.weight_dropout)
         return run_recurrent(x, initial_states, [p.data for p in self._parameters.values()],
                              self.cell, **(config | options))
 
     def _run(self, x: Any, initial_states: tuple[Any | None, ...], lengths: Any,
-             check_finite: bool) -> tuple[Any, tuple[Any, ...]]:
+             check_finite: bool, reset: Any = None) -> tuple[Any, tuple[Any, ...]]:
         output, finals, vjp = self._recurrent(x, initial_states, with_vjp=is_grad_enabled(),
-                                              lengths=lengths, check_finite=check_finite)
+                                              lengths=lengths, check_finite=check_finite,
+                                              reset=reset)
         self.save_for_backward(vjp)
         return output, finals
 
@@ -113,13 +120,16 @@ class RecurrentBase(Module):
     def config(self) -> dict[str, Any]:
         options = dict(input_size=self.input_size, hidden_size=self.hidden_size,
                        num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                       dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype)
+                       dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype,
+                       recurrent_dropout=self.recurrent_dropout, zoneout=self.zoneout,
+                       weight_dropout=self.weight_dropout)
         return options
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                    "bidirectional": False, "proj_size": 0}
+                    "bidirectional": False, "proj_size": 0, "recurrent_dropout": 0.0,
+                    "zoneout": 0.0, "weight_dropout": 0.0}
         for name, default in defaults.items():
             if getattr(self, name) != default:
                 text += f", {name}={getattr(self, name)}"
@@ -141,7 +151,10 @@ class RNN(RecurrentBase):
         dropout: probability of zeroing each output of every layer but the last, in training.
         bidirectional: D = 2 when true.
         dtype: ``"float32"``, ``"float64"`` or ``"float16"`` (not on array_api_strict: the
-        standard has no float16). seed: seeds the init and dropout masks.
+        standard has no float16). seed: seeds the init and the dropout and zoneout masks.
+        recurrent_dropout, zoneout, weight_dropout: probabilities, as in
+        :func:`xrnn.functional.rnn` (recurrent and weight dropout act in training only;
+        zoneout uses its expectation in eval mode).
 
     Call ``rnn(x, h0=None) -> (output, h_n)``:
         x: (T, B, H_in), (B, T, H_in) if batch_first, or (T, H_in) unbatched.
@@ -158,17 +171,23 @@ class RNN(RecurrentBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, *,
-                 dtype: str = "float32", seed: int | None = None) -> None:
+                 dtype: str = "float32", seed: int | None = None,
+                 recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 weight_dropout: float = 0.0) -> None:
         self.nonlinearity = nonlinearity
         super().__init__(elman_cell(nonlinearity), input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, dtype, seed)
+                         batch_first, dropout, bidirectional, dtype, seed,
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+                         weight_dropout=weight_dropout)
 
     def forward(self, x: Any, h0: Any | None = None, lengths: Any = None, *,
-                check_finite: bool = False) -> tuple[Any, Any]:
+                check_finite: bool = False, reset: Any = None) -> tuple[Any, Any]:
         """``(output, h_n)``; ``lengths`` (B,) for a padded batch of variable-length
-        sequences, and ``check_finite`` to reject NaN or infinite values in ``x`` or
-        ``h0`` with a ``ValueError``, as :func:`xrnn.functional.rnn`."""
-        output, (h_n,) = self._run(x, (h0,), lengths, check_finite)
+        sequences, ``check_finite`` to reject NaN or infinite values in ``x`` or
+        ``h0`` with a ``ValueError``, and ``reset`` (T, B) booleans ((B, T) if
+        batch_first) to restart sequence b from ``h0`` at step t (episode boundaries),
+        as :func:`xrnn.functional.rnn`."""
+        output, (h_n,) = self._run(x, (h0,), lengths, check_finite, reset)
         return output, h_n
 
     def backward(self, grad_output: Any, grad_h_n: Any | None = None, *,
@@ -230,15 +249,20 @@ class LSTM(RecurrentBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, proj_size: int = 0, *,
-                 dtype: str = "float32", seed: int | None = None) -> None:
+                 dtype: str = "float32", seed: int | None = None,
+                 recurrent_dropout: float = 0.0, zoneout: float = 0.0,
+                 weight_dropout: float = 0.0) -> None:
         super().__init__(LSTM_CELL, input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, dtype, seed, proj_size)
+                         dropout, bidirectional, dtype, seed, proj_size,
+                         recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+                         weight_dropout=weight_dropout)
 
     def forward(self, x: Any, hx: tuple[Any, Any] | None = None, lengths: Any = None, *,
-                check_finite: bool = False) -> tuple[Any, tuple[Any, Any]]:
-        """``(output, (h_n, c_n))``; ``lengths`` and ``check_finite`` as in
-        :meth:`RNN.forward` (``check_finite`` covers ``x``, ``h0`` and ``c0``)."""
-        output, (h_n, c_n) = self._run(x, lstm_states(hx), lengths, check_finite)
+                check_finite: bool = False, reset: Any = None) -> tuple[Any, tuple[Any, Any]]:
+        """``(output, (h_n, c_n))``; ``lengths``, ``check_finite`` and ``reset`` as in
+        :meth:`RNN.forward` (``check_finite`` covers ``x``, ``h0`` and ``c0``; a reset
+        restarts from ``(h0, c0)``)."""
+        output, (h_n, c_n) = self._run(x, lstm_states(hx), lengths, check_finite, reset)
         return output, (h_n, c_n)
 
     def config(self) -> dict[str, Any]:
@@ -276,9 +300,11 @@ class GRU(RecurrentBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, *, dtype: str = "float32",
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, recurrent_dropout: float = 0.0,
+                 zoneout: float = 0.0, weight_dropout: float = 0.0) -> None:
         super().__init__(GRU_CELL, input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, dtype, seed)
+                         dropout, bidirectional, dtype, seed, recurrent_dropout=recurrent_dropout,
+                         zoneout=zoneout, weight_dropout=weight_dropout)
 
     forward = RNN.forward
     backward = RNN.backward
