@@ -194,3 +194,19 @@ def test_trained_demo_model_predicts_the_same():
     close_calls = np.abs(expected[..., 0] - expected[..., 1]) < 1e-4
     agree = logits.argmax(-1) == expected.argmax(-1)
     assert np.all(agree | close_calls) and agree.mean() > 0.999
+
+
+@pytest.mark.parametrize("opset", [13, 18, 21])
+def test_opsets(opset):
+    """The oldest opset written, and those where ReduceMax's axes became an input."""
+    rng = np.random.default_rng(opset)
+    for name in ["max", "mean", "classifier"]:
+        model = SEQUENTIALS[name]().eval()
+        x, lengths = padded_batch(rng, 3, 5, 3, name == "mean")
+        if name == "classifier":
+            x = rng.integers(1, 11, (3, 5))
+        proto = xonnx.to_onnx(model, opset=opset, lengths=True)
+        assert proto.opset_import[0].version == opset
+        (got,) = run_onnx(proto, {"input": x, "lengths": lengths})
+        np.testing.assert_allclose(got, xrnn.to_numpy(model(xrnn.asarray(x), lengths=lengths)),
+                                   **F32)
