@@ -170,6 +170,8 @@ def test_other_refusals():
         xrnn.io.from_keras(layers.LSTM(3))
     with pytest.raises(TypeError, match="cannot convert Keras layer Conv1D"):
         xrnn.io.from_keras(keras.Sequential([keras.Input((None, 2)), layers.Conv1D(2, 1)]))
+    with pytest.raises(ValueError, match="zoneout=0.25"):
+        xrnn.io.to_keras(xrnn.LSTM(3, 4, zoneout=0.25))
     with pytest.raises(ValueError, match="proj_size=2"):
         xrnn.io.to_keras(xrnn.LSTM(3, 4, proj_size=2))
     with pytest.raises(ValueError, match="LastStep converts only right after"):

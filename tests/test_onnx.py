@@ -150,6 +150,7 @@ def test_export_writes_a_checked_file(tmp_path):
 
 @pytest.mark.parametrize("model, options, error, match", [
     (lambda: xrnn.LSTM(3, 4, proj_size=2), {}, ValueError, "proj_size=2"),
+    (lambda: xrnn.GRU(3, 4, zoneout=0.25), {}, ValueError, "zoneout=0.25"),
     (lambda: xrnn.Sequential(xrnn.RNN(3, 4), xrnn.Linear(4, 1)), {"initial_states": True},
      ValueError, "initial_states=True needs a bare RNN"),
     (lambda: xrnn.RNN(3, 4), {"opset": 12}, ValueError, "opset must be an integer in"),

@@ -39,7 +39,9 @@ Refused with ``ValueError`` naming the option: ``go_backwards`` (outside
 True)`` (xrnn takes ``lengths`` instead of masks), an LSTM with ``proj_size``. Training
 options (``dropout``, ``recurrent_dropout``, initializers, regularizers) are not
 carried over: they do not change the output in inference. xrnn's ``lengths`` has no
-Keras counterpart (Keras uses masks), and ``to_keras`` gives batch-first Keras layers
+Keras counterpart (Keras uses masks); ``to_keras`` refuses ``zoneout`` and
+``layer_norm`` (they change the inference-time cell) and drops ``recurrent_dropout`` and
+``weight_dropout`` (training only); and ``to_keras`` gives batch-first Keras layers
 whatever the xrnn layer's ``batch_first``.
 """
 
@@ -222,6 +224,10 @@ def _recurrent_to_keras(module: RecurrentBase, return_sequences: bool) -> list[A
     if isinstance(module, LSTM) and module.proj_size:
         raise ValueError(f"Keras's LSTM has no projection: cannot convert proj_size="
                          f"{module.proj_size} (expected 0)")
+    for option, inert in [("zoneout", 0.0), ("layer_norm", False)]:
+        if getattr(module, option, inert) != inert:
+            raise ValueError(f"{option}={getattr(module, option)!r} changes the inference-time "
+                             f"cell; Keras's layers have no such option (expected {inert!r})")
     kind = _KERAS_NAMES[type(module)]
     gates = _GATES[kind]
     params = {name: to_numpy(value) for name, value in module.state_dict().items()}

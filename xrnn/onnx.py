@@ -11,9 +11,11 @@ exports, and run the exported graph with onnxruntime::
 Supported modules: ``RNN`` (tanh, relu, identity as ONNX's ``Affine``), ``LSTM``
 (``proj_size=0``: ONNX's LSTM has no projection), ``GRU`` (``linear_before_reset=1``,
 PyTorch's formulation), each with any ``num_layers``, ``bidirectional``, ``bias``,
-``batch_first``; and a ``Sequential`` of these with ``Linear``, ``ReLU``, ``Tanh``,
-``Sigmoid``, ``Identity``, ``Dropout`` (identity: the graph is for inference, as is
-inter-layer dropout), ``Embedding``, ``LastStep``, ``MeanOverTime``, ``MaxOverTime``.
+``batch_first`` (no ``zoneout`` or ``layer_norm``, which change the inference-time cell;
+``recurrent_dropout`` and ``weight_dropout`` act in training only); and a ``Sequential``
+of these with ``Linear``, ``ReLU``, ``Tanh``, ``Sigmoid``, ``Identity``, ``Dropout``
+(identity: the graph is for inference, as is inter-layer dropout), ``Embedding``,
+``LastStep``, ``MeanOverTime``, ``MaxOverTime``.
 float32 and float64 models (onnxruntime's CPU kernels for RNN, LSTM and GRU are float32).
 
 Graph inputs (``T`` and ``B`` dynamic):
@@ -103,6 +105,18 @@ def _check_recurrent(layer: RecurrentBase) -> None:
                          f"{layer.proj_size} (expected proj_size=0)")
     if type(layer) not in _GATES:
         raise TypeError(f"cannot export {type(layer).__name__}: expected RNN, LSTM or GRU")
+    _check_inference_cell(layer, f"ONNX's {type(layer).__name__}")
+
+
+def _check_inference_cell(layer: RecurrentBase, target: str) -> None:
+    """Refuse options that change the inference-time cell (recurrent and weight dropout act
+    in training only, so they are dropped, as inter-layer dropout is)."""
+    if getattr(layer, "zoneout", 0.0):
+        raise ValueError(f"zoneout={layer.zoneout} mixes the previous state into every step at "
+                         f"inference too; {target} has no such option (expected zoneout=0)")
+    if getattr(layer, "layer_norm", False):
+        raise ValueError(f"layer_norm=True normalises the gates; {target} has no such option "
+                         "(expected layer_norm=False)")
 
 
 def _recurrent(g: _Graph, layer: RecurrentBase, x: str, lengths: str | None,
