@@ -167,9 +167,16 @@ def draw_masks(model, seed, training, p):
 
 
 def torch_cell(kind, x_t, state, h_in, w):
-    """One step of the plain cell in torch: the new state tuple."""
-    gx = x_t @ w["weight_ih"].T + w["bias_ih"]
-    gh = h_in @ w["weight_hh"].T + w["bias_hh"]
+    """One step of the cell in torch (the LayerNorm cell when ``w`` has its weights):
+    the new state tuple."""
+    def norm(v, n):
+        if "ln_weight_" + n not in w:
+            return v
+        return torch.nn.functional.layer_norm(v, (v.shape[-1],), w["ln_weight_" + n],
+                                              w["ln_bias_" + n], eps=1e-5)
+
+    gx = norm(x_t @ w["weight_ih"].T, "ih") + w["bias_ih"]
+    gh = norm(h_in @ w["weight_hh"].T, "hh") + w["bias_hh"]
     if kind == "RNN":
         return (torch.tanh(gx + gh),)
     if kind == "GRU":
@@ -179,7 +186,7 @@ def torch_cell(kind, x_t, state, h_in, w):
         return ((1 - z) * n + z * state[0],)
     i, f, g, o = (gx + gh).chunk(4, -1)
     c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
+    h = torch.sigmoid(o) * torch.tanh(norm(c, "c"))
     return (h if "weight_hr" not in w else h @ w["weight_hr"].T, c)
 
 
@@ -218,18 +225,28 @@ def torch_loop(model, x, states, params, masks):
 
 OPTIONS = {"recurrent_dropout": 0.3, "zoneout": 0.25, "weight_dropout": 0.4, "dropout": 0.2}
 CASES = [(kind, option, training) for kind in ("RNN", "LSTM", "GRU")
-         for option in ("recurrent_dropout", "zoneout", "weight_dropout", "all")
+         for option in ("recurrent_dropout", "zoneout", "weight_dropout", "all", "layer_norm",
+                        "layer_norm+all")
          for training in (True, False)
-         if training or option in ("zoneout", "all")]
+         if (training or option in ("zoneout", "all", "layer_norm"))
+         and (kind != "RNN" or not option.startswith("layer_norm"))
+         and not (option == "layer_norm" and training)]
 
 
 @pytest.mark.parametrize("kind, option, training", CASES,
                          ids=[f"{k}-{o}-{'train' if t else 'eval'}" for k, o, t in CASES])
 def test_masks_match_torch_equations(xp, rng, kind, option, training):
     """Forward and every gradient against the torch loop with the same masks (two layers,
-    bidirectional, projection for the LSTM); 'all' also adds inter-layer dropout."""
-    p = {name: (value if option in (name, "all") else 0.0) for name, value in OPTIONS.items()}
-    model = make(kind, proj_size=2, **p)
+    bidirectional, projection for the LSTM); 'all' also adds inter-layer dropout. The
+    LayerNorm weights are perturbed from their init (1, 0) so that they matter."""
+    p = {name: (value if option in (name, "all", "layer_norm+all") else 0.0)
+         for name, value in OPTIONS.items()}
+    model = make(kind, proj_size=2, **p, **({"layer_norm": True} if "layer_norm" in option
+                                             else {}))
+    for name, parameter in model.named_parameters():
+        if name.startswith("ln_"):
+            parameter.data = parameter.data + xrnn.asarray(
+                0.3 * rng.standard_normal(tuple(parameter.shape)))
     model.train(training)
     model._dropout_rng = np.random.default_rng(11)
     x, states = rng.standard_normal((T, B, I)), initial_states(model, rng)
@@ -252,14 +269,17 @@ def test_masks_match_torch_equations(xp, rng, kind, option, training):
     assert_every_gradient(model, {n: q.grad for n, q in params.items()})
 
 
-@pytest.mark.parametrize("kind, training", [("LSTM", True), ("GRU", True), ("LSTM", False)],
-                         ids=["lstm-train", "gru-train", "lstm-eval"])
-def test_finite_differences(xp, rng, kind, training):
+@pytest.mark.parametrize("kind, training, layer_norm",
+                         [("LSTM", True, True), ("GRU", True, True), ("LSTM", False, False)],
+                         ids=["lstm-ln-train", "gru-ln-train", "lstm-eval"])
+def test_finite_differences(xp, rng, kind, training, layer_norm):
     """Every option at once, with resets and lengths; in training the masks are fixed by
     the seed, drawn again identically at every call."""
     options = dict(num_layers=2, bidirectional=True, training=training, generator=3,
                    reset=RESET, lengths=[5, 3, 4], **OPTIONS)
-    model = make(kind)
+    model = make(kind, layer_norm=layer_norm)
+    if layer_norm:
+        options["layer_norm"] = True
     functional = FUNCTIONAL[kind]
     weights = [p.data for p in model.parameters()]
     states = [xrnn.asarray(s) for s in initial_states(model, rng)]
@@ -323,15 +343,21 @@ def test_same_seed_same_masks_on_every_backend(xp, rng):
 
 
 def test_options_in_config_repr_save_and_errors(xp, rng, tmp_path):
-    model = make("LSTM", proj_size=2, **OPTIONS)
-    for name, value in OPTIONS.items():
+    model = make("LSTM", proj_size=2, layer_norm=True, **OPTIONS)
+    assert [n for n, _ in model.named_parameters()][5:11] == [
+        "ln_weight_ih_l0", "ln_bias_ih_l0", "ln_weight_hh_l0", "ln_bias_hh_l0", "ln_weight_c_l0",
+        "ln_bias_c_l0"]
+    assert model.ln_weight_c_l1_reverse.shape == (H,) and model.ln_bias_hh_l0.shape == (4 * H,)
+    assert np.all(xrnn.to_numpy(model.ln_weight_ih_l0.data) == 1)
+    assert np.all(xrnn.to_numpy(model.ln_bias_c_l0.data) == 0)
+    for name, value in dict(OPTIONS, layer_norm=True).items():
         assert model.config()[name] == value and f"{name}={value}" in repr(model)
     xrnn.save(model, tmp_path / "m.npz")
     loaded = xrnn.load(tmp_path / "m.npz")
     assert loaded.config() == model.config()
     x = xrnn.asarray(rng.standard_normal((T, B, I)))
     assert_close(loaded.eval()(x)[0], xrnn.to_numpy(model.eval()(x)[0]), **GRAD)
-    one_way = make("LSTM", bidirectional=False, proj_size=2, **OPTIONS).eval()
+    one_way = make("LSTM", bidirectional=False, proj_size=2, layer_norm=True, **OPTIONS).eval()
     state, steps = None, []
     for t in range(T):  # eval-mode zoneout in step(): the same as the whole-sequence forward
         y_t, state = one_way.step(x[t, ...], state)

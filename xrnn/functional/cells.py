@@ -43,6 +43,9 @@ class Cell:
     gradients of the unscaled pre-activations."""
     state_sizes: Callable[[Any], tuple[int, ...]] = lambda w: (w.w_hh.shape[1],)
     """Last-axis size of each state component, from one layer's :class:`LayerWeights`."""
+    norms: tuple[str, ...] = ()
+    """The LayerNorms of a LayerNorm cell ('ih', 'hh' and, for the LSTM, 'c'), whose
+    weights and biases follow a group's other weights in ``LayerWeights.ln``."""
 
 
 def _preactivation(gx_t, h, w_hh_t):
@@ -154,3 +157,83 @@ def _gru_step_backward(xp, d_state, state, state_prev, cache):
 #: ``n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))``, ``h_t = (1 - z) * n + z * h_{t-1}``.
 GRU_CELL = Cell("gru", 3, _gru_step, _gru_step_backward, folds_hidden_bias=False,
                 gate_scale=(0.5, 0.5, 1.0))
+
+
+#: LayerNorm's epsilon, as ``torch.nn.functional.layer_norm``'s default.
+LN_EPS = 1e-5
+
+
+def layer_norm(xp, v, weight, bias):
+    """``weight * (v - mean) / sqrt(var + eps) + bias`` over the last axis (biased
+    variance); returns it and the cache for :func:`layer_norm_backward`."""
+    centred = v - xp.mean(v, axis=-1, keepdims=True)
+    inv = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + LN_EPS)
+    normed = centred * inv
+    return normed * weight + bias, (normed, inv, weight)
+
+
+def layer_norm_backward(xp, dy, cache):
+    """``(dv, dweight, dbias)`` from the gradient ``dy`` of :func:`layer_norm`'s output
+    (2-D: the parameter gradients sum over the first axis)."""
+    normed, inv, weight = cache
+    dn = dy * weight
+    dv = inv * (dn - xp.mean(dn, axis=-1, keepdims=True)
+                - normed * xp.mean(dn * normed, axis=-1, keepdims=True))
+    return dv, xp.sum(dy * normed, axis=0), xp.sum(dy, axis=0)
+
+
+def _ln_lstm_step(xp, gx_t, state, w_hh_t, b_hh, h_in=None, *, norm):
+    c = state[1]
+    gh, gh_cache = layer_norm(xp, (state[0] if h_in is None else h_in) @ w_hh_t, *norm[:2])
+    i, f, g, o = _blocks(gx_t + gh, 4)
+    i, f, g, o = (1.0 / (1.0 + xp.exp(-i)), 1.0 / (1.0 + xp.exp(-f)), xp.tanh(g),
+                  1.0 / (1.0 + xp.exp(-o)))
+    c_new = f * c + i * g
+    normed_c, c_cache = layer_norm(xp, c_new, *norm[2:])
+    tanh_c = xp.tanh(normed_c)
+    return (o * tanh_c, c_new), (i, f, g, o, tanh_c, gh_cache, c_cache)
+
+
+def _ln_lstm_step_backward(xp, d_state, state, state_prev, cache):
+    dh, dc = d_state
+    i, f, g, o, tanh_c, gh_cache, c_cache = cache
+    d_c_new, d_w_c, d_b_c = layer_norm_backward(xp, dh * o * (1.0 - tanh_c * tanh_c), c_cache)
+    dc = dc + d_c_new
+    dz = xp.concat([dc * g * i * (1.0 - i), dc * state_prev[1] * f * (1.0 - f),
+                    dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)], axis=-1)
+    d_raw, d_w_hh, d_b_hh = layer_norm_backward(xp, dz, gh_cache)
+    return dz, d_raw, (None, dc * f), (None, d_w_hh, d_b_hh, d_w_c, d_b_c)
+
+
+#: LayerNorm LSTM (Ba et al. 2016, as haste): ``z = LN(x W_ih^T; ih) + LN(h W_hh^T; hh)
+#: + b_ih + b_hh``, gates i, f, g, o as the LSTM, ``c_t = f * c_{t-1} + i * g``,
+#: ``h_t = o * tanh(LN(c_t; c))``. ``step`` takes ``norm = (w_hh, b_hh, w_c, b_c)`` of
+#: the LayerNorms; ``step_backward`` returns a fourth item: the gradients of
+#: ``(b_hh or None, *norm)``, and as ``d_gh`` the gradient of ``h W_hh^T`` itself.
+LN_LSTM_CELL = Cell("lstm_ln", 4, _ln_lstm_step, _ln_lstm_step_backward,
+                    state_sizes=LSTM_CELL.state_sizes, norms=("ih", "hh", "c"))
+
+
+def _ln_gru_step(xp, gx_t, state, w_hh_t, b_hh, h_in=None, *, norm):
+    h = state[0]
+    gh, gh_cache = layer_norm(xp, (h if h_in is None else h_in) @ w_hh_t, *norm)
+    if b_hh is not None:
+        gh = gh + b_hh
+    size = h.shape[-1]
+    r, z = _blocks(1.0 / (1.0 + xp.exp(-(gx_t[:, :2 * size] + gh[:, :2 * size]))), 2)
+    hn = gh[:, 2 * size:]
+    n = xp.tanh(gx_t[:, 2 * size:] + r * hn)
+    return (n + z * (h - n),), ((r, z, n, hn), gh_cache)
+
+
+def _ln_gru_step_backward(xp, d_state, state, state_prev, cache):
+    plain, gh_cache = cache
+    d_gx, d_gh, direct = _gru_step_backward(xp, d_state, state, state_prev, plain)
+    d_raw, d_w_hh, d_b_hh = layer_norm_backward(xp, d_gh, gh_cache)
+    return d_gx, d_raw, direct, (xp.sum(d_gh, axis=0), d_w_hh, d_b_hh)
+
+
+#: LayerNorm GRU: ``gx = LN(x W_ih^T; ih) + b_ih``, ``gh = LN(h W_hh^T; hh) + b_hh``, then
+#: the GRU's equations on gx and gh; ``norm = (w_hh, b_hh)``, as :data:`LN_LSTM_CELL`.
+LN_GRU_CELL = Cell("gru_ln", 3, _ln_gru_step, _ln_gru_step_backward, folds_hidden_bias=False,
+                   norms=("ih", "hh"))

@@ -13,7 +13,7 @@ import array_api_compat
 import numpy as np
 
 from .._kernels import layer_runner
-from .cells import Cell, State
+from .cells import Cell, State, layer_norm, layer_norm_backward
 from .dropout import dropout_mask, keep_mask
 from .weights import LayerWeights
 
@@ -32,8 +32,14 @@ def _add(a, b):
 
 
 def input_projection(xp, x, w: LayerWeights, cell: Cell):
-    """``x W_ih^T + b`` for a whole sequence in one matrix product: (T, B, H_in) -> (T, B, G*H)."""
+    """``x W_ih^T + b`` for a whole sequence in one matrix product: (T, B, H_in) -> (T, B, G*H).
+    A LayerNorm cell normalises ``x W_ih^T`` first: it returns ``(gx, norm_cache)``."""
     gx = _flat(xp, x) @ xp.matrix_transpose(w.w_ih)
+    if cell.norms:
+        gx, cache = layer_norm(xp, gx, *w.ln[:2])
+        for b in (w.b_ih, w.b_hh if cell.folds_hidden_bias else None):
+            gx = gx if b is None else gx + b
+        return xp.reshape(gx, (x.shape[0], x.shape[1], gx.shape[-1])), cache
     if w.b_ih is not None:  # in place on the fresh product (plain rebinding on immutable backends)
         gx += w.b_ih + w.b_hh if cell.folds_hidden_bias else w.b_ih
     return xp.reshape(gx, (x.shape[0], x.shape[1], gx.shape[-1]))
@@ -84,15 +90,18 @@ def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: 
 
     Returns the per-step outputs (T, B, H) at their original time positions, the
     final state (for ``reverse``, the state after reading step 0) and, with
-    ``keep``, the tape ``(states, caches, unprojected, entering, fresh)`` indexed by
-    time that the backward needs (``entering``: the state each step read; ``fresh``:
-    the cell's own new state before zoneout, with zoneout only). ``active`` (T, B, 1)
+    ``keep``, the tape ``(states, caches, unprojected, entering, fresh, norm_cache)``
+    that the backward needs, indexed by time (``entering``: the state each step read;
+    ``fresh``: the cell's own new state before zoneout, with zoneout only;
+    ``norm_cache``: a LayerNorm cell's input normalisation). ``active`` (T, B, 1)
     booleans, for variable lengths: where false, the state passes through unchanged and
     the output is zero, so each sequence's reverse direction starts at its own last
     valid step. ``hooks``: see :class:`StepHooks`.
     """
     w = scale_gate_rows(xp, w, cell)
-    gx = input_projection(xp, x, w, cell)
+    gx, norm_cache = input_projection(xp, x, w, cell) if cell.norms else (
+        input_projection(xp, x, w, cell), None)
+    norm = {"norm": w.ln[2:]} if cell.norms else {}  # the hh (and c) LayerNorms
     w_hh_t = xp.matrix_transpose(w.w_hh)
     w_hr_t = None if w.w_hr is None else xp.matrix_transpose(w.w_hr)
     b_hh = None if cell.folds_hidden_bias else w.b_hh
@@ -108,7 +117,7 @@ def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: 
         if hooks.reset is not None:
             state = tuple(xp.where(hooks.reset[t, ...], s0, s) for s0, s in zip(state0, state))
         h_in = None if hooks.h_mask is None else state[0] * hooks.h_mask
-        new, cache = cell.step(xp, gx[t, ...], state, w_hh_t, b_hh, h_in)
+        new, cache = cell.step(xp, gx[t, ...], state, w_hh_t, b_hh, h_in, **norm)
         if w_hr_t is not None:
             if keep:
                 unprojected[t] = new[0]
@@ -129,7 +138,7 @@ def run_direction(xp, x, state: State, w: LayerWeights, cell: Cell, *, reverse: 
         states[t] = state
         if keep:
             caches[t] = cache
-    tape = (states, caches, unprojected, entering, fresh) if keep else None
+    tape = (states, caches, unprojected, entering, fresh, norm_cache) if keep else None
     return xp.stack(outputs), state, tape
 
 
@@ -141,7 +150,8 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
     Returns ``(grad_x, grad_state0, grad_weights)``; the weight gradients are
     computed after the time loop, each as one matrix product over all timesteps.
     """
-    states, caches, unprojected, entering, fresh = tape
+    states, caches, unprojected, entering, fresh, norm_cache = tape
+    norm_grads = None  # a LayerNorm cell's per-step extras, summed over time
     steps = len(states)
     d_projected: list[Any] = [None] * steps  # gradients of the projected h_t
     forward_order = list(range(steps - 1, -1, -1) if reverse else range(steps))
@@ -169,8 +179,11 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
             d_projected[t] = d_state[0]
             d_state[0] = d_state[0] @ w.w_hr
             state = (unprojected[t],) + state[1:]
-        d_gx[t], d_gh[t], direct = cell.step_backward(xp, tuple(d_state), state, entering[t],
-                                                      caches[t])
+        d_gx[t], d_gh[t], direct, *extras = cell.step_backward(
+            xp, tuple(d_state), state, entering[t], caches[t])
+        if extras:
+            norm_grads = extras[0] if norm_grads is None else [_add(a, e) for a, e in
+                                                                zip(norm_grads, extras[0])]
         d_state = list(direct)
         d_h = d_gh[t] @ w.w_hh
         d_state[0] = _add(d_state[0], d_h if hooks.h_mask is None else d_h * hooks.h_mask)
@@ -181,19 +194,28 @@ def direction_backward(xp, x, state0: State, w: LayerWeights, cell: Cell, tape, 
             r = hooks.reset[t, ...]
             d_start = [_add(g, xp.where(r, d, xp.zeros_like(d))) for g, d in zip(d_start, d_state)]
             d_state = [xp.where(r, xp.zeros_like(d), d) for d in d_state]
-    d_gx_all = xp.stack(d_gx)
-    d_gh_all = d_gx_all if cell.folds_hidden_bias else xp.stack(d_gh)
+    d_gx_all = _flat(xp, xp.stack(d_gx))
+    d_gh_all = d_gx_all if cell.folds_hidden_bias and not cell.norms else (
+        _flat(xp, xp.stack(d_gh)))
     h_prev = xp.stack([entering[t][0] for t in range(steps)])
     if hooks.h_mask is not None:
         h_prev = h_prev * hooks.h_mask
-    grad_x = xp.reshape(_flat(xp, d_gx_all) @ w.w_ih, (steps, x.shape[1], x.shape[2]))
+    grad_b_ih = None if w.b_ih is None else xp.sum(d_gx_all, axis=0)
+    grad_b_hh = None if w.b_hh is None else (
+        xp.sum(d_gx_all, axis=0) if cell.folds_hidden_bias else
+        norm_grads[0] if norm_grads is not None else xp.sum(d_gh_all, axis=0))
+    grad_ln = None
+    if cell.norms:  # back through the input LayerNorm: gx = LN(x W_ih^T) + biases
+        d_gx_all, d_w_ih_ln, d_b_ih_ln = layer_norm_backward(xp, d_gx_all, norm_cache)
+        grad_ln = (d_w_ih_ln, d_b_ih_ln, *norm_grads[1:])
+    grad_x = xp.reshape(d_gx_all @ w.w_ih, (steps, x.shape[1], x.shape[2]))
     grad_w = LayerWeights(
-        xp.matrix_transpose(_flat(xp, d_gx_all)) @ _flat(xp, x),
-        xp.matrix_transpose(_flat(xp, d_gh_all)) @ _flat(xp, h_prev),
-        None if w.b_ih is None else xp.sum(_flat(xp, d_gx_all), axis=0),
-        None if w.b_hh is None else xp.sum(_flat(xp, d_gh_all), axis=0),
+        xp.matrix_transpose(d_gx_all) @ _flat(xp, x),
+        xp.matrix_transpose(d_gh_all) @ _flat(xp, h_prev),
+        grad_b_ih, grad_b_hh,
         None if w.w_hr is None else
         xp.matrix_transpose(_flat(xp, xp.stack(d_projected))) @ _flat(xp, xp.stack(unprojected)),
+        grad_ln,
     )
     return grad_x, tuple(_add(d, g) for d, g in zip(d_state, d_start)), grad_w
 
@@ -259,8 +281,10 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
     """
     directions = 2 if bidirectional else 1
     # The one place a kernel is chosen: the fast paths have no per-step hooks (resets,
-    # recurrent dropout, zoneout), so with any of them every layer takes the generic path.
-    hooked = reset is not None or zoneout > 0.0 or (training and recurrent_dropout > 0.0)
+    # recurrent dropout, zoneout) and no LayerNorm cells, so with any of them every layer
+    # takes the generic path.
+    hooked = (reset is not None or zoneout > 0.0 or (training and recurrent_dropout > 0.0)
+              or bool(cell.norms))
     fast = None if hooked else layer_runner(xp, cell, x.dtype)
     starts = None if reset is None else (
         reset, xp.concat([reset[1:, ...], xp.zeros_like(reset[:1, ...])]))  # reverse: at t+1

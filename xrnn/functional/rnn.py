@@ -9,7 +9,7 @@ import array_api_compat
 import numpy as np
 
 from ..backend import get_namespace, to_numpy
-from .cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
+from .cells import GRU_CELL, LN_GRU_CELL, LN_LSTM_CELL, LSTM_CELL, Cell, elman_cell
 from .checks import check_all_finite, check_input, check_lengths, check_state
 from .dropout import as_generator, check_probability
 from .recurrence import run_layers
@@ -46,8 +46,9 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
                                                    (zoneout, "zoneout"),
                                                    (weight_dropout, "weight_dropout")))
     groups = group_weights(weights, gates=cell.gates, num_layers=num_layers,
-                           bidirectional=bidirectional, bias=bias, proj_size=proj_size)
-    flat = [w for g in groups for w in g if w is not None]
+                           bidirectional=bidirectional, bias=bias, proj_size=proj_size,
+                           norms=cell.norms)
+    flat = [w for g in groups for w in g.flat()]
     check_input(x, flat, input_size=groups[0].w_ih.shape[1], batch_first=batch_first)
     xp = get_namespace(*flat)
     unbatched = x.ndim == 2
@@ -122,9 +123,9 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
         grad_x = to_caller_layout(grad_x)
         if unbatched:
             grad_states = tuple(g[:, 0, ...] for g in grad_states)
-        grad_flat = [g for group in grad_groups for g in group if g is not None]
+        grad_flat = [g for group in grad_groups for g in group.flat()]
         if isinstance(weights, Mapping):
-            names = parameter_names(num_layers, bidirectional, bias, proj_size)
+            names = parameter_names(num_layers, bidirectional, bias, proj_size, cell.norms)
             return grad_x, grad_states, dict(zip(names, grad_flat))
         return grad_x, grad_states, grad_flat
 
@@ -149,7 +150,7 @@ def _check_reset(reset: Any, shape: tuple[int, ...], batch_first: bool) -> np.nd
 def _options(arguments: dict[str, Any]) -> dict[str, Any]:
     """A public function's keyword arguments (its ``locals()``) for :func:`run_recurrent`."""
     return {k: v for k, v in arguments.items() if k not in ("x", "h0", "hx", "weights",
-                                                            "nonlinearity")}
+                                                            "nonlinearity", "layer_norm")}
 
 
 def _call(cell: Cell, x, initial_states, weights, options: dict, with_vjp: bool):
@@ -247,7 +248,7 @@ def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[st
          training: bool = False, generator: np.random.Generator | int | None = None,
          lengths: Any = None, check_finite: bool = False,
          recurrent_dropout: float = 0.0, zoneout: float = 0.0, weight_dropout: float = 0.0,
-         reset: Any = None) -> tuple[Any, tuple[Any, Any]]:
+         reset: Any = None, layer_norm: bool = False) -> tuple[Any, tuple[Any, Any]]:
     r"""LSTM over a whole sequence, as ``torch.nn.LSTM``.
 
     Gates (PyTorch's order i, f, g, o) from ``x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh``;
@@ -259,14 +260,20 @@ def lstm(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mapping[st
         hx: ``(h0, c0)`` with h0 (L*D, B, H_out) and c0 (L*D, B, H) (never batch-first;
             without B when unbatched), or ``None`` for zeros.
         weights: PyTorch's flat order (``weight_ih_l0, weight_hh_l0, bias_ih_l0,
-            bias_hh_l0[, weight_hr_l0], ...``) or a mapping with those names.
+            bias_hh_l0[, weight_hr_l0], ...``) or a mapping with those names; with
+            ``layer_norm`` each group ends with ``ln_weight_ih, ln_bias_ih, ln_weight_hh,
+            ln_bias_hh`` (4H,) and ``ln_weight_c, ln_bias_c`` (H,).
+        layer_norm: the LayerNorm LSTM (Ba et al. 2016, as haste): ``z = LN(x W_ih^T; ih)
+            + LN(h W_hh^T; hh) + b_ih + b_hh``, ``h_t = o * tanh(LN(c_t; c))``; the
+            carried cell state is c_t. Other options as :func:`rnn`.
 
     Returns:
         ``(output, (h_n, c_n))``: output (T, B, D*H_out); h_n (L*D, B, H_out);
         c_n (L*D, B, H).
     """
     options = _options(locals())
-    output, finals, _ = _call(LSTM_CELL, x, lstm_states(hx), weights, options, False)
+    cell = LN_LSTM_CELL if layer_norm else LSTM_CELL
+    output, finals, _ = _call(cell, x, lstm_states(hx), weights, options, False)
     return output, finals
 
 
@@ -276,13 +283,14 @@ def lstm_vjp(x: Any, hx: tuple[Any, Any] | None, weights: Sequence[Any] | Mappin
              training: bool = False, generator: np.random.Generator | int | None = None,
              lengths: Any = None, check_finite: bool = False,
              recurrent_dropout: float = 0.0, zoneout: float = 0.0,
-             weight_dropout: float = 0.0, reset: Any = None
+             weight_dropout: float = 0.0, reset: Any = None, layer_norm: bool = False
              ) -> tuple[tuple[Any, tuple[Any, Any]], VJP]:
     """:func:`lstm` plus its backward: ``((output, (h_n, c_n)), vjp)`` with
     ``vjp(grad_output, grad_h_n=None, grad_c_n=None) -> (grad_x, (grad_h0, grad_c0),
     grad_weights)``, as :func:`rnn_vjp`."""
     options = _options(locals())
-    output, finals, vjp = _call(LSTM_CELL, x, lstm_states(hx), weights, options, True)
+    cell = LN_LSTM_CELL if layer_norm else LSTM_CELL
+    output, finals, vjp = _call(cell, x, lstm_states(hx), weights, options, True)
     return (output, finals), vjp
 
 
@@ -292,16 +300,19 @@ def gru(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], *,
         generator: np.random.Generator | int | None = None,
         lengths: Any = None, check_finite: bool = False,
         recurrent_dropout: float = 0.0, zoneout: float = 0.0, weight_dropout: float = 0.0,
-        reset: Any = None) -> tuple[Any, Any]:
+        reset: Any = None, layer_norm: bool = False) -> tuple[Any, Any]:
     r"""GRU over a whole sequence, as ``torch.nn.GRU``.
 
     Gates (PyTorch's order r, z, n): :math:`r, z = \sigma(x W_{i\cdot}^T + b_{i\cdot} +
     h W_{h\cdot}^T + b_{h\cdot})`, :math:`n = \tanh(x W_{in}^T + b_{in} + r \odot
     (h W_{hn}^T + b_{hn}))`, :math:`h_t = (1 - z) \odot n + z \odot h_{t-1}`.
-    Shapes as :func:`rnn`.
+    Shapes and options as :func:`rnn`; ``layer_norm``: ``gx = LN(x W_ih^T; ih) + b_ih``,
+    ``gh = LN(h W_hh^T; hh) + b_hh`` (parameters ``ln_weight_ih, ln_bias_ih, ln_weight_hh,
+    ln_bias_hh`` (3H,) after each group's), then the equations above on gx and gh.
     """
     options = _options(locals())
-    output, (h_n,), _ = _call(GRU_CELL, x, (h0,), weights, options, False)
+    cell = LN_GRU_CELL if layer_norm else GRU_CELL
+    output, (h_n,), _ = _call(cell, x, (h0,), weights, options, False)
     return output, h_n
 
 
@@ -311,10 +322,12 @@ def gru_vjp(x: Any, h0: Any | None, weights: Sequence[Any] | Mapping[str, Any], 
             generator: np.random.Generator | int | None = None,
             lengths: Any = None, check_finite: bool = False,
             recurrent_dropout: float = 0.0, zoneout: float = 0.0,
-            weight_dropout: float = 0.0, reset: Any = None) -> tuple[tuple[Any, Any], VJP]:
+            weight_dropout: float = 0.0, reset: Any = None, layer_norm: bool = False
+            ) -> tuple[tuple[Any, Any], VJP]:
     """:func:`gru` plus its backward, as :func:`rnn_vjp`."""
     options = _options(locals())
-    output, (h_n,), vjp = _call(GRU_CELL, x, (h0,), weights, options, True)
+    cell = LN_GRU_CELL if layer_norm else GRU_CELL
+    output, (h_n,), vjp = _call(cell, x, (h0,), weights, options, True)
     return (output, h_n), vjp
 
 

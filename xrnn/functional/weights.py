@@ -2,7 +2,9 @@
 
 The flat order is PyTorch's ``_flat_weights``: layer-major, direction-minor, and
 inside each group ``weight_ih, weight_hh[, bias_ih, bias_hh][, weight_hr]``
-(``weight_hr`` only for an LSTM with ``proj_size > 0``).
+(``weight_hr`` only for an LSTM with ``proj_size > 0``), then, for a LayerNorm cell,
+``ln_weight_{n}, ln_bias_{n}`` for each of its norms n (``ih``, ``hh``, and ``c`` for
+the LSTM).
 """
 
 from __future__ import annotations
@@ -20,33 +22,42 @@ class LayerWeights(NamedTuple):
     b_ih: Any = None  # (G*H,)
     b_hh: Any = None  # (G*H,)
     w_hr: Any = None  # (P, H): LSTM projection; H_out = P when present, else H
+    ln: tuple[Any, ...] | None = None  # LayerNorm cells: (weight, bias) per norm, flat
+
+    def flat(self) -> list[Any]:
+        """The arrays present, in PyTorch's flat order (then the LayerNorm ones)."""
+        return [a for a in (*self[:5], *(self.ln or ())) if a is not None]
 
 
-def group_names(layer: int, direction: int, bias: bool, proj: bool = False) -> list[str]:
-    """PyTorch's parameter names of one layer and direction, in flat order."""
+def group_names(layer: int, direction: int, bias: bool, proj: bool = False,
+                norms: tuple[str, ...] = ()) -> list[str]:
+    """PyTorch's parameter names of one layer and direction, in flat order, then those
+    of the LayerNorms ``norms``."""
     suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
     kinds = (["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if bias else [])
-             + (["weight_hr"] if proj else []))
+             + (["weight_hr"] if proj else [])
+             + [f"ln_{kind}_{n}" for n in norms for kind in ("weight", "bias")])
     return [kind + suffix for kind in kinds]
 
 
 def parameter_names(num_layers: int, bidirectional: bool, bias: bool,
-                    proj_size: int = 0) -> list[str]:
+                    proj_size: int = 0, norms: tuple[str, ...] = ()) -> list[str]:
     """All parameter names of a recurrent layer, in PyTorch's flat order."""
     return [name for layer in range(num_layers) for direction in range(2 if bidirectional else 1)
-            for name in group_names(layer, direction, bias, proj_size > 0)]
+            for name in group_names(layer, direction, bias, proj_size > 0, norms)]
 
 
 def parameter_shapes(input_size: int, hidden_size: int, gates: int, num_layers: int,
-                     bidirectional: bool, bias: bool, proj_size: int = 0
-                     ) -> dict[str, tuple[int, ...]]:
+                     bidirectional: bool, bias: bool, proj_size: int = 0,
+                     norms: tuple[str, ...] = ()) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape, in flat order."""
     return dict(iter_parameter_shapes(input_size, hidden_size, gates, num_layers,
-                                      bidirectional, bias, proj_size))
+                                      bidirectional, bias, proj_size, norms))
 
 
 def iter_parameter_shapes(input_size: int, hidden_size: int, gates: int, num_layers: int,
-                          bidirectional: bool, bias: bool, proj_size: int = 0
+                          bidirectional: bool, bias: bool, proj_size: int = 0,
+                          norms: tuple[str, ...] = ()
                           ) -> Iterator[tuple[str, tuple[int, ...]]]:
     """``(name, shape)`` of every parameter in flat order, one at a time: a caller
     creating them under a budget (``xrnn.load``) stops at once on a huge ``num_layers``."""
@@ -59,7 +70,10 @@ def iter_parameter_shapes(input_size: int, hidden_size: int, gates: int, num_lay
                      "weight_hh": (gates * hidden_size, out),
                      "bias_ih": (gates * hidden_size,), "bias_hh": (gates * hidden_size,),
                      "weight_hr": (proj_size, hidden_size)}
-            for name in group_names(layer, direction, bias, proj_size > 0):
+            for n in norms:  # LayerNorm over the gates (ih, hh) or the cell state (c)
+                kinds[f"ln_weight_{n}"] = kinds[f"ln_bias_{n}"] = (
+                    (hidden_size,) if n == "c" else (gates * hidden_size,))
+            for name in group_names(layer, direction, bias, proj_size > 0, norms):
                 yield name, kinds[name[:name.index("_l")]]
 
 
@@ -71,12 +85,14 @@ def _likely_hidden_size(w_ih: Any, w_hh: Any, gates: int, proj: bool) -> int:
 
 
 def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num_layers: int,
-                  bidirectional: bool, bias: bool, proj_size: int = 0) -> list[LayerWeights]:
+                  bidirectional: bool, bias: bool, proj_size: int = 0,
+                  norms: tuple[str, ...] = ()) -> list[LayerWeights]:
     """Split ``weights`` (flat sequence in PyTorch order, or a name -> array mapping)
     into one :class:`LayerWeights` per layer and direction, checking count and shapes."""
-    names = parameter_names(num_layers, bidirectional, bias, proj_size)
+    names = parameter_names(num_layers, bidirectional, bias, proj_size, norms)
     config = (f"num_layers={num_layers}, bidirectional={bidirectional}, bias={bias}"
-              + (f", proj_size={proj_size}" if proj_size else ""))
+              + (f", proj_size={proj_size}" if proj_size else "")
+              + (", layer_norm=True" if norms else ""))
     if isinstance(weights, Mapping):
         missing = [n for n in names if n not in weights]
         unexpected = [k for k in weights if k not in names]
@@ -92,7 +108,7 @@ def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num
     hidden_size = _likely_hidden_size(flat[0], flat[1], gates, proj_size > 0)
     input_size = flat[0].shape[-1] if len(flat[0].shape) == 2 else -1
     expected = parameter_shapes(input_size, hidden_size, gates, num_layers, bidirectional,
-                                bias, proj_size)
+                                bias, proj_size, norms)
     for name, array in zip(names, flat):
         if tuple(array.shape) != expected[name]:
             raise ValueError(f"weight {name} has shape {tuple(array.shape)}; expected "
@@ -102,7 +118,9 @@ def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num
     groups = []
     for start in range(0, len(flat), per_group):
         named = dict(zip(names[start:start + per_group], flat[start:start + per_group]))
-        groups.append(LayerWeights(**{_FIELDS[n[:n.index("_l")]]: a for n, a in named.items()}))
+        ln = tuple(a for n, a in named.items() if n.startswith("ln_")) or None
+        groups.append(LayerWeights(**{_FIELDS[n[:n.index("_l")]]: a for n, a in named.items()
+                                      if not n.startswith("ln_")}, ln=ln))
     return groups
 
 

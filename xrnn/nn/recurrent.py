@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_namespace
-from ..functional.cells import GRU_CELL, LSTM_CELL, Cell, elman_cell
+from ..functional.cells import GRU_CELL, LN_GRU_CELL, LN_LSTM_CELL, LSTM_CELL, Cell, elman_cell
 from ..functional.checks import check_all_finite
 from ..functional.dropout import check_probability
 from ..functional.rnn import lstm_states, run_recurrent
 from ..functional.weights import iter_parameter_shapes
 from .arguments import check_dtype_name, check_positive_int
-from .init import uniform
+from .init import create, uniform
 from .module import Module, is_grad_enabled
 
 
@@ -58,8 +58,14 @@ class RecurrentBase(Module):
         self._dropout_rng = np.random.default_rng(dropout_seq)
         bound = 1.0 / math.sqrt(hidden_size)
         for name, shape in iter_parameter_shapes(input_size, hidden_size, cell.gates,
-                                                 num_layers, bidirectional, bias, proj_size):
-            self.register_parameter(name, uniform(init_rng, shape, bound, self.dtype))
+                                                 num_layers, bidirectional, bias, proj_size,
+                                                 cell.norms):
+            if name.startswith("ln_"):  # LayerNorm: weights 1, biases 0
+                value = 1.0 if name.startswith("ln_weight") else 0.0
+                self.register_parameter(name, create(shape, self.dtype,
+                                                     lambda size, v=value: np.full(size, v)))
+            else:
+                self.register_parameter(name, uniform(init_rng, shape, bound, self.dtype))
 
     @property
     def num_directions(self) -> int:
@@ -129,9 +135,9 @@ class RecurrentBase(Module):
         text = f"{self.input_size}, {self.hidden_size}"
         defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
                     "bidirectional": False, "proj_size": 0, "recurrent_dropout": 0.0,
-                    "zoneout": 0.0, "weight_dropout": 0.0}
+                    "zoneout": 0.0, "weight_dropout": 0.0, "layer_norm": False}
         for name, default in defaults.items():
-            if getattr(self, name) != default:
+            if getattr(self, name, default) != default:
                 text += f", {name}={getattr(self, name)}"
         return text
 
@@ -232,7 +238,11 @@ class LSTM(RecurrentBase):
     :math:`h_t = o \odot \tanh(c_t)`, then :math:`h_t W_{hr}^T` when ``proj_size`` > 0.
 
     Args: as :class:`RNN` (no ``nonlinearity``), plus ``proj_size`` P in [0, H):
-    H_out = P when P > 0, else H.
+    H_out = P when P > 0, else H, and ``layer_norm``: the LayerNorm LSTM of
+    :func:`xrnn.functional.lstm`, with parameters ``ln_weight_ih_l{k}``, ``ln_bias_ih_l{k}``,
+    ``ln_weight_hh_l{k}``, ``ln_bias_hh_l{k}`` (4H,) and ``ln_weight_c_l{k}``,
+    ``ln_bias_c_l{k}`` (H,) (weights 1, biases 0) after each group's; PyTorch has no such
+    layer, so ``xrnn.io.torch_state_dict`` refuses it.
 
     Call ``lstm(x, hx=None) -> (output, (h_n, c_n))``:
         x: (T, B, H_in), (B, T, H_in) if batch_first, or (T, H_in) unbatched.
@@ -251,8 +261,10 @@ class LSTM(RecurrentBase):
                  bidirectional: bool = False, proj_size: int = 0, *,
                  dtype: str = "float32", seed: int | None = None,
                  recurrent_dropout: float = 0.0, zoneout: float = 0.0,
-                 weight_dropout: float = 0.0) -> None:
-        super().__init__(LSTM_CELL, input_size, hidden_size, num_layers, bias, batch_first,
+                 weight_dropout: float = 0.0, layer_norm: bool = False) -> None:
+        self.layer_norm = bool(layer_norm)
+        super().__init__(LN_LSTM_CELL if layer_norm else LSTM_CELL, input_size, hidden_size,
+                         num_layers, bias, batch_first,
                          dropout, bidirectional, dtype, seed, proj_size,
                          recurrent_dropout=recurrent_dropout, zoneout=zoneout,
                          weight_dropout=weight_dropout)
@@ -266,7 +278,7 @@ class LSTM(RecurrentBase):
         return output, (h_n, c_n)
 
     def config(self) -> dict[str, Any]:
-        return dict(super().config(), proj_size=self.proj_size)
+        return dict(super().config(), proj_size=self.proj_size, layer_norm=self.layer_norm)
 
     def step(self, x_t: Any, hx: tuple[Any, Any] | None = None, *,
              check_finite: bool = False) -> tuple[Any, tuple[Any, Any]]:
@@ -295,17 +307,26 @@ class GRU(RecurrentBase):
 
     Args, call signature and shapes as :class:`RNN` (no ``nonlinearity``); parameters
     ``weight_ih_l{k}`` (3H, H_in or D*H), ``weight_hh_l{k}`` (3H, H), biases (3H,).
+    ``layer_norm``: the LayerNorm GRU of :func:`xrnn.functional.gru`, with parameters
+    ``ln_weight_ih_l{k}``, ``ln_bias_ih_l{k}``, ``ln_weight_hh_l{k}``, ``ln_bias_hh_l{k}``
+    (3H,) after each group's.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, *, dtype: str = "float32",
                  seed: int | None = None, recurrent_dropout: float = 0.0,
-                 zoneout: float = 0.0, weight_dropout: float = 0.0) -> None:
-        super().__init__(GRU_CELL, input_size, hidden_size, num_layers, bias, batch_first,
+                 zoneout: float = 0.0, weight_dropout: float = 0.0,
+                 layer_norm: bool = False) -> None:
+        self.layer_norm = bool(layer_norm)
+        super().__init__(LN_GRU_CELL if layer_norm else GRU_CELL, input_size, hidden_size,
+                         num_layers, bias, batch_first,
                          dropout, bidirectional, dtype, seed, recurrent_dropout=recurrent_dropout,
                          zoneout=zoneout, weight_dropout=weight_dropout)
 
     forward = RNN.forward
     backward = RNN.backward
     step = RNN.step
+
+    def config(self) -> dict[str, Any]:
+        return dict(super().config(), layer_norm=self.layer_norm)
