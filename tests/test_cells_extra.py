@@ -363,6 +363,9 @@ def test_options_in_config_repr_save_and_errors(xp, rng, tmp_path):
         y_t, state = one_way.step(x[t, ...], state)
         steps.append(xrnn.to_numpy(y_t))
     assert_close(np.stack(steps), xrnn.to_numpy(one_way(x)[0]), **GRAD)
+    with pytest.raises(ValueError, match="LSTM with layer_norm=True has LayerNorm parameters"):
+        xrnn.io.torch_state_dict(model)
+    assert len(xrnn.io.torch_state_dict(make("GRU", **OPTIONS))) == 16  # the rest: PyTorch's
     for name in ("recurrent_dropout", "zoneout", "weight_dropout"):
         with pytest.raises(ValueError, match=f"{name} must be a number in"):
             make("GRU", **{name: 1.0})

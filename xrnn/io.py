@@ -50,6 +50,10 @@ def torch_state_dict(module_or_state: Any) -> dict[str, Any]:
     accepts, from an xrnn module or a name -> array mapping of any backend."""
     import torch
 
+    if getattr(module_or_state, "layer_norm", False):
+        raise ValueError(f"{type(module_or_state).__name__} with layer_norm=True has LayerNorm "
+                         "parameters (ln_*) that no torch.nn recurrent module holds; a torch "
+                         "state_dict needs layer_norm=False")
     state = module_or_state if isinstance(module_or_state, Mapping) else module_or_state.state_dict()
     return {name: torch.from_numpy(to_numpy(value).copy()) for name, value in state.items()}
 
