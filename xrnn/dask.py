@@ -27,6 +27,7 @@ import math
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import CancelledError
 from typing import Any
 
 import array_api_compat
@@ -35,6 +36,7 @@ import numpy as np
 try:
     import dask
     import dask.array as da
+    from distributed import KilledWorker
 except ImportError as exc:  # pragma: no cover - exercised by the missing-extra test
     raise ImportError("xrnn.dask needs Dask: pip install 'xrnn[dask]' (installs dask[array] "
                       f"and distributed); {exc}") from exc
@@ -46,6 +48,8 @@ from .optim import Optimizer
 
 __all__ = ["DataParallel", "predict"]
 
+#: What a worker lost in the middle of a step raises on the driver.
+_LOST = (CancelledError, KilledWorker, OSError)
 _local = threading.local()  # each worker thread's rebuilt models: {architecture key: model}
 
 
@@ -100,10 +104,12 @@ def _call(model: Module, x: Any, lengths: Any) -> Any:
     return model(x) if lengths is None else model(x, lengths=lengths)
 
 
-def _shard_step(payload: Mapping[str, Any], x: Any, y: Any, lengths: Any, loss_fn: Any,
+def _shard_step(payload: Mapping[str, Any], shard: tuple[Any, Any, Any], loss_fn: Any,
                 seeds: Sequence[int]) -> tuple[float, int, dict[str, np.ndarray | None]]:
-    """On a worker: one shard's loss, the element count it averages over, and every
-    parameter's gradient as a NumPy array (``None`` where the loss does not reach it)."""
+    """On a worker: one shard's ``(x, y, lengths)`` loss, the element count it averages
+    over, and every parameter's gradient as a NumPy array (``None`` where the loss does
+    not reach it)."""
+    x, y, lengths = shard
     model = _worker_model(payload)
     _reseed(model, seeds)
     prediction = _call(model, asarray(x), lengths)
@@ -298,13 +304,18 @@ class DataParallel:
     for ``"sum"`` plain sums), then calls ``optimizer.step()``: the single-process step
     to rounding. Dropout masks come from ``seed``, the step number and the shard, so a
     run is reproducible for a given shard count. A worker lost during a step costs a
-    recomputation of its shard, never a wrong step. ``custom_modules`` names your own
+    retry (up to ``retries`` times: the weights and shards are sent again; the step
+    changes nothing until every shard's result is in), never a wrong step. ``custom_modules`` names your own
     Module classes, as for :func:`xrnn.load`; workers must be able to import them.
+    ``direct=True`` sends weights and shards to the workers and takes the gradients
+    back without a hop through the scheduler; pass ``None`` (Dask's choice) where this
+    process can reach only the scheduler.
     """
 
     def __init__(self, model: Module, loss_fn: Any, optimizer: Optimizer, client: Any = None,
                  shards: int | None = None, *, seed: int | None = None,
-                 custom_modules: Mapping[str, type[Module]] | None = None) -> None:
+                 custom_modules: Mapping[str, type[Module]] | None = None,
+                 direct: bool | None = True, retries: int = 2) -> None:
         if not isinstance(model, Module):
             raise TypeError(f"DataParallel takes an xrnn Module, got {type(model).__name__}")
         if getattr(loss_fn, "reduction", None) not in ("mean", "sum"):
@@ -315,7 +326,8 @@ class DataParallel:
             raise ValueError(f"shards must be a positive integer or None, got {shards!r}")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.client = client if client is not None else _default_client()
-        self.shards, self.custom_modules = shards, custom_modules
+        self.shards, self.custom_modules, self.direct = shards, custom_modules, direct
+        self.retries = retries
         self.seed = int(np.random.SeedSequence(seed).entropy)
         self.steps = 0
         self._probes: dict[Any, Any] = {}
@@ -360,21 +372,41 @@ class DataParallel:
         sizes = [len(part) for part in np.array_split(np.arange(batch), count)]
         xs, ys = _split(x, axis, sizes), _split(y, y_axis, sizes)
         ls = [None] * count if lengths is None else _split(lengths, 0, sizes)
+        shards: list[Any] = list(zip(xs, ys, ls))
         payload = _payload(self.model, self.custom_modules)
+        if self.client is None:
+            results = self._compute(payload, shards, host=False)
+        else:  # a lost worker loses what was scattered to it: send it all again
+            for attempt in range(self.retries + 1):
+                try:
+                    results = self._compute(payload, shards, not isinstance(x, da.Array))
+                    break
+                except _LOST as exc:
+                    if attempt == self.retries:
+                        raise RuntimeError(f"step {self.steps}: workers were lost in "
+                                           f"{self.retries + 1} attempts") from exc
+        self.steps += 1
+        return self._combine(results)
+
+    def _compute(self, payload: dict[str, Any], shards: list[Any], host: bool) -> list[Any]:
+        """Every shard's ``_shard_step`` result, in shard order. ``host``: the shards
+        are NumPy data for the client to scatter (else Delayed blocks or nothing)."""
         if self.client is not None:
-            weights = self.client.scatter([payload], broadcast=True, hash=False)[0]
+            scatter = dict(hash=False, direct=self.direct)
+            weights = self.client.scatter([payload], broadcast=True, **scatter)[0]
+            if host:  # one shard to each worker, round robin
+                shards = self.client.scatter(shards, **scatter)
         else:
             weights = dask.delayed(payload, name=f"xrnn-weights-{payload['token']}",
                                    traverse=False)
         tasks = [dask.delayed(_shard_step, pure=False)(
-            weights, xs[i], ys[i], ls[i], self.loss_fn, (self.seed, self.steps, i))
-            for i in range(count)]
+            weights, shard, self.loss_fn, (self.seed, self.steps, i))
+            for i, shard in enumerate(shards)]
         if self.client is not None:
-            results = self.client.gather(self.client.compute(tasks))
+            results = self.client.gather(self.client.compute(tasks), direct=self.direct)
         else:
             results = dask.compute(*tasks, scheduler="threads")
-        self.steps += 1
-        return self._combine(results)
+        return list(results)
 
     def _combine(self, results: Sequence[tuple[float, int, dict[str, Any]]]) -> float:
         """Set each parameter's ``.grad`` to the weighted sum of the shards' gradients;
