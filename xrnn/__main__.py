@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import __version__, backend
+from . import __version__, _kernels, backend
 from .functional.weights import parameter_shapes
 
 
@@ -56,6 +56,7 @@ def info() -> int:
         print(f"selected backend: {name} {_backend_version(name)} on {_device_description(name)}")
         status = 0
     print(f"(choose with {backend.ENV_VAR}=<name> or xrnn.backend.set_backend(name))")
+    print(f"NumPy CPU path: {_kernels.cpu_path()}  (XRNN_KERNELS=numpy or 0 to narrow)")
     print("backends:")
     for candidate, reason in backend.available_backends().items():
         print(f"  {candidate:<17} {'available' if reason is None else 'unavailable: ' + reason}")
