@@ -4,12 +4,14 @@ Times one training step (forward, MSE loss, backward, Adam) of ``Sequential(LSTM
 Linear)``, float32, NumPy backend: in this process on the whole batch and on one
 worker's shard (the compute per shard), then through :class:`xrnn.dask.DataParallel`
 on Dask's local threaded scheduler (one shard: Dask's own overhead, no network) and on
-LocalClusters of 1 and 2 worker processes (one thread each). Each row reports the
-median step, the overhead over the compute per shard, and the bytes moved per step:
-what xrnn sends (weights to every worker, each shard's data, gradients back; pickled
-sizes) and what the loopback interface carried (every Dask message, heartbeats
-included). Results go to ``benchmarks/results/dask-<date>.md`` and ``.json`` with the
-machine's description and its load (``uptime``) before and after. Never run in CI.
+LocalClusters of 1 and 2 worker processes (one thread each; every process, this
+one included, gets one BLAS thread unless ``OPENBLAS_NUM_THREADS`` says otherwise).
+Each row reports the median step, the overhead over the compute per shard, and the
+bytes moved per step: what xrnn sends (weights to every worker, each shard's data,
+gradients back; pickled sizes) and what the loopback interface carried (every Dask
+message, heartbeats included). Results go to ``benchmarks/results/dask-<date>.md``
+and ``.json`` with the machine's description and its load (``uptime``) before and
+after. Never run in CI.
 
     python -m benchmarks.dask_step                       # T,B,I,H,L = 50,64,32,128,1
     python -m benchmarks.dask_step --quick --shape 20,16,8,16,1
@@ -32,6 +34,11 @@ from typing import Any
 
 if __package__ in (None, ""):  # run as ``python benchmarks/dask_step.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# One BLAS thread per process, set before NumPy loads and inherited by the workers: a
+# worker is one core, the single-process baseline too, and a second BLAS thread stalls
+# on a shared machine (benchmarks/NOTES.md). Set the variables yourself to override.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402  (a dependency of distributed)

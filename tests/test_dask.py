@@ -176,6 +176,40 @@ def test_cross_entropy_uneven_shards_local_scheduler(xp, rng, reduction):
         assert_close(got, want, **EXACT)
 
 
+class Scaled(xrnn.Module):
+    """A custom module: an RNN whose output is scaled by a constant, (T, B, F) -> (T, B, H)."""
+
+    def __init__(self, features: int, hidden: int, scale: float = 2.0) -> None:
+        super().__init__()
+        self.features, self.hidden, self.scale = features, hidden, scale
+        self.rnn = xrnn.RNN(features, hidden, dtype="float64", seed=3)
+
+    def forward(self, x, lengths=None):
+        return self.rnn(x, lengths=lengths)[0] * self.scale
+
+    def backward(self, grad):
+        return self.rnn.backward(grad * self.scale)
+
+    def config(self):
+        return dict(features=self.features, hidden=self.hidden, scale=self.scale)
+
+
+def test_custom_module_rebuilt_from_custom_modules(xp, rng):
+    x, _, lengths = data(rng, batch=6)
+    y = rng.standard_normal((6, 6, 4))
+    reference, model = Scaled(3, 4, 0.5), Scaled(3, 4, 0.5)
+    _, expected = single_process_step(reference, xrnn.MSELoss(), xrnn.optim.SGD(
+        reference.parameters(), lr=0.1), x, y, lengths)
+    parallel = xdask.DataParallel(model, xrnn.MSELoss(), xrnn.optim.SGD(model.parameters(),
+                                                                         lr=0.1),
+                                  shards=2, custom_modules={"Scaled": Scaled})
+    parallel.step(x, y, lengths=lengths)
+    assert_every_gradient(model, expected, EXACT)
+    unknown = xdask.DataParallel(model, xrnn.MSELoss(), parallel.optimizer, shards=2)
+    with pytest.raises(ValueError, match="unknown module class 'Scaled'.*custom_modules"):
+        unknown.step(x, y)
+
+
 def run_dropout_steps(x, y, seed, shards, steps=2):
     model = tagger(dropout=0.3)
     parallel = xdask.DataParallel(model, xrnn.MSELoss(), xrnn.optim.SGD(model.parameters(),
@@ -278,3 +312,19 @@ def test_chunks_on_another_backend_refused(rng):
 def test_readme_many_machines_section_mentions_scheduler_address():
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "## Many machines" in text and 'Client("tcp://' in text
+
+
+def test_benchmark_options():
+    """``python -m benchmarks.dask_step``'s parser (the run itself is never a test)."""
+    pytest.importorskip("torch", reason="benchmarks.common imports torch")
+    environ = dict(os.environ)
+    try:
+        from benchmarks.dask_step import parse_args
+    finally:  # the module sets one BLAS thread per process for the benchmark's workers
+        os.environ.clear()
+        os.environ.update(environ)
+    args = parse_args(["--quick", "--shape", "20,16,8,16,1", "--workers", "1", "3"])
+    assert args.shape == (20, 16, 8, 16, 1) and args.workers == [1, 3] and args.steps == 5
+    for bad in (["--shape", "20,16"], ["--workers", "17", "--shape", "20,16,8,16,1"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

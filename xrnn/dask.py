@@ -305,8 +305,9 @@ class DataParallel:
     to rounding. Dropout masks come from ``seed``, the step number and the shard, so a
     run is reproducible for a given shard count. A worker lost during a step costs a
     retry (up to ``retries`` times: the weights and shards are sent again; the step
-    changes nothing until every shard's result is in), never a wrong step. ``custom_modules`` names your own
-    Module classes, as for :func:`xrnn.load`; workers must be able to import them.
+    changes nothing until every shard's result is in), never a wrong step.
+    ``custom_modules`` names your own Module classes, as for :func:`xrnn.load`;
+    workers must be able to import them.
     ``direct=True`` sends weights and shards to the workers and takes the gradients
     back without a hop through the scheduler; pass ``None`` (Dask's choice) where this
     process can reach only the scheduler.
