@@ -1,8 +1,9 @@
 """xrnn.dask: sharded inference and data-parallel training (issue 15).
 
-The driver's model lives on the leg's backend (the ``xp`` fixture); the workers, Dask
-threads or LocalCluster processes, compute on their own ``XRNN_BACKEND`` (NumPy here)
-and exchange NumPy arrays with the driver. References are the same model run whole in
+The driver's model lives on the leg's backend (the ``xp`` fixture); the workers compute
+on their own backend (Dask threads: the driver's selection; LocalCluster processes:
+their ``XRNN_BACKEND``, which ``ci/run_tests.py`` sets to the leg's for each leg) and
+exchange NumPy arrays with the driver. References are the same model run whole in
 this process: ``model(x)`` for ``predict``, one forward + backward + optimizer step on
 the whole batch for ``DataParallel``, compared in float64 to 1e-12.
 """
@@ -296,7 +297,8 @@ def test_bad_input_refused_before_running(xp, rng):
 
 def test_chunks_on_another_backend_refused(rng):
     torch = pytest.importorskip("torch", reason="a second backend for the chunks")
-    model = tagger()                                     # NumPy weights
+    with xrnn.use_backend("numpy"):
+        model = tagger()                                 # NumPy weights
     x = da.zeros((6, 10, 3), chunks=(6, 5, 3)).map_blocks(
         torch.from_numpy, meta=torch.empty((0, 0, 0), dtype=torch.float64))
     with pytest.raises(TypeError, match="x's chunks are torch arrays but the model is on "

@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised by the missing-extra 
                       f"and distributed); {exc}") from exc
 
 from . import io
-from .backend import asarray, backend_of, get_backend, get_namespace, to_numpy
+from .backend import asarray, backend_of, dtype_name, get_backend, get_namespace, to_numpy
 from .nn.module import Module, no_grad
 from .optim import Optimizer
 
@@ -192,7 +192,8 @@ def _probe(model: Module, shape: tuple[int, ...], dtype: Any, axis: int
         with no_grad():
             for size in (2, 3):
                 probe_shape = tuple(size if i == axis else n for i, n in enumerate(shape))
-                outs.append(model(xp.asarray(np.zeros(probe_shape, dtype=dtype))))
+                zeros = np.zeros(probe_shape, dtype=dtype_name(dtype, xp) or dtype)
+                outs.append(model(xp.asarray(zeros)))
     finally:
         for module, training in zip(model.modules(), flags):
             module.training = training
