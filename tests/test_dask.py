@@ -138,6 +138,8 @@ def test_predict_on_local_cluster(xp, rng, client):
     with xrnn.no_grad():
         expected = model(xrnn.asarray(x), lengths=lengths)
     assert_close(client.compute(result).result(), xrnn.to_numpy(expected), **EXACT)
+    with distributed.Client(client.scheduler.address) as by_address:  # any scheduler address
+        assert_close(by_address.compute(result).result(), xrnn.to_numpy(expected), **EXACT)
 
 
 # -- data-parallel training --------------------------------------------------------
