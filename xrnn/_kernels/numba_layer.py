@@ -38,7 +38,11 @@ MAX_STEP_WORK = {"rnn": 1 << 14, "lstm": 1 << 18, "gru": 1 << 18}
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
 KINDS = (*_ACTIVATION, "lstm", "gru")
 
-_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+#: "contract" lets LLVM fuse multiply-adds (FMA); "arcp" and "nsz" let it rewrite
+#: divisions and signed zeros. No flag that assumes away NaN or inf ("nnan", "ninf"):
+#: NaN in an input still comes out as NaN.
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy",
+                  fastmath={"contract", "arcp", "nsz"})
 
 
 def fits(x, weights: Sequence[LayerWeights], cell: Cell) -> bool:
@@ -53,21 +57,33 @@ def fits(x, weights: Sequence[LayerWeights], cell: Cell) -> bool:
 # compiled loops ---------------------------------------------------------------------------
 # Shapes as in numpy_layer: gx (D, chunk, B, GH); w_t (D, P, GH); h (D, T+1, B, P);
 # c (D, T+1, B, H); taped buffers (D, T or 1, B, ·); inactive (D, T, B).
+# Every constant is made in the arrays' dtype (``one = z.dtype.type(1)``): a Python float
+# literal would turn float32 arithmetic into float64. Inner loops run over units, are
+# contiguous and branch-free, so LLVM vectorises the products and the gate algebra;
+# exp and tanh stay scalar libm calls (Numba has no vector math library without SVML).
 
 @_jit
 def _product(z, gx_row, h_row, w_t):
-    """``z = gx_row + h_row w_t`` (``gx_row`` may be None-like: pass zeros)."""
+    """``z = gx_row + h_row w_t``, four rows of ``w_t`` per pass over ``z``."""
     z[:] = gx_row
-    for k in range(h_row.shape[0]):
-        hk = h_row[k]
-        for j in range(z.shape[0]):
-            z[j] += hk * w_t[k, j]
+    size, width = h_row.shape[0], z.shape[0]
+    rest = size - size % 4
+    for k in range(0, rest, 4):
+        h0, h1, h2, h3 = h_row[k], h_row[k + 1], h_row[k + 2], h_row[k + 3]
+        w0, w1, w2, w3 = w_t[k], w_t[k + 1], w_t[k + 2], w_t[k + 3]
+        for j in range(width):
+            z[j] += h0 * w0[j] + h1 * w1[j] + h2 * w2[j] + h3 * w3[j]
+    for k in range(rest, size):
+        hk, wk = h_row[k], w_t[k]
+        for j in range(width):
+            z[j] += hk * wk[j]
 
 
 @_jit
 def _elman_forward(gx, start, count, w_t, h, inactive, activation):
     directions, _, batch, width = gx.shape
     z = np.empty(width, dtype=gx.dtype)
+    zero = z.dtype.type(0)
     for s in range(start, start + count):
         for d in range(directions):
             for b in range(batch):
@@ -76,13 +92,14 @@ def _elman_forward(gx, start, count, w_t, h, inactive, activation):
                     out[:] = h[d, s, b]
                     continue
                 _product(z, gx[d, s - start, b], h[d, s, b], w_t[d])
-                for j in range(width):
-                    if activation == 0:
+                if activation == 0:
+                    for j in range(width):
                         out[j] = math.tanh(z[j])
-                    elif activation == 1:
-                        out[j] = max(z[j], 0.0)
-                    else:
-                        out[j] = z[j]
+                elif activation == 1:
+                    for j in range(width):
+                        out[j] = max(z[j], zero)
+                else:
+                    out[:] = z
 
 
 @_jit
@@ -91,6 +108,8 @@ def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
     hidden = width // 4
     taped = a.shape[1]
     z = np.empty(width, dtype=gx.dtype)
+    one = z.dtype.type(1)
+    two = one + one
     for s in range(start, start + count):
         k = s if taped > 1 else 0
         for d in range(directions):
@@ -102,16 +121,19 @@ def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
                 _product(z, gx[d, s - start, b], h[d, s, b], w_t[d])
                 gates = a[d, k, b]
                 for j in range(width):  # rows scaled: sigmoid for i, f, o; sigmoid(2z) for g
-                    gates[j] = 1.0 / (1.0 + math.exp(z[j]))
+                    gates[j] = math.exp(z[j])
+                for j in range(width):
+                    gates[j] = one / (one + gates[j])
                 for j in range(3 * hidden, width):
-                    gates[j] = gates[j] * 2.0 - 1.0
+                    gates[j] = gates[j] * two - one
+                c_old, c_new = c[d, s, b], c[d, s + 1, b]
                 for j in range(hidden):
-                    cj = gates[hidden + j] * c[d, s, b, j]
-                    cj += gates[j] * gates[3 * hidden + j]
-                    c[d, s + 1, b, j] = cj
-                    t = math.tanh(cj)
-                    tanh_c[d, k, b, j] = t
-                    h[d, s + 1, b, j] = gates[2 * hidden + j] * t
+                    c_new[j] = gates[hidden + j] * c_old[j] + gates[j] * gates[3 * hidden + j]
+                t_row, h_new = tanh_c[d, k, b], h[d, s + 1, b]
+                for j in range(hidden):
+                    t_row[j] = math.tanh(c_new[j])
+                for j in range(hidden):
+                    h_new[j] = gates[2 * hidden + j] * t_row[j]
 
 
 @_jit
@@ -119,6 +141,7 @@ def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
     directions, _, batch, width = gx.shape
     hidden = width // 3
     taped = a.shape[1]
+    one = gx.dtype.type(1)
     for s in range(start, start + count):
         k = s if taped > 1 else 0
         for d in range(directions):
@@ -129,43 +152,59 @@ def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
                 hh, gates, x_row = gh[d, k, b], a[d, k, b], gx[d, s - start, b]
                 _product(hh, b_hn[d], h[d, s, b], w_t[d])  # b_hn: zeros on r, z
                 for j in range(2 * hidden):  # rows negated: sigmoid
-                    gates[j] = 1.0 / (1.0 + math.exp(x_row[j] + hh[j]))
+                    gates[j] = math.exp(x_row[j] + hh[j])
+                for j in range(2 * hidden):
+                    gates[j] = one / (one + gates[j])
                 for j in range(hidden):
-                    n = math.tanh(gates[j] * hh[2 * hidden + j] + x_row[2 * hidden + j])
-                    gates[2 * hidden + j] = n
-                    h[d, s + 1, b, j] = (h[d, s, b, j] - n) * gates[hidden + j] + n
+                    gates[2 * hidden + j] = gates[j] * hh[2 * hidden + j] + x_row[2 * hidden + j]
+                for j in range(2 * hidden, width):
+                    gates[j] = math.tanh(gates[j])
+                h_old, h_new = h[d, s, b], h[d, s + 1, b]
+                for j in range(hidden):
+                    n = gates[2 * hidden + j]
+                    h_new[j] = (h_old[j] - n) * gates[hidden + j] + n
 
 
 @_jit
 def _back_product(dh_row, dgh_row, w):
-    """``dh_row += dgh_row w`` with ``w`` (GH, P)."""
-    for j in range(w.shape[0]):
-        g = dgh_row[j]
-        for p in range(w.shape[1]):
-            dh_row[p] += g * w[j, p]
+    """``dh_row += dgh_row w`` with ``w`` (GH, P), four rows of ``w`` per pass."""
+    size, width = w.shape
+    rest = size - size % 4
+    for j in range(0, rest, 4):
+        g0, g1, g2, g3 = dgh_row[j], dgh_row[j + 1], dgh_row[j + 2], dgh_row[j + 3]
+        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+        for p in range(width):
+            dh_row[p] += g0 * w0[p] + g1 * w1[p] + g2 * w2[p] + g3 * w3[p]
+    for j in range(rest, size):
+        g, wj = dgh_row[j], w[j]
+        for p in range(width):
+            dh_row[p] += g * wj[p]
 
 
 @_jit
 def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
     directions, steps, batch, width = dz_all.shape
+    one, zero = dh.dtype.type(1), dh.dtype.type(0)
     for s in range(steps - 1, -1, -1):
         for d in range(directions):
             for b in range(batch):
                 dz, row = dz_all[d, s, b], dh[d, b]
+                grad = grad_steps[d, s, b]
                 for p in range(width):
-                    row[p] += grad_steps[d, s, b, p]
+                    row[p] += grad[p]
                 if inactive[d, s, b]:  # a padded step passes the gradient through
-                    dz[:] = 0.0
+                    dz[:] = zero
                     continue
                 out = h[d, s + 1, b]
-                for p in range(width):
-                    if activation == 0:
-                        dz[p] = (1.0 - out[p] * out[p]) * row[p]
-                    elif activation == 1:
-                        dz[p] = row[p] if out[p] > 0.0 else 0.0
-                    else:
-                        dz[p] = row[p]
-                row[:] = 0.0
+                if activation == 0:
+                    for p in range(width):
+                        dz[p] = (one - out[p] * out[p]) * row[p]
+                elif activation == 1:
+                    for p in range(width):
+                        dz[p] = row[p] if out[p] > zero else zero
+                else:
+                    dz[:] = row
+                row[:] = zero
                 _back_product(row, dz, w[d])
 
 
@@ -173,26 +212,28 @@ def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
 def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive):
     directions, steps, batch, width = dz_all.shape
     hidden = width // 4
+    one, zero = dh.dtype.type(1), dh.dtype.type(0)
     for s in range(steps - 1, -1, -1):
         for d in range(directions):
             for b in range(batch):
                 dz, row, dc_row = dz_all[d, s, b], dh[d, b], dc[d, b]
+                grad = grad_steps[d, s, b]
                 for p in range(hidden):
-                    row[p] += grad_steps[d, s, b, p]
+                    row[p] += grad[p]
                 if inactive[d, s, b]:
-                    dz[:] = 0.0
+                    dz[:] = zero
                     continue
-                gates, tc = a[d, s, b], tanh_c[d, s, b]
+                gates, tc, c_old = a[d, s, b], tanh_c[d, s, b], c[d, s, b]
                 for j in range(hidden):
                     i, f = gates[j], gates[hidden + j]
                     o, g = gates[2 * hidden + j], gates[3 * hidden + j]
-                    dcj = dc_row[j] + (1.0 - tc[j] * tc[j]) * o * row[j]
+                    dcj = dc_row[j] + (one - tc[j] * tc[j]) * o * row[j]
                     dz[j] = dcj * g * (i - i * i)
-                    dz[hidden + j] = dcj * c[d, s, b, j] * (f - f * f)
+                    dz[hidden + j] = dcj * c_old[j] * (f - f * f)
                     dz[2 * hidden + j] = row[j] * tc[j] * (o - o * o)
-                    dz[3 * hidden + j] = dcj * i * (1.0 - g * g)
+                    dz[3 * hidden + j] = dcj * i * (one - g * g)
                     dc_row[j] = dcj * f
-                row[:] = 0.0
+                row[:] = zero
                 _back_product(row, dz, w[d])
 
 
@@ -200,22 +241,24 @@ def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive):
 def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
     directions, steps, batch, width = dz_all.shape
     hidden = width // 3
+    one, zero = dh.dtype.type(1), dh.dtype.type(0)
     for s in range(steps - 1, -1, -1):
         for d in range(directions):
             for b in range(batch):
                 dz, dgh, row = dz_all[d, s, b], dgh_all[d, s, b], dh[d, b]
+                grad = grad_steps[d, s, b]
                 for p in range(hidden):
-                    row[p] += grad_steps[d, s, b, p]
+                    row[p] += grad[p]
                 if inactive[d, s, b]:
-                    dz[:] = 0.0
-                    dgh[:] = 0.0
+                    dz[:] = zero
+                    dgh[:] = zero
                     continue
-                gates, hh = a[d, s, b], gh[d, s, b]
+                gates, hh, h_old = a[d, s, b], gh[d, s, b], h[d, s, b]
                 for j in range(hidden):
                     r, zj, n = gates[j], gates[hidden + j], gates[2 * hidden + j]
-                    dn = (1.0 - n * n) * row[j] * (1.0 - zj)
-                    dz[j] = dn * hh[2 * hidden + j] * ((1.0 - r) * r)
-                    dz[hidden + j] = (h[d, s, b, j] - n) * row[j] * ((1.0 - zj) * zj)
+                    dn = (one - n * n) * row[j] * (one - zj)
+                    dz[j] = dn * hh[2 * hidden + j] * ((one - r) * r)
+                    dz[hidden + j] = (h_old[j] - n) * row[j] * ((one - zj) * zj)
                     dz[2 * hidden + j] = dn
                     dgh[j], dgh[hidden + j] = dz[j], dz[hidden + j]
                     dgh[2 * hidden + j] = dn * r
