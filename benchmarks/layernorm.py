@@ -153,9 +153,9 @@ def contenders(shape: Shape) -> dict[str, tuple[Callable[[], None], Any]]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.layernorm",
-                                     description=__doc__.splitlines()[0])
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--shapes", nargs="+", metavar="T,B,I,H,L,D",
-                        help=f"shapes (default: {','.join(map(str, SHAPE))})")
+                        help=f"shapes, or 0 for the issue's {','.join(map(str, SHAPE))} (default)")
     parser.add_argument("--quick", action="store_true", help="3 rounds x 3 runs")
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 7)")
     parser.add_argument("--per-round", type=int, help="runs per round (default 3)")
@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default: benchmarks/results/layernorm-<date>)")
     args = parser.parse_args(argv)
     try:
-        args.shapes = [pick_shape([], text) for text in args.shapes or [",".join(map(str, SHAPE))]]
+        args.shapes = [pick_shape([SHAPE], text) for text in args.shapes or [0]]
     except ValueError as exc:
         parser.error(f"--shapes: {exc}")
     args.rounds = args.rounds or (3 if args.quick else 7)

@@ -65,3 +65,7 @@ def test_layernorm_benchmark_rejects_bad_shape(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--shapes", "1,2,3"])
     assert "'1,2,3' is not T,B,I,H,L,D" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--shapes", "1"])
+    assert "row 1 is not in the grid (0 to 0)" in capsys.readouterr().err
+    assert parse_args([]).shapes == parse_args(["--shapes", "0"]).shapes == [(100, 32, 64, 128, 2, 2)]
