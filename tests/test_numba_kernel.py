@@ -108,6 +108,43 @@ def test_numba_kernel_float32_and_dropout(rng, kind):
         assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+
+def test_numba_kernel_float32_loops_compute_in_float32():
+    """The float32 specialisation of every compiled loop types no value as float64 (a
+    Python float literal next to a float32 promotes the gate arithmetic to float64).
+    Recompiled here from the Python source, since loops loaded from Numba's cache carry
+    no type annotations."""
+    import io
+
+    import numba
+
+    x = np.ones((2, 1, 2), dtype=np.float32)
+    with xrnn.backend.use_backend("numpy"):
+        for kind in ("RNN", "LSTM", "GRU"):  # every loop gets a float32 signature
+            model = getattr(xrnn, kind)(2, 3, seed=0)
+            output, _ = model(x)
+            model.backward(np.ones(output.shape, dtype=np.float32))
+    loops = [f"_{k}_{d}" for k in ("elman", "lstm", "gru") for d in ("forward", "backward")]
+    f4 = numba.float32
+    products = {"_product": (f4[::1], f4[::1], f4[::1], f4[:, ::1]),
+                "_back_product": (f4[::1], f4[::1], f4[:, ::1])}
+    typed = {}
+    for name in loops + list(products):
+        fresh = numba.njit(getattr(numba_layer, name).py_func)
+        sigs = ([sig for sig in getattr(numba_layer, name).signatures if "float32" in str(sig)]
+                if name in loops else [products[name]])
+        assert sigs, f"{name} has no float32 signature"
+        for sig in sigs:
+            fresh.compile(sig)
+            text = io.StringIO()
+            fresh.inspect_types(signature=tuple(sig), file=text)
+            typed[name] = text.getvalue()
+    for name, text in typed.items():
+        assert ":: float32" in text, f"{name}: no float32 value typed (annotations missing?)"
+        wide = [line.strip() for line in text.splitlines() if ":: float64" in line]
+        assert not wide, f"{name} computes in float64 for float32 input: {wide[:3]}"
+
+
 def _layers_run(model, x) -> tuple[int, int]:
     """(compiled, NumPy kernel) layers run by one forward of ``model`` on ``x``."""
     before = numba_layer.layers_run, numpy_layer.layers_run
