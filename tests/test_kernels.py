@@ -146,3 +146,32 @@ def test_xrnn_kernels_environment_variable(value, expected):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == expected, f"XRNN_KERNELS={value!r}: {result.stdout}"
+
+
+_WITHOUT_NUMBA = """
+import builtins, sys
+sys.modules["numba"] = None  # as if numba were not installed
+import numpy as np, xrnn
+model = xrnn.RNN(3, 4, seed=0)
+x = xrnn.asarray(np.ones((2, 1, 3)), dtype="float32")
+model(x)
+attempts = []
+real_import = builtins.__import__
+def counting(name, globals=None, locals=None, fromlist=(), level=0):
+    if "numba" in name or "numba_layer" in (fromlist or ()):
+        attempts.append(name)
+    return real_import(name, globals, locals, fromlist, level)
+builtins.__import__ = counting
+for _ in range(5):
+    model(x)
+print(len(attempts))
+"""
+
+
+def test_missing_numba_is_looked_up_once():
+    """Without numba the NumPy kernel runs, and the compiled kernel's import is not
+    retried on every forward (a failed import is not cached: it cost 5 ms a call)."""
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_NUMBA], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == 0

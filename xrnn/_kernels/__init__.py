@@ -12,6 +12,7 @@ comparisons and tests).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,8 +39,11 @@ def kernels_enabled(enabled: bool | str) -> Iterator[None]:
         _enabled = previous
 
 
+@functools.cache
 def _compiled():
-    """The compiled kernel's module, or ``None`` when Numba is missing or fails to load."""
+    """The compiled kernel's module, or ``None`` when Numba is missing or fails to load.
+    Looked up once: a failed import is not cached by Python and would cost milliseconds
+    on every forward."""
     try:
         from . import numba_layer
     except ImportError:
