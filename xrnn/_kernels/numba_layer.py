@@ -63,20 +63,26 @@ def fits(x, weights: Sequence[LayerWeights], cell: Cell) -> bool:
 # exp and tanh stay scalar libm calls (Numba has no vector math library without SVML).
 
 @_jit
-def _product(z, gx_row, h_row, w_t):
-    """``z = gx_row + h_row w_t``, four rows of ``w_t`` per pass over ``z``."""
-    z[:] = gx_row
-    size, width = h_row.shape[0], z.shape[0]
+def _accumulate(out, coef, rows):
+    """``out += coef @ rows`` (rows (K, W)), four rows per pass over ``out``."""
+    size, width = rows.shape
     rest = size - size % 4
     for k in range(0, rest, 4):
-        h0, h1, h2, h3 = h_row[k], h_row[k + 1], h_row[k + 2], h_row[k + 3]
-        w0, w1, w2, w3 = w_t[k], w_t[k + 1], w_t[k + 2], w_t[k + 3]
+        c0, c1, c2, c3 = coef[k], coef[k + 1], coef[k + 2], coef[k + 3]
+        r0, r1, r2, r3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
         for j in range(width):
-            z[j] += h0 * w0[j] + h1 * w1[j] + h2 * w2[j] + h3 * w3[j]
+            out[j] += c0 * r0[j] + c1 * r1[j] + c2 * r2[j] + c3 * r3[j]
     for k in range(rest, size):
-        hk, wk = h_row[k], w_t[k]
+        ck, rk = coef[k], rows[k]
         for j in range(width):
-            z[j] += hk * wk[j]
+            out[j] += ck * rk[j]
+
+
+@_jit
+def _product(z, gx_row, h_row, w_t):
+    """``z = gx_row + h_row w_t``."""
+    z[:] = gx_row
+    _accumulate(z, h_row, w_t)
 
 
 @_jit
@@ -166,22 +172,6 @@ def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
 
 
 @_jit
-def _back_product(dh_row, dgh_row, w):
-    """``dh_row += dgh_row w`` with ``w`` (GH, P), four rows of ``w`` per pass."""
-    size, width = w.shape
-    rest = size - size % 4
-    for j in range(0, rest, 4):
-        g0, g1, g2, g3 = dgh_row[j], dgh_row[j + 1], dgh_row[j + 2], dgh_row[j + 3]
-        w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
-        for p in range(width):
-            dh_row[p] += g0 * w0[p] + g1 * w1[p] + g2 * w2[p] + g3 * w3[p]
-    for j in range(rest, size):
-        g, wj = dgh_row[j], w[j]
-        for p in range(width):
-            dh_row[p] += g * wj[p]
-
-
-@_jit
 def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
     directions, steps, batch, width = dz_all.shape
     one, zero = dh.dtype.type(1), dh.dtype.type(0)
@@ -205,7 +195,7 @@ def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
                 else:
                     dz[:] = row
                 row[:] = zero
-                _back_product(row, dz, w[d])
+                _accumulate(row, dz, w[d])
 
 
 @_jit
@@ -234,7 +224,7 @@ def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive):
                     dz[3 * hidden + j] = dcj * i * (one - g * g)
                     dc_row[j] = dcj * f
                 row[:] = zero
-                _back_product(row, dz, w[d])
+                _accumulate(row, dz, w[d])
 
 
 @_jit
@@ -263,7 +253,7 @@ def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
                     dgh[j], dgh[hidden + j] = dz[j], dz[hidden + j]
                     dgh[2 * hidden + j] = dn * r
                     row[j] *= zj  # the path that does not go through W_hh
-                _back_product(row, dgh, w[d])
+                _accumulate(row, dgh, w[d])
 
 
 # the layer ------------------------------------------------------------------------------
