@@ -61,6 +61,21 @@ def backward(model, grad_out, grad_finals):
     return grad_x, (grad_h0,)
 
 
+def assert_matches_torch(model, got, expected, grads, tx, t_states, parameter_grads):
+    """xrnn's ``got = (output, finals)`` equals torch's ``expected``; then xrnn's backward
+    of ``grads = (grad_out, grad_finals)`` gives torch's input, initial-state and every
+    parameter gradient (``tx``, ``t_states``: torch's leaves, already backpropagated)."""
+    (output, finals), (expected_output, expected_finals) = got, expected
+    assert_close(output, expected_output.detach(), **GRAD)
+    for value, want in zip(finals, expected_finals, strict=True):
+        assert_close(value, want.detach(), **GRAD)
+    grad_x, grad_states = backward(model, *grads)
+    assert_close(grad_x, tx.grad, **GRAD)
+    for value, want in zip(grad_states, t_states, strict=True):
+        assert_close(value, want.grad, **GRAD)
+    assert_every_gradient(model, parameter_grads)
+
+
 # ----------------------------------------------------------------------------- reset
 
 RESET = np.zeros((T, B), dtype=bool)
@@ -114,14 +129,9 @@ def test_reset_equals_separate_segments(xp, rng, kind, with_lengths):
 
     output, finals = call(model, x, states, reset=RESET,
                           lengths=lengths if with_lengths else None)
-    assert_close(output, expected.detach(), **GRAD)
-    for got, want in zip(finals, expected_finals, strict=True):
-        assert_close(got, want.detach(), **GRAD)
-    grad_x, grad_states = backward(model, grad_out, grad_finals)
-    assert_close(grad_x, tx.grad, **GRAD)
-    for got, want in zip(grad_states, t_states, strict=True):
-        assert_close(got, want.grad, **GRAD)
-    assert_every_gradient(model, {n: p.grad for n, p in reference.named_parameters()})
+    assert_matches_torch(model, (output, finals), (expected, expected_finals),
+                         (grad_out, grad_finals), tx, t_states,
+                         {n: p.grad for n, p in reference.named_parameters()})
 
 
 def test_reset_batch_first_unbatched_and_errors(xp, rng):
@@ -258,15 +268,9 @@ def test_masks_match_torch_equations(xp, rng, kind, option, training):
                                            draw_masks(model, 11, training, p))
     grad_out, grad_finals = backward_random_projection(rng, expected, expected_finals)
 
-    output, finals = call(model, x, states)
-    assert_close(output, expected.detach(), **GRAD)
-    for got, want in zip(finals, expected_finals, strict=True):
-        assert_close(got, want.detach(), **GRAD)
-    grad_x, grad_states = backward(model, grad_out, grad_finals)
-    assert_close(grad_x, tx.grad, **GRAD)
-    for got, want in zip(grad_states, t_states, strict=True):
-        assert_close(got, want.grad, **GRAD)
-    assert_every_gradient(model, {n: q.grad for n, q in params.items()})
+    assert_matches_torch(model, call(model, x, states), (expected, expected_finals),
+                         (grad_out, grad_finals), tx, t_states,
+                         {n: q.grad for n, q in params.items()})
 
 
 @pytest.mark.parametrize("kind, training, layer_norm",
