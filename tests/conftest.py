@@ -7,6 +7,8 @@ reported as SKIPPED with the reason (no package, no CUDA device).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -121,3 +123,15 @@ def run_packed(reference, x, lengths, batch_first: bool):
     out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first,
                                                     total_length=x.shape[1 if batch_first else 0])
     return out, finals
+
+
+def run_with_xrnn_kernels(value: str | None, code: str) -> str:
+    """``code`` run by a fresh interpreter (``XRNN_KERNELS`` is read at import) with
+    ``XRNN_KERNELS=value`` (unset for ``None``); its stripped standard output."""
+    env = {k: v for k, v in os.environ.items() if k != "XRNN_KERNELS"}
+    if value is not None:
+        env["XRNN_KERNELS"] = value
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()

@@ -9,9 +9,6 @@ initial states and final-state gradients, dropout).
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,6 +18,8 @@ from xrnn import _kernels
 from xrnn._kernels import numpy_layer
 from xrnn.functional.cells import ELMAN_CELLS, GRU_CELL, LSTM_CELL
 from xrnn.testing import assert_close
+
+from .conftest import run_with_xrnn_kernels
 
 CASES = [("RNN", {"nonlinearity": n}) for n in ("tanh", "relu")] + [
     ("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {})]
@@ -139,13 +138,8 @@ print(numpy_layer.layers_run + (compiled.layers_run if compiled else 0))
                          [("0", 0), ("off", 0), (None, 2), ("1", 2), ("numpy", 2)])
 def test_xrnn_kernels_environment_variable(value, expected):
     """README: ``XRNN_KERNELS=0`` in the environment runs the generic path instead."""
-    env = {k: v for k, v in os.environ.items() if k != "XRNN_KERNELS"}
-    if value is not None:
-        env["XRNN_KERNELS"] = value
-    result = subprocess.run([sys.executable, "-c", _FORWARD], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert int(result.stdout) == expected, f"XRNN_KERNELS={value!r}: {result.stdout}"
+    printed = run_with_xrnn_kernels(value, _FORWARD)
+    assert int(printed) == expected, f"XRNN_KERNELS={value!r}: {printed}"
 
 
 _WITHOUT_NUMBA = """
@@ -171,7 +165,4 @@ print(len(attempts))
 def test_missing_numba_is_looked_up_once():
     """Without numba the NumPy kernel runs, and the compiled kernel's import is not
     retried on every forward (a failed import is not cached: it cost 5 ms a call)."""
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_NUMBA], capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert int(result.stdout) == 0
+    assert int(run_with_xrnn_kernels(None, _WITHOUT_NUMBA)) == 0

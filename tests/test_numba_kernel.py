@@ -6,9 +6,6 @@ Skipped as a whole when numba is not installed (CI installs it)."""
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +16,8 @@ import xrnn  # noqa: E402
 from xrnn import _kernels  # noqa: E402
 from xrnn._kernels import numba_layer, numpy_layer  # noqa: E402
 from xrnn.testing import assert_close  # noqa: E402
+
+from .conftest import run_with_xrnn_kernels  # noqa: E402
 
 CASES = [("RNN", {"nonlinearity": n}) for n in ("tanh", "relu", "identity")] + [
     ("LSTM", {}), ("GRU", {})]
@@ -196,10 +195,5 @@ print(numba_layer.layers_run, numpy_layer.layers_run, cpu_path().split()[0])
                                              ("0", "0 0 generic")])
 def test_xrnn_kernels_environment_variable(value, expected):
     """README: ``XRNN_KERNELS=numpy`` keeps the NumPy kernel only, ``0`` neither."""
-    env = {k: v for k, v in os.environ.items() if k != "XRNN_KERNELS"}
-    if value is not None:
-        env["XRNN_KERNELS"] = value
-    result = subprocess.run([sys.executable, "-c", _FORWARD], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == expected, f"XRNN_KERNELS={value!r}: {result.stdout}"
+    printed = run_with_xrnn_kernels(value, _FORWARD)
+    assert printed == expected, f"XRNN_KERNELS={value!r}: {printed}"
