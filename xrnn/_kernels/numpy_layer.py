@@ -100,6 +100,10 @@ class _Layer:
         # states by step: h[:, s] is the state before step s, h[:, T] the final one
         self.h = np.empty((directions, steps + 1, batch, self.P), dtype=dtype)
         self.h[:, 0] = states[0]
+        # what the backward reads, by step: ``h_before[:, s]`` the h entering step s,
+        # ``h_new[:, s]`` the cell's own new h at step s (for the Elman cells' derivative)
+        self.h_before, self.h_new = self.h, self.h[:, 1:]
+        self.h_mask = None  # recurrent dropout's (D, B, P) mask on the product's input
         self.c = None
         if self.kind == "lstm":
             self.c = np.empty((directions, steps + 1, batch, hidden), dtype=dtype)
@@ -148,7 +152,7 @@ class _Layer:
                 self._project(s)
             k = s if self.keep else 0
             h_out = self.h[:, s + 1] if self.m is None else self.m[:, k]
-            step(self.gx[:, s % chunk], s, k, self.h[:, s], h_out)
+            step(self.gx[:, s % chunk], s, k, self.h[:, s], h_out, None)
             if self.m is not None:
                 np.matmul(h_out, self.w_hr_t, out=self.h[:, s + 1])
             if self.inactive is not None:
@@ -156,23 +160,30 @@ class _Layer:
                 if self.c is not None:
                     np.copyto(self.c[:, s + 1], self.c[:, s], where=self.inactive[:, s])
 
-    def _step_tanh(self, gx, s, k, h_prev, h_out):
-        z = np.matmul(h_prev, self.w_hh_t, out=self.z)
+    # One step of each cell, both directions: ``gx`` (D, B, G*H) the step's input projection,
+    # ``s`` the step, ``k`` its slot in the taped buffers (``s``, or 0 without ``keep``),
+    # ``h_prev`` (D, B, P) the h entering the step, ``h_out`` where the cell's own new h
+    # goes (the LSTM's before the projection), ``h_in`` the h that enters the product with
+    # ``W_hh`` when it is not ``h_prev`` (recurrent dropout's masked copy), else ``None``.
+    # The LSTM reads its entering c at ``c[:, s]`` and writes its new c to ``c[:, s + 1]``.
+
+    def _step_tanh(self, gx, s, k, h_prev, h_out, h_in=None):
+        z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)
         z += gx
         np.tanh(z, out=h_out)
 
-    def _step_relu(self, gx, s, k, h_prev, h_out):
-        z = np.matmul(h_prev, self.w_hh_t, out=self.z)
+    def _step_relu(self, gx, s, k, h_prev, h_out, h_in=None):
+        z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)
         z += gx
         np.maximum(z, 0.0, out=h_out)
 
-    def _step_identity(self, gx, s, k, h_prev, h_out):
-        np.matmul(h_prev, self.w_hh_t, out=h_out)
+    def _step_identity(self, gx, s, k, h_prev, h_out, h_in=None):
+        np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=h_out)
         h_out += gx
 
-    def _step_lstm(self, gx, s, k, h_prev, h_out):
+    def _step_lstm(self, gx, s, k, h_prev, h_out, h_in=None):
         hidden = self.H
-        z = np.matmul(h_prev, self.w_hh_t, out=self.z)
+        z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)
         z += gx
         a = np.exp(z, out=self.a[:, k])
         a += 1.0
@@ -185,9 +196,9 @@ class _Layer:
         tanh_c = np.tanh(c, out=self.tanh_c[:, k])
         np.multiply(o, tanh_c, out=h_out)
 
-    def _step_gru(self, gx, s, k, h_prev, h_out):
+    def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
         hidden = self.H
-        gh = np.matmul(h_prev, self.w_hh_t, out=self.gh[:, k])
+        gh = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.gh[:, k])
         hn = gh[..., 2 * hidden:]
         if self.b_hn is not None:
             hn += self.b_hn
@@ -277,15 +288,22 @@ class _Layer:
                     np.copyto(dc, saved[1], where=self.inactive[:, s])
         return self._gradients(dz_all, dgh_all, dh_all, dh, dc)
 
+    # The backward of one step, both directions: ``dh`` (D, B, P) and ``dc`` (LSTM) the
+    # gradients of the cell's own new state at step ``s`` (``dc`` updated in place to the
+    # entering c's); fills ``dz`` (D, B, G*H), the gradient of the input projection, and
+    # ``dgh`` that of the recurrent product (the same array unless GRU); returns the
+    # gradient of the entering h along paths outside ``W_hh``, or ``None``. Reads the tape
+    # by step: ``h_before``, ``h_new``, ``c``, ``a``, ...
+
     def _back_tanh(self, s, dh, dc, dz, dgh, scratch):
-        h = self.h[:, s + 1]
+        h = self.h_new[:, s]
         np.multiply(h, h, out=dz)
         np.subtract(1.0, dz, out=dz)
         dz *= dh
 
     def _back_relu(self, s, dh, dc, dz, dgh, scratch):
         dz[...] = 0.0
-        np.copyto(dz, dh, where=self.h[:, s + 1] > 0.0)
+        np.copyto(dz, dh, where=self.h_new[:, s] > 0.0)
 
     def _back_identity(self, s, dh, dc, dz, dgh, scratch):
         np.copyto(dz, dh)
@@ -321,7 +339,8 @@ class _Layer:
         dn *= dh
         dn *= np.subtract(1.0, z, out=self.tmp)
         np.multiply(dn, hn, out=dz[..., :hidden])  # dr = dn hn r (1 - r)
-        np.subtract(self.h[:, s], n, out=dz[..., hidden:2 * hidden])  # dz = dh (h - n) z (1 - z)
+        # dz = dh (h - n) z (1 - z)
+        np.subtract(self.h_before[:, s], n, out=dz[..., hidden:2 * hidden])
         dz[..., hidden:2 * hidden] *= dh
         slope = np.subtract(1.0, rz, out=scratch[..., :2 * hidden])
         slope *= rz
@@ -329,6 +348,11 @@ class _Layer:
         dgh[..., :2 * hidden] = dz[..., :2 * hidden]
         np.multiply(dn, r, out=dgh[..., 2 * hidden:])
         return np.multiply(dh, z, out=self.tmp)
+
+    def _product_input(self, d: int):
+        """(T, B, P): what entered direction ``d``'s product with ``W_hh`` at each step."""
+        h = self.h_before[d, :self.steps]
+        return h if self.h_mask is None else h * self.h_mask[d]
 
     def _gradients(self, dz_all, dgh_all, dh_all, dh, dc):
         directions, steps, batch, gh = dz_all.shape
@@ -344,7 +368,7 @@ class _Layer:
                 grad_x = g_x
             else:
                 grad_x += g_x[::-1]
-            h_prev = self.h[d, :steps].reshape(steps * batch, self.P)
+            h_prev = self._product_input(d).reshape(steps * batch, self.P)
 
             def rows(a):  # back from kernel order to PyTorch's
                 return _blocks(a, order, self.gates, axis=0)
