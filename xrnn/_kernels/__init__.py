@@ -64,9 +64,12 @@ def cpu_path() -> str:
             f"(B*G*H*P <= {limits}), NumPy kernel above")
 
 
-def layer_runner(xp, cell, dtype) -> Callable | None:
+def layer_runner(xp, cell, dtype, *, hooked: bool = False) -> Callable | None:
     """The fast ``run_layer(x, states, weights, cell, *, keep, active)`` for this case, or
-    ``None``: NumPy arrays of float32 or float64 (float16 takes the generic path)."""
+    ``None``: NumPy arrays of float32 or float64 (float16 takes the generic path).
+    ``hooked``: the layers have per-step options (reset, recurrent dropout, zoneout), so
+    the runner must take ``hooks=`` (one ``StepHooks`` per direction): only the NumPy
+    kernel does."""
     if not _enabled or not array_api_compat.is_numpy_namespace(xp):
         return None
     import numpy as np
@@ -75,5 +78,5 @@ def layer_runner(xp, cell, dtype) -> Callable | None:
 
     if cell.name not in numpy_layer.KINDS or dtype not in (np.float32, np.float64):
         return None
-    compiled = None if _enabled == "numpy" else _compiled()
+    compiled = None if _enabled == "numpy" or hooked else _compiled()
     return numpy_layer.run_layer if compiled is None else compiled.run_layer

@@ -17,7 +17,9 @@ same interface (:func:`run_layer`), but arranged for NumPy on the CPU:
   NumPy's float32 ``exp`` is about twice as fast as its ``tanh`` here (NOTES.md);
 - the input projection ``x W_ih^T`` is one product per direction for a chunk of steps,
   made just before they run (no (T, B, G*H) array for long sequences);
-- the backward batches the weight gradients over all timesteps into single products.
+- the backward batches the weight gradients over all timesteps into single products;
+- the per-step options of :class:`~xrnn.functional.recurrence.StepHooks` (``reset``,
+  recurrent dropout's mask, zoneout) act as on the generic path, forward and backward.
 
 Shapes: ``x`` (T, B, I); states (D, B, H) (``h`` is (D, B, P), P = proj_size or H);
 output (T, B, D*P). Buffers indexed by step are (D, T, B, ...).
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..functional.cells import Cell
+from ..functional.recurrence import NO_HOOKS, StepHooks
 from ..functional.weights import LayerWeights
 
 #: Kernel gate order, as indices of PyTorch's gate blocks. LSTM: i, f, o, g.
@@ -56,7 +59,7 @@ class _Layer:
     """One layer's weights in kernel layout, and its buffers."""
 
     def __init__(self, x, states, weights: Sequence[LayerWeights], cell: Cell,
-                 keep: bool, active):
+                 keep: bool, active, hooks: Sequence[StepHooks] | None = None):
         self.kind = cell.name
         self.keep = keep
         self.gates = gates = cell.gates
@@ -125,6 +128,45 @@ class _Layer:
             steps_active = np.stack([active if d == 0 else active[::-1]
                                      for d in range(directions)])
             self.inactive = ~steps_active
+        self._init_hooks(hooks or [NO_HOOKS] * directions)
+
+    def _init_hooks(self, hooks: Sequence[StepHooks]) -> None:
+        """The per-step options (one :class:`StepHooks` per direction, original time
+        positions) in step order, and the buffers they need.
+
+        ``reset[:, s]`` (D, B, 1): where step s reads the initial state. The entering h
+        then differs from the previous output, so it gets its own buffer ``h_before``;
+        the entering c is written over ``c[:, s]`` (the LSTM's backward needs no other c).
+        ``zone[k]``, per state component: (D, T, B, size) keep-masks, or the float p in
+        eval, and ``zone_pass[k]`` = 1 - zone[k]; the cell's own new h (before zoneout)
+        goes to ``h_new``. ``h_mask`` (D, B, P): recurrent dropout, on the product's input.
+        """
+        directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
+        taped = steps if self.keep else 1
+
+        def in_step_order(per_direction):
+            return np.stack([a if d == 0 else a[::-1] for d, a in enumerate(per_direction)])
+
+        first = hooks[0]
+        self.reset = None
+        if first.reset is not None:
+            self.reset = in_step_order([hook.reset for hook in hooks])
+            self.reset_at = self.reset.any(axis=(0, 2, 3)).tolist()  # any row, per step
+            self.h_before = np.empty((directions, taped, batch, self.P), dtype=dtype)
+        if first.h_mask is not None:
+            self.h_mask = np.stack([hook.h_mask for hook in hooks])
+            self.h_in = np.empty((directions, batch, self.P), dtype=dtype)
+        self.zone = self.zone_pass = None
+        if first.zoneout is not None:
+            self.zone, self.zone_pass, self.zone_tmp = [], [], []
+            for k, p in enumerate(first.zoneout):
+                keep = p if isinstance(p, float) else in_step_order(
+                    [hook.zoneout[k] for hook in hooks])
+                self.zone.append(keep)
+                self.zone_pass.append(1.0 - keep)
+                size = self.P if k == 0 else self.H
+                self.zone_tmp.append(np.empty((directions, batch, size), dtype=dtype))
+            self.h_new = np.empty((directions, taped, batch, self.P), dtype=dtype)
 
     def _project(self, start: int) -> None:
         """Fill ``gx[d, j]`` with step ``start + j``'s ``x W_ih^T`` (scaled rows) plus the
@@ -147,18 +189,52 @@ class _Layer:
 
     def _loop(self, step):
         chunk = self.gx.shape[1]
+        reset, zone, c = self.reset, self.zone, self.c
         for s in range(self.steps):
             if s % chunk == 0:
                 self._project(s)
             k = s if self.keep else 0
-            h_out = self.h[:, s + 1] if self.m is None else self.m[:, k]
-            step(self.gx[:, s % chunk], s, k, self.h[:, s], h_out, None)
+            h_prev = self.h[:, s]
+            if reset is not None:  # the state entering step s: the initial one where reset
+                h_prev = self.h_before[:, k]
+                np.copyto(h_prev, self.h[:, s])
+                if self.reset_at[s]:
+                    np.copyto(h_prev, self.h[:, 0], where=reset[:, s])
+            h_in = None if self.h_mask is None else np.multiply(h_prev, self.h_mask,
+                                                                out=self.h_in)
+            h_new = self.h[:, s + 1] if zone is None else self.h_new[:, k]
+            h_out = h_new if self.m is None else self.m[:, k]
+            step(self.gx[:, s % chunk], s, k, h_prev, h_out, h_in)
             if self.m is not None:
-                np.matmul(h_out, self.w_hr_t, out=self.h[:, s + 1])
+                np.matmul(h_out, self.w_hr_t, out=h_new)
+            if zone is not None:
+                self._zoneout(s, 0, h_prev, h_new, self.h[:, s + 1])
+                if c is not None:
+                    self._zoneout(s, 1, c[:, s], c[:, s + 1], c[:, s + 1])
             if self.inactive is not None:
-                np.copyto(self.h[:, s + 1], self.h[:, s], where=self.inactive[:, s])
-                if self.c is not None:
-                    np.copyto(self.c[:, s + 1], self.c[:, s], where=self.inactive[:, s])
+                np.copyto(self.h[:, s + 1], h_prev, where=self.inactive[:, s])
+                if c is not None:
+                    np.copyto(c[:, s + 1], c[:, s], where=self.inactive[:, s])
+            if reset is not None and c is not None and s + 1 < self.steps and self.reset_at[s + 1]:
+                np.copyto(c[:, s + 1], c[:, 0], where=reset[:, s + 1])
+
+    def _zoneout(self, s: int, k: int, prev, new, out) -> None:
+        """``out = d * prev + (1 - d) * new`` for state component ``k`` at step ``s``."""
+        keep, passed = self.zone[k], self.zone_pass[k]
+        if not isinstance(keep, float):
+            keep, passed = keep[:, s], passed[:, s]
+        kept = np.multiply(keep, prev, out=self.zone_tmp[k])
+        np.multiply(passed, new, out=out)
+        out += kept
+
+    def _zoneout_back(self, s: int, k: int, grad, kept) -> None:
+        """Split ``grad`` (of the zoned-out state) into ``kept = d * grad``, the previous
+        state's share, and, in place, ``(1 - d) * grad``, the cell's new state's."""
+        keep, passed = self.zone[k], self.zone_pass[k]
+        if not isinstance(keep, float):
+            keep, passed = keep[:, s], passed[:, s]
+        np.multiply(grad, keep, out=kept)
+        grad *= passed
 
     # One step of each cell, both directions: ``gx`` (D, B, G*H) the step's input projection,
     # ``s`` the step, ``k`` its slot in the taped buffers (``s``, or 0 without ``keep``),
@@ -257,6 +333,11 @@ class _Layer:
         saved = None
         if self.inactive is not None:
             saved = [np.empty_like(dh)] + ([] if dc is None else [np.empty_like(dc)])
+        grads = (dh,) if dc is None else (dh, dc)
+        kept = None if self.zone is None else [np.empty_like(g) for g in grads]
+        starts = None  # gradients reaching the initial state through resets
+        if self.reset is not None:
+            starts = [np.zeros_like(g) for g in grads]
         scratch = np.empty((directions, batch, gh), dtype=dtype)
         dm = np.empty((directions, batch, hidden), dtype=dtype) if dh_all is not None else None
         step_back = getattr(self, "_back_" + self.kind.removeprefix("rnn_"))
@@ -267,6 +348,9 @@ class _Layer:
                 np.copyto(saved[0], dh)
                 if dc is not None:
                     np.copyto(saved[1], dc)
+            if kept is not None:  # back through s_t = d s_{t-1} + (1 - d) s_new
+                for k, grad in enumerate(grads):
+                    self._zoneout_back(s, k, grad, kept[k])
             d_out = dh
             if dh_all is not None:  # h = m W_hr^T: back to m
                 np.copyto(dh_all[:, s], dh)
@@ -280,12 +364,25 @@ class _Layer:
                 if dgh is not dz:
                     np.copyto(dgh, 0.0, where=self.inactive[:, s])
             np.matmul(dgh, self.w_hh_stack, out=dh)
+            if self.h_mask is not None:
+                dh *= self.h_mask
             if direct is not None:
                 dh += direct
+            if kept is not None:
+                for grad, share in zip(grads, kept):
+                    grad += share
             if saved is not None:
                 np.copyto(dh, saved[0], where=self.inactive[:, s])
                 if dc is not None:
                     np.copyto(dc, saved[1], where=self.inactive[:, s])
+            if starts is not None and self.reset_at[s]:  # no gradient crosses a reset
+                reset = self.reset[:, s]
+                for grad, start in zip(grads, starts):
+                    np.add(start, grad, out=start, where=reset)
+                    np.copyto(grad, 0.0, where=reset)
+        if starts is not None:
+            for grad, start in zip(grads, starts):
+                grad += start
         return self._gradients(dz_all, dgh_all, dh_all, dh, dc)
 
     # The backward of one step, both directions: ``dh`` (D, B, P) and ``dc`` (LSTM) the
@@ -388,15 +485,17 @@ layers_run = 0
 
 
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
-              keep: bool, active=None):
+              keep: bool, active=None, hooks: Sequence[StepHooks] | None = None):
     """One layer (all its directions) of ``cell``: ``(output, finals, backward or None)``.
 
     ``x`` (T, B, I); ``states`` each (D, B, ·); ``weights`` one :class:`LayerWeights` per
-    direction; ``active`` (T, B, 1) booleans for variable lengths. ``backward(grad_output,
-    grad_finals) -> (grad_x, grad_states, grad_weights)`` (``None`` entries mean zero).
+    direction; ``active`` (T, B, 1) booleans for variable lengths; ``hooks`` one
+    :class:`~xrnn.functional.recurrence.StepHooks` per direction (reset, recurrent dropout,
+    zoneout), as the generic path's ``run_layer``. ``backward(grad_output, grad_finals)
+    -> (grad_x, grad_states, grad_weights)`` (``None`` entries mean zero).
     """
     global layers_run
     layers_run += 1
-    layer = _Layer(x, states, weights, cell, keep, active)
+    layer = _Layer(x, states, weights, cell, keep, active, hooks)
     layer.forward()
     return layer.output(active), layer.finals(), (layer.backward if keep else None)

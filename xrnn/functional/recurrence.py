@@ -60,7 +60,8 @@ def scale_gate_rows(xp, w: LayerWeights, cell: Cell) -> LayerWeights:
 
 
 class StepHooks(NamedTuple):
-    """Per-step options of one layer and direction, generic path only (``None``: off).
+    """Per-step options of one layer and direction (``None``: off); the generic path and
+    the NumPy kernel (``xrnn._kernels.numpy_layer``) take them.
 
     ``reset`` (T, B, 1) booleans in original time positions: where true, the state
     entering step t is the initial state (for the reverse direction, ``reset`` is
@@ -226,9 +227,9 @@ def run_layer(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell,
 
     ``states`` each (D, B, H) and ``weights`` one group per direction; output
     (T, B, D*H); finals like ``states``; ``backward(grad_output, grad_finals) ->
-    (grad_x, grad_states, grad_weights)`` with ``keep``, else ``None``. The fast paths in
-    ``xrnn._kernels`` implement this same interface, without ``hooks`` (one
-    :class:`StepHooks` per direction).
+    (grad_x, grad_states, grad_weights)`` with ``keep``, else ``None``. ``hooks``: one
+    :class:`StepHooks` per direction. The fast paths in ``xrnn._kernels`` implement this
+    same interface (``hooks`` only the NumPy kernel: see ``layer_runner``).
     """
     hooks = [NO_HOOKS] * len(weights) if hooks is None else hooks
     runs = [run_direction(xp, x, tuple(s[d, ...] for s in states), w, cell,
@@ -280,12 +281,11 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
     ``xrnn._kernels`` where one fits, else on :func:`run_layer`.
     """
     directions = 2 if bidirectional else 1
-    # The one place a kernel is chosen: the fast paths have no per-step hooks (resets,
-    # recurrent dropout, zoneout) and no LayerNorm cells, so with any of them every layer
-    # takes the generic path.
-    hooked = (reset is not None or zoneout > 0.0 or (training and recurrent_dropout > 0.0)
-              or bool(cell.norms))
-    fast = None if hooked else layer_runner(xp, cell, x.dtype)
+    # The one place a kernel is chosen. Per-step hooks (resets, recurrent dropout,
+    # zoneout) run on the NumPy kernel (not the compiled one); LayerNorm cells have no
+    # kernel: every layer takes the generic path.
+    hooked = reset is not None or zoneout > 0.0 or (training and recurrent_dropout > 0.0)
+    fast = None if cell.norms else layer_runner(xp, cell, x.dtype, hooked=hooked)
     starts = None if reset is None else (
         reset, xp.concat([reset[1:, ...], xp.zeros_like(reset[:1, ...])]))  # reverse: at t+1
     layer_input = x
@@ -299,12 +299,13 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
         if training and weight_dropout > 0.0:  # DropConnect on W_hh
             w_masks = [dropout_mask(w.w_hh, weight_dropout, generator) for w in layer_weights]
             layer_weights = [w._replace(w_hh=w.w_hh * m) for w, m in zip(layer_weights, w_masks)]
+        hooks = [_hooks(layer_states, d, x.shape[0], starts, training, recurrent_dropout,
+                        zoneout, generator) for d in range(directions)]
         if fast is not None:
             output, final, backward = fast(layer_input, layer_states, layer_weights, cell,
-                                           keep=keep, active=active)
+                                           keep=keep, active=active,
+                                           **({"hooks": hooks} if hooked else {}))
         else:
-            hooks = [_hooks(layer_states, d, x.shape[0], starts, training, recurrent_dropout,
-                            zoneout, generator) for d in range(directions)]
             output, final, backward = run_layer(xp, layer_input, layer_states, layer_weights,
                                                 cell, keep=keep, active=active, hooks=hooks)
         finals.append(final)
