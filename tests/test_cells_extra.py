@@ -15,6 +15,7 @@ import pytest
 
 import xrnn
 from xrnn import _kernels
+from xrnn._kernels import numpy_layer
 from xrnn.testing import assert_close, gradcheck
 
 from .conftest import GRAD, assert_every_gradient, backward_random_projection, torch_rnn_like
@@ -311,9 +312,10 @@ def test_finite_differences(xp, rng, kind, training, layer_norm):
 
 # ---------------------------------------------------------------- paths, seeds, modules
 
-def test_fast_path_falls_back_and_weight_dropout_runs_on_it(rng):
-    """NumPy: with a per-step option the kernels are skipped (same result with them off);
-    weight dropout runs on the kernel and agrees with the generic path."""
+def test_kernels_run_the_options_and_agree_with_the_generic_path(rng):
+    """NumPy: with a per-step option (and a reset) the NumPy kernel runs every layer
+    (the compiled one has no per-step options), and weight dropout runs on the kernels;
+    both agree with the generic path (tests/test_kernel_hooks.py checks every option)."""
     x = rng.standard_normal((T, B, I))
     with xrnn.use_backend("numpy"):
         for options in (dict(zoneout=0.3), dict(recurrent_dropout=0.3),
@@ -321,10 +323,12 @@ def test_fast_path_falls_back_and_weight_dropout_runs_on_it(rng):
             results = []
             for enabled in (True, False):
                 model = make("LSTM", **options).train()
+                before = numpy_layer.layers_run
                 with _kernels.kernels_enabled(enabled):
                     output, _ = call(model, x, initial_states(model, np.random.default_rng(0)),
                                      reset=RESET)
                     model.backward(xrnn.asarray(np.ones(tuple(output.shape))))
+                assert numpy_layer.layers_run - before == (2 if enabled else 0)
                 results.append((xrnn.to_numpy(output), [xrnn.to_numpy(p.grad)
                                                         for p in model.parameters()]))
             (out_fast, grads_fast), (out_generic, grads_generic) = results
