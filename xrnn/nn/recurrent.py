@@ -6,9 +6,10 @@ import math
 import warnings
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
-from ..backend import get_namespace
+from ..backend import get_namespace, to_numpy
 from ..functional.cells import GRU_CELL, LN_GRU_CELL, LN_LSTM_CELL, LSTM_CELL, Cell, elman_cell
 from ..functional.checks import check_all_finite
 from ..functional.dropout import check_probability
@@ -98,9 +99,10 @@ class RecurrentBase(Module):
             parameter.accumulate(grad)
         return (grad_x, *grad_states) if return_state_grad else grad_x
 
-    def _step(self, x_t: Any, states: tuple[Any | None, ...], check_finite: bool
-              ) -> tuple[Any, tuple[Any, ...]]:
-        """One timestep through every layer: x_t (B, H_in) or (H_in,) -> y_t (B, H_out)."""
+    def _step(self, x_t: Any, states: tuple[Any | None, ...], check_finite: bool,
+              reset: Any = None) -> tuple[Any, tuple[Any, ...]]:
+        """One timestep through every layer: x_t (B, H_in) or (H_in,) -> y_t (B, H_out);
+        ``reset`` (B,) booleans (one for unbatched x_t) restart those rows from zeros."""
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer: a bidirectional one reads "
                              "the sequence backwards too, so it needs the whole sequence")
@@ -110,6 +112,8 @@ class RecurrentBase(Module):
         if check_finite:  # here, so that the message indexes x_t itself
             check_all_finite(x_t, "input")
         xp = get_namespace(x_t)
+        if reset is not None:
+            states = _restart(xp, states, reset, tuple(x_t.shape[:-1]))
         sequence = xp.expand_dims(x_t, axis=0)  # (1, B, H_in) or (1, H_in), time-major
         output, finals, _ = self._recurrent(sequence, states, batch_first=False,
                                             check_finite=check_finite)
@@ -140,6 +144,28 @@ class RecurrentBase(Module):
             if getattr(self, name, default) != default:
                 text += f", {name}={getattr(self, name)}"
         return text
+
+
+def _restart(xp, states: tuple[Any | None, ...], reset: Any, batch: tuple[int, ...]
+             ) -> tuple[Any | None, ...]:
+    """``states`` (each (L, B, size), or (L, size) unbatched, or ``None`` for zeros) with
+    the rows where ``reset`` (shape ``batch``: (B,) or () unbatched) is true set to zero."""
+    try:
+        host = np.asarray(to_numpy(reset))
+    except TypeError:
+        host = np.asarray(reset)
+    if host.dtype != np.bool_:
+        raise TypeError(f"reset must be booleans, got dtype {host.dtype}")
+    if host.shape != batch:
+        raise ValueError(f"expected reset of shape {batch} (one per batch row of x_t), "
+                         f"got {host.shape}")
+    if not host.any():
+        return states
+    if host.ndim == 0 or host.all():
+        return (None,) * len(states)
+    return tuple(None if s is None else xp.where(
+        xp.asarray(host[None, :, None], device=array_api_compat.device(s)), xp.zeros_like(s), s)
+        for s in states)
 
 
 class RNN(RecurrentBase):
@@ -208,16 +234,21 @@ class RNN(RecurrentBase):
         """
         return self._backward(grad_output, (grad_h_n,), return_state_grad)
 
-    def step(self, x_t: Any, h: Any | None = None, *, check_finite: bool = False
-             ) -> tuple[Any, Any]:
+    def step(self, x_t: Any, h: Any | None = None, *, check_finite: bool = False,
+             reset: Any = None) -> tuple[Any, Any]:
         """Streaming inference: feed one timestep, get ``(y_t, h)``.
 
         x_t (B, H_in) or (H_in,); h (L, B, H) (or (L, H)), ``None`` for zeros; y_t
         (B, H). Calling it over t = 0..T-1, passing ``h`` on, gives the same outputs
         as ``forward`` over the whole sequence. Unidirectional layers only.
-        ``check_finite`` as in ``forward``.
+        ``check_finite`` as in ``forward``. ``reset`` (B,) booleans (one bool for an
+        unbatched x_t): those rows start a new sequence from zeros at this step, as
+        ``forward(x, reset=...)`` with ``h0=None`` (an episode boundary). In eval mode
+        (what streaming is for) zoneout acts as its expectation, as in ``forward``; in
+        training mode each call draws its own masks, so recurrent dropout's mask, one
+        per sequence in ``forward``, changes at every step.
         """
-        y_t, (h,) = self._step(x_t, (h,), check_finite)
+        y_t, (h,) = self._step(x_t, (h,), check_finite, reset)
         return y_t, h
 
     def config(self) -> dict[str, Any]:
@@ -281,10 +312,11 @@ class LSTM(RecurrentBase):
         return dict(super().config(), proj_size=self.proj_size, layer_norm=self.layer_norm)
 
     def step(self, x_t: Any, hx: tuple[Any, Any] | None = None, *,
-             check_finite: bool = False) -> tuple[Any, tuple[Any, Any]]:
+             check_finite: bool = False, reset: Any = None) -> tuple[Any, tuple[Any, Any]]:
         """Streaming inference, as :meth:`RNN.step`: ``(y_t, (h, c))`` from one timestep
-        x_t (B, H_in) and the state ``hx = (h, c)`` (``None`` for zeros)."""
-        y_t, (h, c) = self._step(x_t, lstm_states(hx, "(h, c)"), check_finite)
+        x_t (B, H_in) and the state ``hx = (h, c)`` (``None`` for zeros); ``reset`` (B,)
+        booleans restart those rows from zero h and c."""
+        y_t, (h, c) = self._step(x_t, lstm_states(hx, "(h, c)"), check_finite, reset)
         return y_t, (h, c)
 
     def backward(self, grad_output: Any, grad_hx: tuple[Any, Any] | None = None, *,
