@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import __version__, _kernels, backend
+from .functional.cells import LN_GRU_CELL, LN_LSTM_CELL
 from .functional.weights import parameter_shapes
 
 
@@ -64,6 +65,10 @@ def info() -> int:
 
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+#: The LayerNorms (``ln_*`` parameters) of ``--layer-norm``, by mode.
+_NORMS = {"lstm": LN_LSTM_CELL.norms, "gru": LN_GRU_CELL.norms}
+#: Options that add no parameter, shown in the header when set.
+_OPTIONS = ("recurrent_dropout", "zoneout", "weight_dropout")
 
 
 def shapes(args: argparse.Namespace) -> int:
@@ -71,13 +76,15 @@ def shapes(args: argparse.Namespace) -> int:
     d = 2 if args.bidirectional else 1
     h, layers, lstm = args.hidden_size, args.num_layers, args.mode == "lstm"
     h_out = args.proj_size or h
+    extras = [f"{name}={getattr(args, name)}" for name in ("proj_size", "layer_norm", *_OPTIONS)
+              if getattr(args, name)]
     print(f"{args.mode.upper()}(input_size={args.input_size}, hidden_size={h}, "
           f"num_layers={layers}, bias={not args.no_bias}, batch_first={args.batch_first}, "
-          f"bidirectional={args.bidirectional}" + (f", proj_size={args.proj_size})"
-                                                   if args.proj_size else ")"))
+          f"bidirectional={args.bidirectional}" + "".join(f", {e}" for e in extras) + ")")
     print(f"L={layers} layer(s) x D={d} direction(s); legend: T time steps, B batch")
     params = parameter_shapes(args.input_size, h, _GATES[args.mode], layers, args.bidirectional,
-                              not args.no_bias, args.proj_size)
+                              not args.no_bias, args.proj_size,
+                              _NORMS[args.mode] if args.layer_norm else ())
     width = max(len(n) for n in params)
     print("\nparameters (PyTorch names and layouts):")
     for name, shape in params.items():
@@ -95,6 +102,9 @@ def shapes(args: argparse.Namespace) -> int:
     hs = "H_out" if args.proj_size else "H"
     print("\narrays:")
     print(f"  input   {'(B, T, H_in)' if args.batch_first else '(T, B, H_in)':<16}  {x_shape}")
+    print(f"  reset   {'(B, T)' if args.batch_first else '(T, B)':<16}  "
+          f"{fmt(b, t) if args.batch_first else fmt(t, b)}   (optional booleans: where true, "
+          "that sequence restarts from h0)")
     print(f"  h0      {f'(L*D, B, {hs})':<16}  {state}   (never batch-first)")
     if lstm:
         print(f"  c0      {'(L*D, B, H)':<16}  {cell}   (the LSTM's cell state)")
@@ -135,6 +145,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "xrnn") -> int:
     p.add_argument("--no-bias", action="store_true")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--batch", type=int)
+    p.add_argument("--layer-norm", action="store_true",
+                   help="LSTM and GRU: the LayerNorm cell (adds the ln_* parameters)")
+    for name in _OPTIONS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=0.0, metavar="P",
+                       help="a probability in [0, 1); adds no parameter")
     p = commands.add_parser("demo", help="train a bidirectional RNN on a task that needs "
                             "future context, on the selected backend")
     p.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="rnn")
@@ -163,6 +178,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "xrnn") -> int:
     if args.proj_size and (args.mode != "lstm" or not 0 < args.proj_size < args.hidden_size):
         parser.error(f"--proj-size must be in [0, hidden_size) and needs --mode lstm, "
                      f"got {args.proj_size} with --mode {args.mode}")
+    if args.layer_norm and args.mode not in _NORMS:
+        parser.error(f"--layer-norm needs --mode lstm or gru, got --mode {args.mode}")
+    for name in _OPTIONS:
+        if not 0.0 <= getattr(args, name) < 1.0:
+            parser.error(f"--{name.replace('_', '-')} must be a probability in [0, 1), "
+                         f"got {getattr(args, name)}")
     return shapes(args)
 
 
