@@ -4,7 +4,9 @@
 ``None`` when the generic path (``xrnn.functional.recurrence``) should run. Both give
 the same results to floating-point rounding. On NumPy that is the compiled kernel
 (:mod:`.numba_layer`, when Numba is installed: ``pip install xrnn[fast]``) for small
-layers and the NumPy kernel (:mod:`.numpy_layer`) otherwise. ``XRNN_KERNELS=0`` in the
+layers and the NumPy kernel (:mod:`.numpy_layer`) otherwise; LayerNorm cells
+(``layer_norm=True``) have their own NumPy kernel (:mod:`.layernorm_layer`, which takes
+the per-step hooks too). ``XRNN_KERNELS=0`` in the
 environment, or ``with kernels_enabled(False):``, forces the generic path;
 ``XRNN_KERNELS=numpy`` / ``kernels_enabled("numpy")`` keeps only the NumPy kernel (for
 comparisons and tests).
@@ -74,9 +76,13 @@ def layer_runner(xp, cell, dtype, *, hooked: bool = False) -> Callable | None:
         return None
     import numpy as np
 
-    from . import numpy_layer
+    from . import layernorm_layer, numpy_layer
 
-    if cell.name not in numpy_layer.KINDS or dtype not in (np.float32, np.float64):
+    if dtype not in (np.float32, np.float64):
+        return None
+    if cell.norms:  # never the compiled kernel, which has no LayerNorm
+        return layernorm_layer.run_layer if cell.name in layernorm_layer.KINDS else None
+    if cell.name not in numpy_layer.KINDS:
         return None
     compiled = None if _enabled == "numpy" or hooked else _compiled()
     return numpy_layer.run_layer if compiled is None else compiled.run_layer

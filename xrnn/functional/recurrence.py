@@ -282,10 +282,10 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
     """
     directions = 2 if bidirectional else 1
     # The one place a kernel is chosen. Per-step hooks (resets, recurrent dropout,
-    # zoneout) run on the NumPy kernel (not the compiled one); LayerNorm cells have no
-    # kernel: every layer takes the generic path.
+    # zoneout) run on the NumPy kernels (not the compiled one); LayerNorm cells on their
+    # own NumPy kernel.
     hooked = reset is not None or zoneout > 0.0 or (training and recurrent_dropout > 0.0)
-    fast = None if cell.norms else layer_runner(xp, cell, x.dtype, hooked=hooked)
+    fast = layer_runner(xp, cell, x.dtype, hooked=hooked)
     starts = None if reset is None else (
         reset, xp.concat([reset[1:, ...], xp.zeros_like(reset[:1, ...])]))  # reverse: at t+1
     layer_input = x

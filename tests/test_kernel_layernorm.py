@@ -1,0 +1,211 @@
+"""The NumPy kernel of the LayerNorm LSTM and GRU (``layer_norm=True``,
+``xrnn._kernels.layernorm_layer``) against the generic driver.
+
+Every comparison runs the same seeded model twice, on the kernel
+(``kernels_enabled("numpy")``) and on the generic path (``kernels_enabled(False)``): the
+same seed gives the same weights and masks, so outputs, final states and the gradients
+of the input, of the initial states and of every parameter (the LayerNorms' included)
+must agree to rounding (float64 1e-12, float32 1e-5), and the kernel must have run every
+layer. The LayerNorm weights are drawn away from their init (1, 0), so that a wrong one
+shows. The generic path is itself checked against torch in ``test_cells_extra.py``. The
+kernel is NumPy's, so this module runs in the numpy leg of the backend matrix only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+import xrnn
+from xrnn import _kernels
+from xrnn._kernels import layernorm_layer, numpy_layer
+from xrnn.functional.cells import LN_GRU_CELL, LN_LSTM_CELL
+from xrnn.testing import assert_close
+
+_selected = [n.strip() for n in os.environ.get("XRNN_TEST_BACKENDS", "").split(",") if n.strip()]
+pytestmark = pytest.mark.skipif(bool(_selected) and "numpy" not in _selected,
+                                reason="the NumPy kernel's tests run in the numpy leg only")
+
+CASES = [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {})]
+#: (module options, training mode, with a reset)
+OPTIONS = {"eval": ({}, False, False),
+           "dropout": ({"dropout": 0.4, "weight_dropout": 0.3}, True, False),
+           "reset": ({}, True, True),
+           "recurrent_dropout": ({"recurrent_dropout": 0.4}, True, False),
+           "zoneout-eval": ({"zoneout": 0.3}, False, False),
+           "all": ({"zoneout": 0.2, "recurrent_dropout": 0.3, "dropout": 0.3,
+                    "weight_dropout": 0.2}, True, True)}
+#: Pairwise, not the full product: every case x option, with two layers, both
+#: directions, lengths and bias assigned so that every pair of values of any two factors
+#: occurs (test_grid_is_pairwise).
+GRID = [(c, o, 1 + ((c + o) % 3 < 2), (2 * c + 3 * o) % 5 < 3, (3 * c + o) % 5 < 3,
+         (c + 3 * o) % 2 < 1) for c, o in itertools.product(range(len(CASES)), range(len(OPTIONS)))]
+T, B, I, H = 6, 3, 4, 5
+
+
+def _model(kind, num_layers, dtype, options, *, bidirectional=True, bias=True):
+    """The seeded LayerNorm model, its LayerNorm weights and biases moved off 1 and 0."""
+    model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=bidirectional,
+                                dtype=dtype, seed=3, layer_norm=True, **options)
+    draw = np.random.default_rng(11)
+    for name, p in model.named_parameters():
+        if name.startswith("ln_"):
+            p.data = p.data + xrnn.asarray(0.3 * draw.standard_normal(p.shape), dtype=dtype)
+    return model
+
+
+def _reset(rng) -> np.ndarray:
+    """(T, B) booleans with a reset at the first and at the last step among random ones."""
+    reset = rng.random((T, B)) < 0.3
+    reset[0, 0] = reset[T - 1, 1] = True
+    return reset
+
+
+def _run(model, x, state, grad_out, grad_finals, *, kernel: bool, lengths=None, reset=None):
+    """{name: array} of the output, final states, grad of x, of the initial states and of
+    every parameter, on the kernel or the generic path; and how many layers it ran."""
+    before = layernorm_layer.layers_run, numpy_layer.layers_run
+    with _kernels.kernels_enabled("numpy" if kernel else False):
+        model.zero_grad()
+        output, finals = model(x, state, lengths=lengths, reset=reset)
+        grad_x, grad_state = model.backward(grad_out, grad_finals, return_state_grad=True)
+    flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
+    results = {"output": output, "grad of x": grad_x}
+    results |= {f"final state {k}": a for k, a in enumerate(flat(finals))}
+    results |= {f"grad of initial state {k}": a for k, a in enumerate(flat(grad_state))}
+    results |= {f"grad of {n}": p.grad for n, p in model.named_parameters()}
+    assert numpy_layer.layers_run == before[1], "the plain NumPy kernel ran a LayerNorm layer"
+    return results, layernorm_layer.layers_run - before[0]
+
+
+def compare(rng, kind, options, *, num_layers=2, bidirectional=True, bias=True, lengths=None,
+            reset=None, training=True, dtype="float64", tolerance=1e-12):
+    """The kernel and the generic path agree on everything (see the module docstring)."""
+    if num_layers == 1:  # inter-layer dropout needs two layers
+        options = {k: v for k, v in options.items() if k != "dropout"}
+    results = []
+    with xrnn.backend.use_backend("numpy"):
+        x = rng.standard_normal((T, B, I)).astype(dtype)
+        for kernel in (True, False):  # the same seed gives the same weights and masks
+            model = _model(kind, num_layers, dtype, options, bidirectional=bidirectional,
+                           bias=bias).train(training)
+            if not results:  # random initial states and final-state gradients, once
+                with xrnn.no_grad():  # for the shapes (eval: draws no mask)
+                    output, finals = model.eval()(x)
+                model.train(training)
+                finals = finals if isinstance(finals, tuple) else (finals,)
+                draw = np.random.default_rng(7)
+                state = tuple(draw.standard_normal(f.shape).astype(dtype) for f in finals)
+                grad_finals = tuple(draw.standard_normal(f.shape).astype(dtype) for f in finals)
+                if kind != "LSTM":
+                    state, grad_finals = state[0], grad_finals[0]
+                grad_out = draw.standard_normal(output.shape).astype(dtype)
+            results.append(_run(model, x, state, grad_out, grad_finals, kernel=kernel,
+                                lengths=lengths, reset=reset))
+    (fast, ran), (generic, none) = results
+    assert (ran, none) == (num_layers, 0), "the LayerNorm kernel ran every layer, and only it"
+    assert list(fast) == list(generic)
+    assert any(name.startswith("grad of ln_") for name in fast)
+    for name, got in fast.items():
+        assert got.dtype == np.dtype(dtype), name
+        try:
+            assert_close(got, generic[name], rtol=tolerance, atol=tolerance)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from None
+
+
+def test_grid_is_pairwise():
+    factors = list(zip(*GRID))
+    for a, b in itertools.combinations(range(len(factors)), 2):
+        pairs = set(zip(factors[a], factors[b]))
+        assert len(set(factors[a])) > 1
+        assert pairs == set(itertools.product(set(factors[a]), set(factors[b]))), (a, b)
+
+
+@pytest.mark.parametrize("case, option, num_layers, bidirectional, with_lengths, bias", GRID,
+                         ids=[f"{CASES[c][0]}{CASES[c][1].get('proj_size', '')}-"
+                              f"{list(OPTIONS)[o]}-{L}-{'bi' if d else 'uni'}"
+                              f"{'-lengths' if n else ''}{'' if b else '-nobias'}"
+                              for c, o, L, d, n, b in GRID])
+def test_layernorm_kernel_matches_generic_path(rng, case, option, num_layers, bidirectional,
+                                               with_lengths, bias):
+    kind, cell_options = CASES[case]
+    options, training, with_reset = OPTIONS[list(OPTIONS)[option]]
+    compare(rng, kind, cell_options | options, num_layers=num_layers,
+            bidirectional=bidirectional, bias=bias, training=training,
+            lengths=[2, T, 4] if with_lengths else None,
+            reset=_reset(rng) if with_reset else None)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_layernorm_kernel_in_chunks(rng, monkeypatch, kind, chunk):
+    """Every option while the input projection and its LayerNorm run a chunk of steps at
+    a time (1 step, and 4 steps: T = 6 leaves a partial chunk)."""
+    gates = {"GRU": 3, "LSTM": 4}[kind]
+    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", chunk * 2 * B * gates * H)
+    options, training, _ = OPTIONS["all"]
+    compare(rng, kind, options, training=training, lengths=[T, 3, 1], reset=_reset(rng))
+
+
+@pytest.mark.parametrize("kind, options", [("LSTM", {}), ("LSTM", {"proj_size": 2}),
+                                           ("GRU", {})])
+def test_layernorm_kernel_float32(rng, kind, options):
+    compare(rng, kind, options | OPTIONS["all"][0], dtype="float32", tolerance=1e-5,
+            lengths=[T, 3, 1], reset=_reset(rng))
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_layernorm_kernel_without_tape(rng, monkeypatch, kind, training):
+    """``keep=False`` (no gradient wanted: one step's buffers and one chunk's input
+    LayerNorm, reused; chunks of 4 steps): the generic path's output and final states."""
+    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 4 * 2 * B * 4 * H)
+    x = rng.standard_normal((T, B, I))
+    reset = _reset(rng)
+    results = []
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
+        for kernel in (True, False):
+            model = _model(kind, 2, "float64", {"zoneout": 0.3, "recurrent_dropout": 0.3,
+                                                "dropout": 0.3}).train(training)
+            before = layernorm_layer.layers_run
+            with _kernels.kernels_enabled("numpy" if kernel else False):
+                output, finals = model(x, lengths=[T, 2, 5], reset=reset)
+            finals = finals if isinstance(finals, tuple) else (finals,)
+            results.append(([output, *finals], layernorm_layer.layers_run - before))
+    (fast, ran), (generic, none) = results
+    assert (ran, none) == (2, 0)
+    for got, want in zip(fast, generic):
+        assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_layernorm_cells_take_their_kernel():
+    """NumPy float32/float64 LayerNorm cells get this kernel's ``run_layer`` with or
+    without hooks and whichever kernels are on (never the plain or compiled kernel);
+    float16, another backend or kernels off get the generic path."""
+    numpy_xp = xrnn.get_namespace(np.zeros(1))
+    for cell, dtype, enabled, hooked in itertools.product(
+            (LN_LSTM_CELL, LN_GRU_CELL), (np.float32, np.float64), (True, "numpy"),
+            (False, True)):
+        with _kernels.kernels_enabled(enabled):
+            assert _kernels.layer_runner(numpy_xp, cell, np.dtype(dtype), hooked=hooked) \
+                is layernorm_layer.run_layer
+    assert _kernels.layer_runner(numpy_xp, LN_LSTM_CELL, np.dtype(np.float16)) is None
+    with _kernels.kernels_enabled(False):
+        assert _kernels.layer_runner(numpy_xp, LN_GRU_CELL, np.dtype(np.float32)) is None
+    strict = pytest.importorskip("array_api_strict", reason="array_api_strict not installed")
+    assert _kernels.layer_runner(strict, LN_LSTM_CELL, strict.float32) is None
+
+
+def test_layernorm_model_runs_this_kernel_by_default():
+    """With every kernel on (the compiled one too, when numba is installed), a small
+    LayerNorm model, which the compiled kernel's size limits would take, runs here."""
+    x = np.ones((3, 1, 2), dtype=np.float32)
+    with xrnn.backend.use_backend("numpy"), _kernels.kernels_enabled(True):
+        for kind in ("LSTM", "GRU"):
+            before = layernorm_layer.layers_run
+            getattr(xrnn, kind)(2, 3, num_layers=2, layer_norm=True, seed=0)(x)
+            assert layernorm_layer.layers_run == before + 2, kind
