@@ -26,21 +26,23 @@ GRID = list(itertools.product(range(len(CASES)), [1, 2], [False, True], [False, 
 T, B, I, H = 5, 3, 4, 6
 
 
-def _run(model, x, state, lengths, grad_out, grad_finals, kernels):
+def _run(model, x, state, lengths, grad_out, grad_finals, kernels, counter="layers_run",
+         **call):
     """Output, final states, grad of x, of the initial states and of every parameter, with
-    ``kernels_enabled(kernels)``; and how many layers the compiled kernel ran."""
-    before = numba_layer.layers_run
+    ``kernels_enabled(kernels)``; and how many layers the compiled kernel ran (``counter``:
+    whole loops compiled, or ``"fused_layers_run"``: fused steps)."""
+    before = getattr(numba_layer, counter)
     with _kernels.kernels_enabled(kernels):
         model.zero_grad()
-        output, finals = model(x, state, lengths=lengths)
+        output, finals = model(x, state, lengths=lengths, **call)
         grad_x, grad_state = model.backward(grad_out, grad_finals, return_state_grad=True)
     flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
     return ([output, *flat(finals), grad_x, *flat(grad_state)]
-            + [p.grad for _, p in model.named_parameters()]), numba_layer.layers_run - before
+            + [p.grad for _, p in model.named_parameters()]), getattr(numba_layer, counter) - before
 
 
 def _compare(rng, kind, options, num_layers, bidirectional, bias, lengths, *,
-             given_state=True, final_grads=(True, True)):
+             given_state=True, final_grads=(True, True), counter="layers_run", **call):
     with xrnn.backend.use_backend("numpy"):
         model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=bidirectional,
                                     dtype="float64", seed=3, **options)
@@ -55,9 +57,11 @@ def _compare(rng, kind, options, num_layers, bidirectional, bias, lengths, *,
             state = None if state is None else state[0]
             grad_finals = grad_finals[0]
         grad_out = rng.standard_normal(output.shape)
-        fast, compiled = _run(model, x, state, lengths, grad_out, grad_finals, True)
-        generic, none = _run(model, x, state, lengths, grad_out, grad_finals, False)
-    assert (compiled, none) == (num_layers, 0), "the compiled kernel ran every layer"
+        fast, compiled = _run(model, x, state, lengths, grad_out, grad_finals, True, counter,
+                              **call)
+        generic, none = _run(model, x, state, lengths, grad_out, grad_finals, False, counter,
+                             **call)
+    assert (compiled, none) == (num_layers, 0), f"the compiled kernel ran every layer ({counter})"
     assert len(fast) == len(generic)
     for got, want in zip(fast, generic):
         assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -108,22 +112,26 @@ def test_numba_kernel_float32_and_dropout(rng, kind):
 
 
 
-def test_numba_kernel_float32_loops_compute_in_float32():
-    """The float32 specialisation of every compiled loop types no value as float64 (a
-    Python float literal next to a float32 promotes the gate arithmetic to float64).
-    Recompiled here from the Python source, since loops loaded from Numba's cache carry
-    no type annotations."""
+def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
+    """The float32 specialisation of every compiled loop and fused step types no value as
+    float64 (a Python float literal next to a float32 promotes the gate arithmetic to
+    float64). Recompiled here from the Python source, since functions loaded from Numba's
+    cache carry no type annotations."""
     import io
 
     import numba
 
     x = np.ones((2, 1, 2), dtype=np.float32)
     with xrnn.backend.use_backend("numpy"):
-        for kind in ("RNN", "LSTM", "GRU"):  # every loop gets a float32 signature
-            model = getattr(xrnn, kind)(2, 3, seed=0)
-            output, _ = model(x)
-            model.backward(np.ones(output.shape, dtype=np.float32))
+        for limit in (1 << 20, 0):  # every loop, then every fused step, gets float32
+            monkeypatch.setattr(numba_layer, "MAX_STEP_WORK",
+                                dict.fromkeys(("rnn", "lstm", "gru"), limit))
+            for kind in ("RNN", "LSTM", "GRU"):
+                model = getattr(xrnn, kind)(2, 3, seed=0)
+                output, _ = model(x)
+                model.backward(np.ones(output.shape, dtype=np.float32))
     loops = [f"_{k}_{d}" for k in ("elman", "lstm", "gru") for d in ("forward", "backward")]
+    loops += [f"_{k}_{d}" for k in ("tanh", "lstm", "gru") for d in ("step", "back")]
     f4 = numba.float32
     products = {"_accumulate": (f4[::1], f4[::1], f4[:, ::1])}  # _product only calls it
     typed = {}
@@ -143,35 +151,56 @@ def test_numba_kernel_float32_loops_compute_in_float32():
         assert not wide, f"{name} computes in float64 for float32 input: {wide[:3]}"
 
 
-def _layers_run(model, x) -> tuple[int, int]:
-    """(compiled, NumPy kernel) layers run by one forward of ``model`` on ``x``."""
-    before = numba_layer.layers_run, numpy_layer.layers_run
+def _layers_run(model, x) -> tuple[int, int, int]:
+    """(whole loop compiled, fused steps, NumPy kernel) layers run by one forward."""
+    counters = (numba_layer, "layers_run"), (numba_layer, "fused_layers_run"), (
+        numpy_layer, "layers_run")
+    before = [getattr(module, name) for module, name in counters]
     with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
         model(x)
-    return numba_layer.layers_run - before[0], numpy_layer.layers_run - before[1]
+    return tuple(getattr(module, name) - b for (module, name), b in zip(counters, before))
 
 
 @pytest.mark.parametrize("kind, gates", [("RNN", 1), ("LSTM", 4), ("GRU", 3)])
 def test_kernel_choice_by_size(kind, gates):
-    """A layer with B*G*H*H at the kind's limit runs compiled, one batch row more runs on
-    the NumPy kernel; an LSTM with a projection always does; the "numpy" switch and the
-    off switch keep the compiled kernel out."""
+    """A layer with B*G*H*H at the kind's limit runs its whole loop compiled, one batch row
+    more runs with fused compiled steps, as does an LSTM with a projection; the "numpy"
+    switch keeps the NumPy kernel only, the off switch the generic path."""
     limit = numba_layer.MAX_STEP_WORK[kind.lower()]
     hidden = 8
     batch = limit // (gates * hidden * hidden)
     with xrnn.backend.use_backend("numpy"):  # whatever the leg's backend
         model = getattr(xrnn, kind)(2, hidden, seed=0)
     at_limit = np.ones((2, batch, 2), dtype=np.float32)
-    assert _layers_run(model, at_limit) == (1, 0)
-    assert _layers_run(model, np.ones((2, batch + 1, 2), dtype=np.float32)) == (0, 1)
+    assert _layers_run(model, at_limit) == (1, 0, 0)
+    assert _layers_run(model, np.ones((2, batch + 1, 2), dtype=np.float32)) == (0, 1, 0)
     with _kernels.kernels_enabled("numpy"):
-        assert _layers_run(model, at_limit) == (0, 1)
+        assert _layers_run(model, at_limit) == (0, 0, 1)
     with _kernels.kernels_enabled(False):
-        assert _layers_run(model, at_limit) == (0, 0)
+        assert _layers_run(model, at_limit) == (0, 0, 0)
     if kind == "LSTM":
         with xrnn.backend.use_backend("numpy"):
             projected = xrnn.LSTM(2, hidden, proj_size=3, seed=0)
-        assert _layers_run(projected, np.ones((2, 1, 2), dtype=np.float32)) == (0, 1)
+        assert _layers_run(projected, np.ones((2, 1, 2), dtype=np.float32)) == (0, 1, 0)
+
+
+FUSED_CASES = CASES + [("LSTM", {"proj_size": 3})]
+FUSED_GRID = [(c, L, d, b, n) for c, L, d, b, n in itertools.product(
+    range(len(FUSED_CASES)), [1, 2], [False, True], [False, True], [False, True])
+    if (L + d + b + n) % 2 == 0]  # half the grid: every option on and off for every cell
+
+
+@pytest.mark.parametrize("case, num_layers, bidirectional, bias, with_lengths", FUSED_GRID,
+                         ids=[f"{FUSED_CASES[c][0]}{FUSED_CASES[c][1] or ''}-{L}-{d}-{b}-{n}"
+                              for c, L, d, b, n in FUSED_GRID])
+def test_fused_steps_match_generic_path(rng, monkeypatch, case, num_layers, bidirectional,
+                                        bias, with_lengths):
+    """Layers above the limits: the NumPy kernel's loop with compiled steps (forced here
+    by a zero limit), at 1e-12 against the generic path."""
+    monkeypatch.setattr(numba_layer, "MAX_STEP_WORK", dict.fromkeys(("rnn", "lstm", "gru"), 0))
+    kind, options = FUSED_CASES[case]
+    _compare(rng, kind, options, num_layers, bidirectional, bias,
+             [2, T, 1] if with_lengths else None, counter="fused_layers_run")
 
 
 def test_kernels_enabled_rejects_other_values():
@@ -197,3 +226,61 @@ def test_xrnn_kernels_environment_variable(value, expected):
     """README: ``XRNN_KERNELS=numpy`` keeps the NumPy kernel only, ``0`` neither."""
     printed = run_with_xrnn_kernels(value, _FORWARD)
     assert printed == expected, f"XRNN_KERNELS={value!r}: {printed}"
+
+
+def test_float32_exp_and_tanh_within_two_ulp_and_special_values():
+    """The compiled kernel's float32 ``exp``/``tanh`` (polynomials, ``numba_math``) against
+    float64 NumPy: at most 2 ulp over the range where exp is a normal float32; NaN stays
+    NaN, +-inf give the limits, denormals pass through tanh (the sign of zero may not:
+    the kernel's ``nsz`` flag); float64 is libm's
+    (within an ulp of NumPy's)."""
+    import numba
+
+    from xrnn._kernels import numba_math
+
+    @numba.njit(error_model="numpy")
+    def apply(x, out_exp, out_tanh):
+        for j in range(x.size):
+            out_exp[j] = numba_math.exp(x[j])
+            out_tanh[j] = numba_math.tanh(x[j])
+
+    x = np.concatenate([np.linspace(-87, 88, 200_001), np.geomspace(1e-30, 20, 5000),
+                        -np.geomspace(1e-30, 20, 5000)]).astype(np.float32)
+    got_exp, got_tanh = np.empty_like(x), np.empty_like(x)
+    apply(x, got_exp, got_tanh)
+    for got, want in ((got_exp, np.exp(x.astype(np.float64))),
+                      (got_tanh, np.tanh(x.astype(np.float64)))):
+        ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+        assert np.max(np.abs(got - want) / ulp) <= 2.0
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 1e4, -1e4],
+                       dtype=np.float32)
+    got_exp, got_tanh = np.empty_like(special), np.empty_like(special)
+    apply(special, got_exp, got_tanh)
+    assert np.isnan(got_exp[0]) and np.isnan(got_tanh[0])
+    assert np.array_equal(got_tanh[1:], np.array([1, -1, 0, 0, 1e-45, 1, -1], np.float32))
+    assert got_exp[1] > 1e38 and 0 < got_exp[2] < 1e-37 and got_exp[3] == 1  # clamped
+    x64 = np.linspace(-30, 30, 1001)
+    got64, tanh64 = np.empty_like(x64), np.empty_like(x64)
+    apply(x64, got64, tanh64)
+    assert_close(got64, np.exp(x64), rtol=5e-16, atol=0)
+    assert_close(tanh64, np.tanh(x64), rtol=5e-16, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("limit", [1 << 20, 0], ids=["whole-loop", "fused"])
+def test_float32_saturation_and_nan_as_generic_path(rng, monkeypatch, kind, limit):
+    """Huge inputs saturate the gates as on the generic path (within 1e-6), and a NaN in one
+    sequence's input gives NaN in that sequence's outputs and nowhere else."""
+    monkeypatch.setattr(numba_layer, "MAX_STEP_WORK", dict.fromkeys(("rnn", "lstm", "gru"), limit))
+    x = (rng.standard_normal((T, B, I)) * 1e30).astype(np.float32)
+    x[1, 0, 2] = np.nan
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
+        model = getattr(xrnn, kind)(I, H, 2, bidirectional=True, seed=2)
+        outputs = []
+        for enabled in (True, False):
+            with _kernels.kernels_enabled(enabled):
+                outputs.append(model(x)[0])
+    fast, generic = outputs
+    assert np.array_equal(np.isnan(fast), np.isnan(generic))
+    assert np.isnan(fast[:, 0]).any() and not np.isnan(fast[:, 1:]).any()
+    assert_close(np.nan_to_num(fast), np.nan_to_num(generic), rtol=0, atol=1e-6)

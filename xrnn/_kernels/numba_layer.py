@@ -17,16 +17,19 @@ Functions are compiled per dtype on first use and cached on disk (``cache=True``
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numba
 import numpy as np
+import threadpoolctl
 
 from ..functional.cells import Cell
 from ..functional.weights import LayerWeights
 from . import numpy_layer
+from .numba_math import exp, tanh
 
 #: Per cell family, the largest ``B * G * H * P`` (multiply-adds of one direction's
 #: recurrent product per step) that runs compiled. Above it the NumPy kernel wins: its
@@ -54,13 +57,40 @@ def fits(x, weights: Sequence[LayerWeights], cell: Cell) -> bool:
     return x.shape[1] * w.w_hh.shape[0] * w.w_hh.shape[1] <= limit
 
 
+@functools.cache
+def _blas_libraries() -> list:
+    """The loaded BLAS libraries (NumPy's OpenBLAS, and any other), found once."""
+    return threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the block's BLAS calls on one thread, then restore the previous counts.
+
+    A compiled layer's products (the input projection, the batched weight gradients) are
+    small: a second OpenBLAS thread saves little when the other core is idle and stalls
+    the call by 10-100x when it is busy (another process, or torch's spinning OpenMP
+    threads): (100, 64) @ (64, 512) took 14 ms on two threads beside one busy process,
+    0.12 ms on one (NOTES.md, issue 13). Process-wide, like every BLAS thread setting.
+    """
+    libraries = _blas_libraries()
+    counts = [library.get_num_threads() for library in libraries]
+    for library in libraries:
+        library.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for library, count in zip(libraries, counts):
+            library.set_num_threads(count)
+
+
 # compiled loops ---------------------------------------------------------------------------
 # Shapes as in numpy_layer: gx (D, chunk, B, GH); w_t (D, P, GH); h (D, T+1, B, P);
 # c (D, T+1, B, H); taped buffers (D, T or 1, B, ·); inactive (D, T, B).
 # Every constant is made in the arrays' dtype (``one = z.dtype.type(1)``): a Python float
 # literal would turn float32 arithmetic into float64. Inner loops run over units, are
-# contiguous and branch-free, so LLVM vectorises the products and the gate algebra;
-# exp and tanh stay scalar libm calls (Numba has no vector math library without SVML).
+# contiguous and branch-free, so LLVM vectorises the products and the gate algebra,
+# exp and tanh included in float32 (``numba_math``: polynomials, not libm calls).
 
 @_jit
 def _accumulate(out, coef, rows):
@@ -100,7 +130,7 @@ def _elman_forward(gx, start, count, w_t, h, inactive, activation):
                 _product(z, gx[d, s - start, b], h[d, s, b], w_t[d])
                 if activation == 0:
                     for j in range(width):
-                        out[j] = math.tanh(z[j])
+                        out[j] = tanh(z[j])
                 elif activation == 1:
                     for j in range(width):
                         out[j] = max(z[j], zero)
@@ -127,7 +157,7 @@ def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
                 _product(z, gx[d, s - start, b], h[d, s, b], w_t[d])
                 gates = a[d, k, b]
                 for j in range(width):  # rows scaled: sigmoid for i, f, o; sigmoid(2z) for g
-                    gates[j] = math.exp(z[j])
+                    gates[j] = exp(z[j])
                 for j in range(width):
                     gates[j] = one / (one + gates[j])
                 for j in range(3 * hidden, width):
@@ -137,7 +167,7 @@ def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
                     c_new[j] = gates[hidden + j] * c_old[j] + gates[j] * gates[3 * hidden + j]
                 t_row, h_new = tanh_c[d, k, b], h[d, s + 1, b]
                 for j in range(hidden):
-                    t_row[j] = math.tanh(c_new[j])
+                    t_row[j] = tanh(c_new[j])
                 for j in range(hidden):
                     h_new[j] = gates[2 * hidden + j] * t_row[j]
 
@@ -158,13 +188,13 @@ def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
                 hh, gates, x_row = gh[d, k, b], a[d, k, b], gx[d, s - start, b]
                 _product(hh, b_hn[d], h[d, s, b], w_t[d])  # b_hn: zeros on r, z
                 for j in range(2 * hidden):  # rows negated: sigmoid
-                    gates[j] = math.exp(x_row[j] + hh[j])
+                    gates[j] = exp(x_row[j] + hh[j])
                 for j in range(2 * hidden):
                     gates[j] = one / (one + gates[j])
                 for j in range(hidden):
                     gates[2 * hidden + j] = gates[j] * hh[2 * hidden + j] + x_row[2 * hidden + j]
                 for j in range(2 * hidden, width):
-                    gates[j] = math.tanh(gates[j])
+                    gates[j] = tanh(gates[j])
                 h_old, h_new = h[d, s, b], h[d, s + 1, b]
                 for j in range(hidden):
                     n = gates[2 * hidden + j]
@@ -256,6 +286,113 @@ def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
                 _accumulate(row, dgh, w[d])
 
 
+# fused steps for larger layers -------------------------------------------------------------
+# One direction's elementwise work for a step, after the NumPy kernel's BLAS product:
+# (B, ·) C-contiguous views of its buffers (one call per direction: a (D, B, ·) view is
+# not contiguous, and Numba does not vectorise non-contiguous arrays, 5x slower). Each
+# call replaces 8-14 NumPy calls and passes over memory.
+
+@_jit
+def _tanh_step(z, gx, h_out):
+    """``h_out = tanh(z + gx)``."""
+    for b in range(z.shape[0]):
+        zr, xr, out = z[b], gx[b], h_out[b]
+        for j in range(z.shape[1]):
+            out[j] = tanh(zr[j] + xr[j])
+
+
+@_jit
+def _lstm_step(z, gx, c_prev, c_new, a, tanh_c, h_out):
+    """Gates ``a`` from ``z + gx`` (scaled rows, kernel order i, f, o, g), new c, tanh(c), h."""
+    batch, width = z.shape
+    hidden = width // 4
+    one = z.dtype.type(1)
+    two = one + one
+    for b in range(batch):
+        zr, xr, gates = z[b], gx[b], a[b]
+        for j in range(width):
+            gates[j] = one / (one + exp(zr[j] + xr[j]))
+        for j in range(3 * hidden, width):
+            gates[j] = gates[j] * two - one
+        c_old, c_row, t_row, out = c_prev[b], c_new[b], tanh_c[b], h_out[b]
+        for j in range(hidden):
+            c_row[j] = gates[hidden + j] * c_old[j] + gates[j] * gates[3 * hidden + j]
+        for j in range(hidden):
+            t_row[j] = tanh(c_row[j])
+        for j in range(hidden):
+            out[j] = gates[2 * hidden + j] * t_row[j]
+
+
+@_jit
+def _gru_step(gh, gx, b_hn, h_prev, a, h_out):
+    """``gh`` (h W_hh^T) gets ``b_hn`` on its n block; gates ``a``; new h."""
+    batch, width = gh.shape
+    hidden = width // 3
+    one = gh.dtype.type(1)
+    for b in range(batch):
+        hh, xr, gates = gh[b], gx[b], a[b]
+        for j in range(width):
+            hh[j] += b_hn[j]
+        for j in range(2 * hidden):  # rows negated: sigmoid
+            gates[j] = one / (one + exp(xr[j] + hh[j]))
+        for j in range(hidden):
+            gates[2 * hidden + j] = tanh(gates[j] * hh[2 * hidden + j] + xr[2 * hidden + j])
+        old, out = h_prev[b], h_out[b]
+        for j in range(hidden):
+            n = gates[2 * hidden + j]
+            out[j] = (old[j] - n) * gates[hidden + j] + n
+
+
+@_jit
+def _tanh_back(h, dh, dz):
+    """``dz = dh (1 - h^2)``."""
+    one = dz.dtype.type(1)
+    for b in range(dz.shape[0]):
+        hr, g, out = h[b], dh[b], dz[b]
+        for j in range(dz.shape[1]):
+            out[j] = (one - hr[j] * hr[j]) * g[j]
+
+
+@_jit
+def _lstm_back(dh, dc, a, tanh_c, c_prev, dz):
+    """Gate gradients ``dz`` from ``dh`` and ``dc``; ``dc`` becomes the previous c's."""
+    batch, width = dz.shape
+    hidden = width // 4
+    one = dz.dtype.type(1)
+    for b in range(batch):
+        gates, tc, c_old = a[b], tanh_c[b], c_prev[b]
+        row, dc_row, out = dh[b], dc[b], dz[b]
+        for j in range(hidden):
+            i, f = gates[j], gates[hidden + j]
+            o, g = gates[2 * hidden + j], gates[3 * hidden + j]
+            dcj = dc_row[j] + (one - tc[j] * tc[j]) * o * row[j]
+            out[j] = dcj * g * (i - i * i)
+            out[hidden + j] = dcj * c_old[j] * (f - f * f)
+            out[2 * hidden + j] = row[j] * tc[j] * (o - o * o)
+            out[3 * hidden + j] = dcj * i * (one - g * g)
+            dc_row[j] = dcj * f
+
+
+@_jit
+def _gru_back(dh, a, gh, h_prev, dz, dgh, direct):
+    """Gate gradients ``dz`` (input side) and ``dgh`` (recurrent side); ``direct`` = dh z,
+    the gradient that reaches the previous h without ``W_hh``."""
+    batch, width = dz.shape
+    hidden = width // 3
+    one = dz.dtype.type(1)
+    for b in range(batch):
+        gates, hh, old = a[b], gh[b], h_prev[b]
+        row, out, rec, past = dh[b], dz[b], dgh[b], direct[b]
+        for j in range(hidden):
+            r, zj, n = gates[j], gates[hidden + j], gates[2 * hidden + j]
+            dn = (one - n * n) * row[j] * (one - zj)
+            dr = dn * hh[2 * hidden + j] * ((one - r) * r)
+            dzj = (old[j] - n) * row[j] * ((one - zj) * zj)
+            out[j], out[hidden + j], out[2 * hidden + j] = dr, dzj, dn
+            rec[j], rec[hidden + j], rec[2 * hidden + j] = dr, dzj, dn * r
+            past[j] = row[j] * zj
+
+
 # the layer ------------------------------------------------------------------------------
 
 class _CompiledLayer(numpy_layer._Layer):
@@ -268,6 +405,10 @@ class _CompiledLayer(numpy_layer._Layer):
         self.steps_inactive = np.ascontiguousarray(steps_inactive)
 
     def forward(self):
+        with one_blas_thread():
+            self._forward()
+
+    def _forward(self):
         chunk = self.gx.shape[1]
         for start in range(0, self.steps, chunk):
             self._project(start)
@@ -285,6 +426,10 @@ class _CompiledLayer(numpy_layer._Layer):
 
     def backward(self, grad_output, grad_finals):
         """BPTT; returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
+        with one_blas_thread():
+            return self._backward(grad_output, grad_finals)
+
+    def _backward(self, grad_output, grad_finals):
         directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
         grad_steps = np.zeros((directions, steps, batch, self.P), dtype=dtype)
         if grad_output is not None:  # per direction in step order, zero where padded
@@ -316,18 +461,70 @@ class _CompiledLayer(numpy_layer._Layer):
         return self._gradients(dz_all, dgh_all, None, dh, dc)
 
 
-#: How many layers this kernel has run in this process: tests read it to see which path ran.
+class _FusedLayer(numpy_layer._Layer):
+    """The NumPy kernel's layer (its loop, BLAS products, hooks and tape) with each step's
+    elementwise work, forward and backward, in one compiled call per direction: for
+    layers above the limits, where the products need BLAS's threads and blocking."""
+
+    def _step_tanh(self, gx, s, k, h_prev, h_out, h_in=None):
+        z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)
+        for d in range(self.D):
+            _tanh_step(z[d], gx[d], h_out[d])
+
+    def _step_lstm(self, gx, s, k, h_prev, h_out, h_in=None):
+        z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)
+        c, a, tanh_c = self.c, self.a, self.tanh_c
+        for d in range(self.D):
+            _lstm_step(z[d], gx[d], c[d, s], c[d, s + 1], a[d, k], tanh_c[d, k], h_out[d])
+
+    def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
+        gh = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.gh[:, k])
+        b_hn, a = self._b_hn_rows(), self.a
+        for d in range(self.D):
+            _gru_step(gh[d], gx[d], b_hn[d], h_prev[d], a[d, k], h_out[d])
+
+    def _b_hn_rows(self):
+        """(D, G*H): zeros on r and z, ``b_hn`` on n."""
+        if getattr(self, "_b_hn_full", None) is None:
+            self._b_hn_full = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
+            if self.b_hn is not None:
+                self._b_hn_full[:, 2 * self.H:] = self.b_hn[:, 0]
+        return self._b_hn_full
+
+    def _back_tanh(self, s, dh, dc, dz, dgh, scratch):
+        h = self.h_new[:, s]
+        for d in range(self.D):
+            _tanh_back(h[d], dh[d], dz[d])
+
+    def _back_lstm(self, s, dh, dc, dz, dgh, scratch):
+        a, tanh_c, c = self.a, self.tanh_c, self.c
+        for d in range(self.D):
+            _lstm_back(dh[d], dc[d], a[d, s], tanh_c[d, s], c[d, s], dz[d])
+
+    def _back_gru(self, s, dh, dc, dz, dgh, scratch):
+        a, gh, h_before = self.a, self.gh, self.h_before
+        for d in range(self.D):
+            _gru_back(dh[d], a[d, s], gh[d, s], h_before[d, s], dz[d], dgh[d], self.tmp[d])
+        return self.tmp
+
+
+#: How many layers ran their whole loop compiled (``layers_run``) or with fused steps
+#: (``fused_layers_run``) in this process: tests read them to see which path ran.
 layers_run = 0
+fused_layers_run = 0
 
 
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
-              keep: bool, active=None):
-    """One layer, compiled where it :func:`fits`, else on the NumPy kernel; the interface of
+              keep: bool, active=None, hooks=None):
+    """One layer: its whole loop compiled where it :func:`fits` and has no per-step
+    ``hooks``, else the NumPy kernel's loop with fused compiled steps. The interface of
     :func:`xrnn._kernels.numpy_layer.run_layer`: ``(output, finals, backward or None)``."""
-    global layers_run
-    if not fits(x, weights, cell):
-        return numpy_layer.run_layer(x, states, weights, cell, keep=keep, active=active)
-    layers_run += 1
-    layer = _CompiledLayer(x, states, weights, cell, keep, active)
+    global layers_run, fused_layers_run
+    if hooks is None and fits(x, weights, cell):
+        layers_run += 1
+        layer = _CompiledLayer(x, states, weights, cell, keep, active)
+    else:
+        fused_layers_run += 1
+        layer = _FusedLayer(x, states, weights, cell, keep, active, hooks)
     layer.forward()
     return layer.output(active), layer.finals(), (layer.backward if keep else None)
