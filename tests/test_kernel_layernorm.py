@@ -140,13 +140,16 @@ def test_layernorm_kernel_matches_generic_path(rng, case, option, num_layers, bi
             reset=_reset(rng) if with_reset else None)
 
 
+@pytest.mark.parametrize("module", [numpy_layer, layernorm_layer],
+                         ids=["numpy_layer", "layernorm_layer"])
 @pytest.mark.parametrize("chunk", [1, 4])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_layernorm_kernel_in_chunks(rng, monkeypatch, kind, chunk):
+def test_layernorm_kernel_in_chunks(rng, monkeypatch, kind, chunk, module):
     """Every option while the input projection and its LayerNorm run a chunk of steps at
-    a time (1 step, and 4 steps: T = 6 leaves a partial chunk)."""
+    a time (1 step, and 4 steps: T = 6 leaves a partial chunk), whichever module's chunk
+    size is the smaller."""
     gates = {"GRU": 3, "LSTM": 4}[kind]
-    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", chunk * 2 * B * gates * H)
+    monkeypatch.setattr(module, "_CHUNK_ELEMENTS", chunk * 2 * B * gates * H)
     options, training, _ = OPTIONS["all"]
     compare(rng, kind, options, training=training, lengths=[T, 3, 1], reset=_reset(rng))
 
