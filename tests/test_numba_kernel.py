@@ -41,6 +41,12 @@ def _run(model, x, state, lengths, grad_out, grad_finals, kernels, counter="laye
             + [p.grad for _, p in model.named_parameters()]), getattr(numba_layer, counter) - before
 
 
+def _set_limits(monkeypatch, limit: int) -> None:
+    """Every layer up to ``limit`` runs its whole loop compiled, every larger one fused."""
+    monkeypatch.setattr(numba_layer, "MAX_STEP_WORK", dict.fromkeys(("rnn", "lstm", "gru"), limit))
+    monkeypatch.setattr(numba_layer, "MAX_ROW_WORK", limit)
+
+
 def _compare(rng, kind, options, num_layers, bidirectional, bias, lengths, *,
              given_state=True, final_grads=(True, True), counter="layers_run", **call):
     with xrnn.backend.use_backend("numpy"):
@@ -124,8 +130,7 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
     x = np.ones((2, 1, 2), dtype=np.float32)
     with xrnn.backend.use_backend("numpy"):
         for limit in (1 << 20, 0):  # every loop, then every fused step, gets float32
-            monkeypatch.setattr(numba_layer, "MAX_STEP_WORK",
-                                dict.fromkeys(("rnn", "lstm", "gru"), limit))
+            _set_limits(monkeypatch, limit)
             for kind in ("RNN", "LSTM", "GRU"):
                 model = getattr(xrnn, kind)(2, 3, seed=0)
                 output, _ = model(x)
@@ -184,6 +189,18 @@ def test_kernel_choice_by_size(kind, gates):
         assert _layers_run(projected, np.ones((2, 1, 2), dtype=np.float32)) == (0, 1, 0)
 
 
+def test_kernel_choice_at_batch_one():
+    """At batch 1 the whole loop runs compiled up to ``MAX_ROW_WORK``, past the batched
+    limit; the same layer with two rows takes the fused steps."""
+    hidden = 256  # LSTM: G*H*H = 2^18 <= MAX_ROW_WORK (2^20)
+    assert 4 * hidden * hidden <= numba_layer.MAX_ROW_WORK
+    assert 2 * 4 * hidden * hidden > numba_layer.MAX_STEP_WORK["lstm"]
+    with xrnn.backend.use_backend("numpy"):
+        model = xrnn.LSTM(2, hidden, seed=0)
+    assert _layers_run(model, np.ones((2, 1, 2), dtype=np.float32)) == (1, 0, 0)
+    assert _layers_run(model, np.ones((2, 2, 2), dtype=np.float32)) == (0, 1, 0)
+
+
 FUSED_CASES = CASES + [("LSTM", {"proj_size": 3})]
 FUSED_GRID = [(c, L, d, b, n) for c, L, d, b, n in itertools.product(
     range(len(FUSED_CASES)), [1, 2], [False, True], [False, True], [False, True])
@@ -197,7 +214,7 @@ def test_fused_steps_match_generic_path(rng, monkeypatch, case, num_layers, bidi
                                         bias, with_lengths):
     """Layers above the limits: the NumPy kernel's loop with compiled steps (forced here
     by a zero limit), at 1e-12 against the generic path."""
-    monkeypatch.setattr(numba_layer, "MAX_STEP_WORK", dict.fromkeys(("rnn", "lstm", "gru"), 0))
+    _set_limits(monkeypatch, 0)
     kind, options = FUSED_CASES[case]
     _compare(rng, kind, options, num_layers, bidirectional, bias,
              [2, T, 1] if with_lengths else None, counter="fused_layers_run")
@@ -271,7 +288,7 @@ def test_float32_exp_and_tanh_within_two_ulp_and_special_values():
 def test_float32_saturation_and_nan_as_generic_path(rng, monkeypatch, kind, limit):
     """Huge inputs saturate the gates as on the generic path (within 1e-6), and a NaN in one
     sequence's input gives NaN in that sequence's outputs and nowhere else."""
-    monkeypatch.setattr(numba_layer, "MAX_STEP_WORK", dict.fromkeys(("rnn", "lstm", "gru"), limit))
+    _set_limits(monkeypatch, limit)
     x = (rng.standard_normal((T, B, I)) * 1e30).astype(np.float32)
     x[1, 0, 2] = np.nan
     with xrnn.backend.use_backend("numpy"), xrnn.no_grad():

@@ -17,9 +17,9 @@ Functions are compiled per dtype on first use and cached on disk (``cache=True``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import numba
@@ -32,11 +32,17 @@ from . import numpy_layer
 from .numba_math import exp, tanh
 
 #: Per cell family, the largest ``B * G * H * P`` (multiply-adds of one direction's
-#: recurrent product per step) that runs compiled. Above it the NumPy kernel wins: its
-#: BLAS products use both cores and its ufuncs' exp/tanh are vectorised, while here they
-#: are scalar calls. The NumPy RNN step is only 3 calls, so it pays off sooner.
+#: recurrent product per step) whose whole loop runs compiled; above it the loop is the
+#: NumPy kernel's with fused compiled steps (:class:`_FusedLayer`), whose products are
+#: BLAS's (blocked, threaded). At batch 1 the whole loop wins further up
+#: (``MAX_ROW_WORK``): one row of ``h`` per step gives BLAS nothing to block or share.
 #: Measured in benchmarks/NOTES.md (issue 13).
-MAX_STEP_WORK = {"rnn": 1 << 14, "lstm": 1 << 18, "gru": 1 << 18}
+MAX_STEP_WORK = {"rnn": 1 << 16, "lstm": 1 << 18, "gru": 1 << 18}
+MAX_ROW_WORK = 1 << 20
+#: Up to this ``B * G * H * P`` a fused layer's products run on one BLAS thread: a second
+#: one gains little on products this small and stalls them 10-300x when the other core
+#: is busy (NOTES.md).
+MAX_ONE_THREAD_WORK = 1 << 20
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
 KINDS = (*_ACTIVATION, "lstm", "gru")
@@ -48,13 +54,18 @@ _jit = numba.njit(cache=True, nogil=True, error_model="numpy",
                   fastmath={"contract", "arcp", "nsz"})
 
 
+def _step_work(x, weights: Sequence[LayerWeights]) -> int:
+    """``B * G * H * P``: one direction's recurrent multiply-adds per step."""
+    return x.shape[1] * weights[0].w_hh.shape[0] * weights[0].w_hh.shape[1]
+
+
 def fits(x, weights: Sequence[LayerWeights], cell: Cell) -> bool:
-    """Whether this layer runs compiled: a supported cell without projection, small enough."""
-    w = weights[0]
-    if cell.name not in KINDS or w.w_hr is not None:
+    """Whether this layer's whole loop runs compiled: a supported cell without projection,
+    small enough (:data:`MAX_STEP_WORK`, or :data:`MAX_ROW_WORK` at batch 1)."""
+    if cell.name not in KINDS or weights[0].w_hr is not None:
         return False
-    limit = MAX_STEP_WORK[cell.name.split("_")[0]]
-    return x.shape[1] * w.w_hh.shape[0] * w.w_hh.shape[1] <= limit
+    limit = MAX_ROW_WORK if x.shape[1] == 1 else MAX_STEP_WORK[cell.name.split("_")[0]]
+    return _step_work(x, weights) <= limit
 
 
 @functools.cache
@@ -63,7 +74,7 @@ def _blas_libraries() -> list:
     return threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
 
 
-@contextmanager
+@contextlib.contextmanager
 def one_blas_thread() -> Iterator[None]:
     """Run the block's BLAS calls on one thread, then restore the previous counts.
 
@@ -464,7 +475,20 @@ class _CompiledLayer(numpy_layer._Layer):
 class _FusedLayer(numpy_layer._Layer):
     """The NumPy kernel's layer (its loop, BLAS products, hooks and tape) with each step's
     elementwise work, forward and backward, in one compiled call per direction: for
-    layers above the limits, where the products need BLAS's threads and blocking."""
+    layers above the limits, where the products need BLAS's blocking (and, above
+    :data:`MAX_ONE_THREAD_WORK`, its threads)."""
+
+    def __init__(self, x, states, weights, cell, keep, active, hooks=None):
+        super().__init__(x, states, weights, cell, keep, active, hooks)
+        self.one_thread = _step_work(x, weights) <= MAX_ONE_THREAD_WORK
+
+    def forward(self):
+        with one_blas_thread() if self.one_thread else contextlib.nullcontext():
+            super().forward()
+
+    def backward(self, grad_output, grad_finals):
+        with one_blas_thread() if self.one_thread else contextlib.nullcontext():
+            return super().backward(grad_output, grad_finals)
 
     def _step_tanh(self, gx, s, k, h_prev, h_out, h_in=None):
         z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)
