@@ -313,15 +313,16 @@ def test_finite_differences(xp, rng, kind, training, layer_norm):
 # ---------------------------------------------------------------- paths, seeds, modules
 
 def test_kernels_run_the_options_and_agree_with_the_generic_path(rng):
-    """NumPy: with a per-step option (and a reset) the NumPy kernel runs every layer
-    (the compiled one has no per-step options), and weight dropout runs on the kernels;
-    both agree with the generic path (tests/test_kernel_hooks.py checks every option)."""
+    """NumPy: with a per-step option (and a reset) the NumPy kernel runs every layer, and
+    weight dropout runs on the kernels; both agree with the generic path
+    (tests/test_kernel_hooks.py checks every option, tests/test_numba_kernel.py the
+    compiled kernel's fused steps)."""
     x = rng.standard_normal((T, B, I))
     with xrnn.use_backend("numpy"):
         for options in (dict(zoneout=0.3), dict(recurrent_dropout=0.3),
                         dict(weight_dropout=0.3), dict(zoneout=0.2, weight_dropout=0.3)):
             results = []
-            for enabled in (True, False):
+            for enabled in ("numpy", False):
                 model = make("LSTM", **options).train()
                 before = numpy_layer.layers_run
                 with _kernels.kernels_enabled(enabled):

@@ -186,16 +186,17 @@ def test_layernorm_kernel_without_tape(rng, monkeypatch, kind, training):
 
 
 def test_layernorm_cells_take_their_kernel():
-    """NumPy float32/float64 LayerNorm cells get this kernel's ``run_layer`` with or
-    without hooks and whichever kernels are on (never the plain or compiled kernel);
-    float16, another backend or kernels off get the generic path."""
+    """NumPy float32/float64 LayerNorm cells get this kernel's ``run_layer`` with
+    ``kernels_enabled("numpy")``, and by default the compiled one's (``numba_layernorm``)
+    when numba is installed (never the plain kernels); float16, another backend or
+    kernels off get the generic path."""
     numpy_xp = xrnn.get_namespace(np.zeros(1))
-    for cell, dtype, enabled, hooked in itertools.product(
-            (LN_LSTM_CELL, LN_GRU_CELL), (np.float32, np.float64), (True, "numpy"),
-            (False, True)):
+    compiled = _kernels._compiled("numba_layernorm")
+    for cell, dtype, enabled in itertools.product(
+            (LN_LSTM_CELL, LN_GRU_CELL), (np.float32, np.float64), (True, "numpy")):
+        kernel = layernorm_layer if enabled == "numpy" or compiled is None else compiled
         with _kernels.kernels_enabled(enabled):
-            assert _kernels.layer_runner(numpy_xp, cell, np.dtype(dtype), hooked=hooked) \
-                is layernorm_layer.run_layer
+            assert _kernels.layer_runner(numpy_xp, cell, np.dtype(dtype)) is kernel.run_layer
     assert _kernels.layer_runner(numpy_xp, LN_LSTM_CELL, np.dtype(np.float16)) is None
     with _kernels.kernels_enabled(False):
         assert _kernels.layer_runner(numpy_xp, LN_GRU_CELL, np.dtype(np.float32)) is None
@@ -204,11 +205,13 @@ def test_layernorm_cells_take_their_kernel():
 
 
 def test_layernorm_model_runs_this_kernel_by_default():
-    """With every kernel on (the compiled one too, when numba is installed), a small
-    LayerNorm model, which the compiled kernel's size limits would take, runs here."""
+    """With every kernel on, a small LayerNorm model (which the plain compiled kernel's
+    size limits would take) runs on the LayerNorm kernels: the compiled one's fused steps
+    when numba is installed, else this one."""
     x = np.ones((3, 1, 2), dtype=np.float32)
+    kernel = _kernels._compiled("numba_layernorm") or layernorm_layer
     with xrnn.backend.use_backend("numpy"), _kernels.kernels_enabled(True):
         for kind in ("LSTM", "GRU"):
-            before = layernorm_layer.layers_run
+            before = kernel.layers_run
             getattr(xrnn, kind)(2, 3, num_layers=2, layer_norm=True, seed=0)(x)
-            assert layernorm_layer.layers_run == before + 2, kind
+            assert kernel.layers_run == before + 2, kind

@@ -30,15 +30,17 @@ def _run(model, x, state, lengths, grad_out, grad_finals, kernels, counter="laye
          **call):
     """Output, final states, grad of x, of the initial states and of every parameter, with
     ``kernels_enabled(kernels)``; and how many layers the compiled kernel ran (``counter``:
-    whole loops compiled, or ``"fused_layers_run"``: fused steps)."""
-    before = getattr(numba_layer, counter)
+    ``"layers_run"``, whole loops, ``"fused_layers_run"``, fused steps, or a
+    ``(module, name)`` pair)."""
+    module, name = (numba_layer, counter) if isinstance(counter, str) else counter
+    before = getattr(module, name)
     with _kernels.kernels_enabled(kernels):
         model.zero_grad()
         output, finals = model(x, state, lengths=lengths, **call)
         grad_x, grad_state = model.backward(grad_out, grad_finals, return_state_grad=True)
     flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
     return ([output, *flat(finals), grad_x, *flat(grad_state)]
-            + [p.grad for _, p in model.named_parameters()]), getattr(numba_layer, counter) - before
+            + [p.grad for _, p in model.named_parameters()]), getattr(module, name) - before
 
 
 def _set_limits(monkeypatch, limit: int) -> None:
@@ -49,9 +51,16 @@ def _set_limits(monkeypatch, limit: int) -> None:
 
 def _compare(rng, kind, options, num_layers, bidirectional, bias, lengths, *,
              given_state=True, final_grads=(True, True), counter="layers_run", **call):
-    with xrnn.backend.use_backend("numpy"):
+    def build():  # the same weights, and the same masks in training mode, every time
         model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=bidirectional,
                                     dtype="float64", seed=3, **options)
+        for name, p in model.named_parameters():  # LayerNorm weights away from 1 and 0
+            if name.startswith("ln_"):
+                p.data = p.data + 0.3 * np.cos(np.arange(p.data.size)).reshape(p.data.shape)
+        return model
+
+    with xrnn.backend.use_backend("numpy"):
+        model = build()
         x = rng.standard_normal((T, B, I))
         with xrnn.no_grad():  # only for the shapes
             output, finals = model(x)
@@ -63,9 +72,9 @@ def _compare(rng, kind, options, num_layers, bidirectional, bias, lengths, *,
             state = None if state is None else state[0]
             grad_finals = grad_finals[0]
         grad_out = rng.standard_normal(output.shape)
-        fast, compiled = _run(model, x, state, lengths, grad_out, grad_finals, True, counter,
+        fast, compiled = _run(build(), x, state, lengths, grad_out, grad_finals, True, counter,
                               **call)
-        generic, none = _run(model, x, state, lengths, grad_out, grad_finals, False, counter,
+        generic, none = _run(build(), x, state, lengths, grad_out, grad_finals, False, counter,
                              **call)
     assert (compiled, none) == (num_layers, 0), f"the compiled kernel ran every layer ({counter})"
     assert len(fast) == len(generic)
@@ -243,6 +252,43 @@ def test_xrnn_kernels_environment_variable(value, expected):
     """README: ``XRNN_KERNELS=numpy`` keeps the NumPy kernel only, ``0`` neither."""
     printed = run_with_xrnn_kernels(value, _FORWARD)
     assert printed == expected, f"XRNN_KERNELS={value!r}: {printed}"
+
+
+HOOKS = [({"zoneout": 0.3}, {}), ({"recurrent_dropout": 0.4}, {}),
+         ({}, {"reset": "reset"}), ({"zoneout": 0.2, "recurrent_dropout": 0.3}, {"reset": "reset"})]
+
+
+@pytest.mark.parametrize("kind, options", [("RNN", {}), ("LSTM", {}), ("LSTM", {"proj_size": 3}),
+                                           ("GRU", {})])
+@pytest.mark.parametrize("hooks", range(len(HOOKS)))
+def test_fused_steps_with_per_step_options(rng, kind, options, hooks):
+    """Reset, recurrent dropout and zoneout (training: masks from the same seed) run on the
+    fused steps, whatever the size, at 1e-12 against the generic path."""
+    extra, call = HOOKS[hooks]
+    if call:
+        call = {"reset": rng.random((T, B)) < 0.3}
+    _compare(rng, kind, {**options, **extra}, 2, True, True, [T, 2, 4],
+             counter="fused_layers_run", **call)
+
+
+@pytest.mark.parametrize("kind, options", [("LSTM", {}), ("LSTM", {"proj_size": 3}),
+                                           ("GRU", {}), ("GRU", {"bias": False})])
+@pytest.mark.parametrize("num_layers, bidirectional, with_lengths, hooked",
+                         [(1, False, False, False), (2, True, True, False),
+                          (2, False, True, True), (1, True, False, True)])
+def test_fused_layernorm_steps_match_generic_path(rng, kind, options, num_layers,
+                                                  bidirectional, with_lengths, hooked):
+    """LayerNorm cells (``numba_layernorm``), with non-trivial LayerNorm weights, lengths
+    and per-step options, at 1e-12 against the generic path."""
+    from xrnn._kernels import numba_layernorm
+
+    extra, call = ({"zoneout": 0.2, "recurrent_dropout": 0.3},
+                   {"reset": rng.random((T, B)) < 0.3}) if hooked else ({}, {})
+    options = dict(options)
+    bias = options.pop("bias", True)
+    _compare(rng, kind, {"layer_norm": True, **options, **extra}, num_layers, bidirectional,
+             bias, [T, 2, 4] if with_lengths else None,
+             counter=(numba_layernorm, "layers_run"), **call)
 
 
 def test_float32_exp_and_tanh_within_two_ulp_and_special_values():

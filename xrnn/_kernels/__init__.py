@@ -2,11 +2,11 @@
 
 :func:`layer_runner` picks the kernel for an array namespace, cell and dtype, or
 ``None`` when the generic path (``xrnn.functional.recurrence``) should run. Both give
-the same results to floating-point rounding. On NumPy that is the compiled kernel
-(:mod:`.numba_layer`, when Numba is installed: ``pip install xrnn[fast]``) for small
-layers and the NumPy kernel (:mod:`.numpy_layer`) otherwise; LayerNorm cells
-(``layer_norm=True``) have their own NumPy kernel (:mod:`.layernorm_layer`, which takes
-the per-step hooks too). ``XRNN_KERNELS=0`` in the
+the same results to floating-point rounding. On NumPy that is the compiled kernel when
+Numba is installed (``pip install xrnn[fast]``): :mod:`.numba_layer` (the whole loop
+compiled for small layers, fused compiled steps above) and :mod:`.numba_layernorm`
+(LayerNorm cells); else the NumPy kernel: :mod:`.numpy_layer` and
+:mod:`.layernorm_layer`. All take the per-step hooks. ``XRNN_KERNELS=0`` in the
 environment, or ``with kernels_enabled(False):``, forces the generic path;
 ``XRNN_KERNELS=numpy`` / ``kernels_enabled("numpy")`` keeps only the NumPy kernel (for
 comparisons and tests).
@@ -15,6 +15,7 @@ comparisons and tests).
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,15 +43,14 @@ def kernels_enabled(enabled: bool | str) -> Iterator[None]:
 
 
 @functools.cache
-def _compiled():
-    """The compiled kernel's module, or ``None`` when Numba is missing or fails to load.
-    Looked up once: a failed import is not cached by Python and would cost milliseconds
-    on every forward."""
+def _compiled(module: str = "numba_layer"):
+    """A compiled kernel's module (``numba_layer``, ``numba_layernorm``), or ``None`` when
+    Numba is missing or fails to load. Looked up once: a failed import is not cached by
+    Python and would cost milliseconds on every forward."""
     try:
-        from . import numba_layer
+        return importlib.import_module(f".{module}", __name__)
     except ImportError:
         return None
-    return numba_layer
 
 
 def cpu_path() -> str:
@@ -61,17 +61,16 @@ def cpu_path() -> str:
     if compiled is None:
         reason = "XRNN_KERNELS=numpy" if _enabled == "numpy" else "numba not installed"
         return f"NumPy kernel ({reason})"
-    limits = ", ".join(f"{k} {v}" for k, v in compiled.MAX_STEP_WORK.items())
-    return (f"numba {compiled.numba.__version__} kernel for small layers "
-            f"(B*G*H*P <= {limits}), NumPy kernel above")
+    limits = ", ".join(f"{k} 2^{v.bit_length() - 1}" for k, v in compiled.MAX_STEP_WORK.items())
+    return (f"numba {compiled.numba.__version__}: whole loop compiled for small layers "
+            f"(B*G*H*P <= {limits}; at batch 1 <= 2^{compiled.MAX_ROW_WORK.bit_length() - 1}), "
+            "fused compiled steps above, with per-step options and for LayerNorm cells")
 
 
-def layer_runner(xp, cell, dtype, *, hooked: bool = False) -> Callable | None:
-    """The fast ``run_layer(x, states, weights, cell, *, keep, active)`` for this case, or
-    ``None``: NumPy arrays of float32 or float64 (float16 takes the generic path).
-    ``hooked``: the layers have per-step options (reset, recurrent dropout, zoneout), so
-    the runner must take ``hooks=`` (one ``StepHooks`` per direction): only the NumPy
-    kernel does."""
+def layer_runner(xp, cell, dtype) -> Callable | None:
+    """The fast ``run_layer(x, states, weights, cell, *, keep, active, hooks)`` for this
+    case, or ``None``: NumPy arrays of float32 or float64 (float16 takes the generic
+    path); LayerNorm cells on their own kernels."""
     if not _enabled or not array_api_compat.is_numpy_namespace(xp):
         return None
     import numpy as np
@@ -80,9 +79,10 @@ def layer_runner(xp, cell, dtype, *, hooked: bool = False) -> Callable | None:
 
     if dtype not in (np.float32, np.float64):
         return None
-    if cell.norms:  # never the compiled kernel, which has no LayerNorm
-        return layernorm_layer.run_layer if cell.name in layernorm_layer.KINDS else None
-    if cell.name not in numpy_layer.KINDS:
+    plain = not cell.norms
+    if cell.name not in (numpy_layer.KINDS if plain else layernorm_layer.KINDS):
         return None
-    compiled = None if _enabled == "numpy" or hooked else _compiled()
-    return numpy_layer.run_layer if compiled is None else compiled.run_layer
+    numpy_kernel = numpy_layer if plain else layernorm_layer
+    compiled = None if _enabled == "numpy" else _compiled(
+        "numba_layer" if plain else "numba_layernorm")
+    return (numpy_kernel if compiled is None else compiled).run_layer

@@ -95,6 +95,12 @@ def one_blas_thread() -> Iterator[None]:
             library.set_num_threads(count)
 
 
+def blas_threads_for(work: int) -> contextlib.AbstractContextManager:
+    """:func:`one_blas_thread` for a fused layer whose ``B * G * H * P`` is at most
+    :data:`MAX_ONE_THREAD_WORK`, else no change."""
+    return one_blas_thread() if work <= MAX_ONE_THREAD_WORK else contextlib.nullcontext()
+
+
 # compiled loops ---------------------------------------------------------------------------
 # Shapes as in numpy_layer: gx (D, chunk, B, GH); w_t (D, P, GH); h (D, T+1, B, P);
 # c (D, T+1, B, H); taped buffers (D, T or 1, B, ·); inactive (D, T, B).
@@ -480,14 +486,14 @@ class _FusedLayer(numpy_layer._Layer):
 
     def __init__(self, x, states, weights, cell, keep, active, hooks=None):
         super().__init__(x, states, weights, cell, keep, active, hooks)
-        self.one_thread = _step_work(x, weights) <= MAX_ONE_THREAD_WORK
+        self.work = _step_work(x, weights)
 
     def forward(self):
-        with one_blas_thread() if self.one_thread else contextlib.nullcontext():
+        with blas_threads_for(self.work):
             super().forward()
 
     def backward(self, grad_output, grad_finals):
-        with one_blas_thread() if self.one_thread else contextlib.nullcontext():
+        with blas_threads_for(self.work):
             return super().backward(grad_output, grad_finals)
 
     def _step_tanh(self, gx, s, k, h_prev, h_out, h_in=None):

@@ -281,11 +281,10 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
     ``xrnn._kernels`` where one fits, else on :func:`run_layer`.
     """
     directions = 2 if bidirectional else 1
-    # The one place a kernel is chosen. Per-step hooks (resets, recurrent dropout,
-    # zoneout) run on the NumPy kernels (not the compiled one); LayerNorm cells on their
-    # own NumPy kernel.
+    # The one place a kernel is chosen (every kernel takes per-step hooks; they are
+    # passed only when on, so that small plain layers can run their whole loop compiled).
     hooked = reset is not None or zoneout > 0.0 or (training and recurrent_dropout > 0.0)
-    fast = layer_runner(xp, cell, x.dtype, hooked=hooked)
+    fast = layer_runner(xp, cell, x.dtype)
     starts = None if reset is None else (
         reset, xp.concat([reset[1:, ...], xp.zeros_like(reset[:1, ...])]))  # reverse: at t+1
     layer_input = x

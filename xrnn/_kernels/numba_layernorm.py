@@ -1,0 +1,240 @@
+"""Fused compiled steps for the LayerNorm LSTM and GRU (``layer_norm=True``; ``fast`` extra).
+
+The NumPy LayerNorm kernel (:mod:`.layernorm_layer`: its loop, BLAS products, tape,
+hooks and batched input LayerNorm) with each step's elementwise work in one compiled
+call per direction, forward and backward, as :class:`.numba_layer._FusedLayer` does for
+the plain cells: the hidden-side LayerNorm, the gates, the cell update and the LSTM's
+LayerNorm of ``c`` in one pass over each batch row, instead of about 20 NumPy calls.
+Arguments are (B, ·) C-contiguous views of that kernel's buffers (equations and buffer
+names there); ``w_hh`` is the hidden-side LayerNorm's weight with the kernel's row
+scales folded in, ``ln_hh`` the same weight unscaled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..functional.cells import LN_EPS, Cell
+from ..functional.recurrence import StepHooks
+from ..functional.weights import LayerWeights
+from . import layernorm_layer
+from .numba_layer import _gru_back, _gru_step, _jit, _step_work, blas_threads_for
+from .numba_math import _FAST, exp, tanh
+
+#: Sums may be reassociated, so that LLVM vectorises them: only in these reductions,
+#: never in ``exp``, whose rounding trick reassociation would undo.
+_sum_jit = numba.njit(cache=True, nogil=True, error_model="numpy",
+                      fastmath=_FAST | {"reassoc"})
+
+
+@_sum_jit
+def _sum(a):
+    total = a.dtype.type(0)
+    for j in range(a.size):
+        total += a[j]
+    return total
+
+
+@_sum_jit
+def _dot(a, b):
+    total = a.dtype.type(0)
+    for j in range(a.size):
+        total += a[j] * b[j]
+    return total
+
+
+@_jit
+def _normalise_row(v, eps):
+    """``v`` (already centred) divided in place by its standard deviation; returns
+    ``rstd = 1 / sqrt(mean(v^2) + eps)``."""
+    rstd = v.dtype.type(1) / np.sqrt(_dot(v, v) / v.dtype.type(v.size) + eps)
+    for j in range(v.size):
+        v[j] *= rstd
+    return rstd
+
+
+@_jit
+def _normalise_row_backward(dv_hat, v_hat, rstd, out):
+    """``out = rstd (dv_hat - mean(dv_hat) - v_hat mean(dv_hat v_hat))`` (may be
+    ``dv_hat`` itself): the gradient of a LayerNorm's centred input."""
+    size = dv_hat.dtype.type(dv_hat.size)
+    mean, cross = _sum(dv_hat) / size, _dot(dv_hat, v_hat) / size
+    for j in range(dv_hat.size):
+        out[j] = rstd * (dv_hat[j] - mean - v_hat[j] * cross)
+
+
+@_jit
+def _ln_lstm_step(hat, hh_rstd, w_hh, gx, c_prev, c_new, c_hat, c_rstd, w_c, b_c, a,
+                  tanh_c, h_out, eps):
+    """``hat`` (B, G*H), the centred ``h W_hh^T``, normalised in place (``hh_rstd``
+    (B, 1)); gates ``a``; new c, its normalised ``c_hat`` (``c_rstd``); tanh; h."""
+    batch, width = hat.shape
+    hidden = width // 4
+    one = hat.dtype.type(1)
+    two, units = one + one, hat.dtype.type(hidden)
+    for b in range(batch):
+        row, gates, xr = hat[b], a[b], gx[b]
+        hh_rstd[b, 0] = _normalise_row(row, eps)
+        for j in range(width):  # rows scaled: sigmoid for i, f, o; sigmoid(2z) for g
+            gates[j] = one / (one + exp(row[j] * w_hh[j] + xr[j]))
+        for j in range(3 * hidden, width):
+            gates[j] = gates[j] * two - one
+        c_old, c_row, centred = c_prev[b], c_new[b], c_hat[b]
+        for j in range(hidden):
+            c_row[j] = gates[hidden + j] * c_old[j] + gates[j] * gates[3 * hidden + j]
+        mean = _sum(c_row) / units
+        for j in range(hidden):
+            centred[j] = c_row[j] - mean
+        c_rstd[b, 0] = _normalise_row(centred, eps)
+        t_row, out = tanh_c[b], h_out[b]
+        for j in range(hidden):
+            t_row[j] = tanh(centred[j] * w_c[j] + b_c[j])
+        for j in range(hidden):
+            out[j] = gates[2 * hidden + j] * t_row[j]
+
+
+@_jit
+def _ln_gru_step(hat, hh_rstd, w_hh, gh, gx, b_hn, h_prev, a, h_out, eps):
+    """``hat`` normalised in place, ``gh = hat * w_hh`` (+ ``b_hn`` on the n block, added
+    by the plain GRU step), then the plain GRU step."""
+    for b in range(hat.shape[0]):
+        row, out = hat[b], gh[b]
+        hh_rstd[b, 0] = _normalise_row(row, eps)
+        for j in range(row.size):
+            out[j] = row[j] * w_hh[j]
+    _gru_step(gh, gx, b_hn, h_prev, a, h_out)
+
+
+@_jit
+def _hh_backward(d_post, ln_hh, hh_hat, hh_rstd, d_product, b):
+    """Row ``b`` of ``d_product``, the gradient of ``h W_hh^T``, from ``d_post``'s, that of
+    the hidden-side LayerNorm's output."""
+    row, out = d_post[b], d_product[b]
+    for j in range(row.size):
+        out[j] = row[j] * ln_hh[j]
+    _normalise_row_backward(out, hh_hat[b], hh_rstd[b, 0], out)
+
+
+@_jit
+def _ln_lstm_back(dh, dc, a, tanh_c, c_prev, c_hat, c_rstd, w_c, ln_hh, hh_hat, hh_rstd,
+                  inactive, d_c_out, d_post, dz, tmp):
+    """From ``dh`` and ``dc``: ``d_c_out`` (of LN_c's output), ``d_post`` (of the gates'
+    pre-activations), ``dz`` (of ``h W_hh^T``); ``dc`` becomes the previous c's. Padded
+    rows (``inactive``) get zeros (the loop restores their dh and dc)."""
+    batch, width = dz.shape
+    hidden = width // 4
+    one, zero = dz.dtype.type(1), dz.dtype.type(0)
+    for b in range(batch):
+        if inactive[b]:
+            d_c_out[b, :] = zero
+            d_post[b, :] = zero
+            dz[b, :] = zero
+            continue
+        gates, tc, c_old = a[b], tanh_c[b], c_prev[b]
+        row, dc_row, dy, dv, dgate = dh[b], dc[b], d_c_out[b], tmp[b], d_post[b]
+        for j in range(hidden):  # h = o tanh(LN(c))
+            dy[j] = (one - tc[j] * tc[j]) * gates[2 * hidden + j] * row[j]
+            dv[j] = dy[j] * w_c[j]
+        _normalise_row_backward(dv, c_hat[b], c_rstd[b, 0], dv)
+        for j in range(hidden):
+            i, f = gates[j], gates[hidden + j]
+            o, g = gates[2 * hidden + j], gates[3 * hidden + j]
+            dcj = dc_row[j] + dv[j]
+            dgate[j] = dcj * g * (i - i * i)
+            dgate[hidden + j] = dcj * c_old[j] * (f - f * f)
+            dgate[2 * hidden + j] = row[j] * tc[j] * (o - o * o)
+            dgate[3 * hidden + j] = dcj * i * (one - g * g)
+            dc_row[j] = dcj * f
+        _hh_backward(d_post, ln_hh, hh_hat, hh_rstd, dz, b)
+
+
+@_jit
+def _ln_gru_back(dh, a, gh, h_prev, ln_hh, hh_hat, hh_rstd, inactive, dz, d_post, dgh,
+                 direct):
+    """The plain GRU backward (``d_post``: of ``gh``), then ``dgh`` (of ``h W_hh^T``)
+    through the hidden-side LayerNorm; padded rows get zeros."""
+    _gru_back(dh, a, gh, h_prev, dz, d_post, direct)
+    zero = dz.dtype.type(0)
+    for b in range(dz.shape[0]):
+        if inactive[b]:
+            d_post[b, :] = zero
+            dgh[b, :] = zero
+            continue
+        _hh_backward(d_post, ln_hh, hh_hat, hh_rstd, dgh, b)
+
+
+class _FusedNormLayer(layernorm_layer._NormLayer):
+    """The NumPy LayerNorm layer with each step's elementwise work compiled."""
+
+    def __init__(self, x, states, weights, cell, keep, active, hooks=None):
+        super().__init__(x, states, weights, cell, keep, active, hooks)
+        self.eps = self.dtype.type(LN_EPS)
+        self.work = _step_work(x, weights)
+        self.all_active = np.zeros(self.batch, dtype=np.bool_)
+
+    def forward(self):
+        with blas_threads_for(self.work):
+            super().forward()
+
+    def backward(self, grad_output, grad_finals):
+        with blas_threads_for(self.work):
+            return super().backward(grad_output, grad_finals)
+
+    def _inactive(self, d, s):
+        return self.all_active if self.inactive is None else self.inactive[d, s, :, 0]
+
+    def _step_lstm(self, gx, s, k, h_prev, h_out, h_in=None):
+        hat = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.hh_hat[:, k])
+        for d in range(self.D):
+            _ln_lstm_step(hat[d], self.hh_rstd[d, k], self.ln_hh_scaled[d, 0], gx[d],
+                          self.c[d, s], self.c[d, s + 1], self.c_hat[d, k], self.c_rstd[d, k],
+                          self.ln_c[d, 0, 0], self.ln_c[d, 1, 0], self.a[d, k],
+                          self.tanh_c[d, k], h_out[d], self.eps)
+
+    def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
+        hat = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.hh_hat[:, k])
+        b_hn = self._b_hn_rows()
+        for d in range(self.D):
+            _ln_gru_step(hat[d], self.hh_rstd[d, k], self.ln_hh_scaled[d, 0], self.gh[d, k],
+                         gx[d], b_hn[d], h_prev[d], self.a[d, k], h_out[d], self.eps)
+
+    def _b_hn_rows(self):
+        """(D, G*H): zeros on r and z, ``b_hn`` on n (added to ``gh`` by the GRU step)."""
+        if getattr(self, "_b_hn_full", None) is None:
+            self._b_hn_full = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
+            self._b_hn_full[:, 2 * self.H:] = self.b_hn[:, 0]
+        return self._b_hn_full
+
+    def _back_lstm(self, s, dh, dc, dz, dgh, scratch):
+        for d in range(self.D):
+            _ln_lstm_back(dh[d], dc[d], self.a[d, s], self.tanh_c[d, s], self.c[d, s],
+                          self.c_hat[d, s], self.c_rstd[d, s], self.ln_c[d, 0, 0],
+                          self.ln_hh[d], self.hh_hat[d, s], self.hh_rstd[d, s],
+                          self._inactive(d, s), self.d_c_out[d, s], self.d_post[d, s], dz[d],
+                          self.tmp[d])
+
+    def _back_gru(self, s, dh, dc, dz, dgh, scratch):
+        for d in range(self.D):
+            _ln_gru_back(dh[d], self.a[d, s], self.gh[d, s], self.h_before[d, s],
+                         self.ln_hh[d], self.hh_hat[d, s], self.hh_rstd[d, s],
+                         self._inactive(d, s), dz[d], self.d_post[d, s], dgh[d], self.tmp[d])
+        return self.tmp
+
+
+#: How many layers this kernel has run in this process: tests read it to see which path ran.
+layers_run = 0
+
+
+def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
+              keep: bool, active=None, hooks: Sequence[StepHooks] | None = None):
+    """One LayerNorm layer with fused compiled steps: ``(output, finals, backward or
+    None)``, the interface of :func:`xrnn._kernels.numpy_layer.run_layer`."""
+    global layers_run
+    layers_run += 1
+    layer = _FusedNormLayer(x, states, weights, cell, keep, active, hooks)
+    layer.forward()
+    return layer.output(active), layer.finals(), (layer.backward if keep else None)
