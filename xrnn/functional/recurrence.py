@@ -61,7 +61,7 @@ def scale_gate_rows(xp, w: LayerWeights, cell: Cell) -> LayerWeights:
 
 class StepHooks(NamedTuple):
     """Per-step options of one layer and direction (``None``: off); the generic path and
-    the NumPy kernel (``xrnn._kernels.numpy_layer``) take them.
+    every kernel in ``xrnn._kernels`` take them.
 
     ``reset`` (T, B, 1) booleans in original time positions: where true, the state
     entering step t is the initial state (for the reverse direction, ``reset`` is
@@ -229,7 +229,7 @@ def run_layer(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell,
     (T, B, D*H); finals like ``states``; ``backward(grad_output, grad_finals) ->
     (grad_x, grad_states, grad_weights)`` with ``keep``, else ``None``. ``hooks``: one
     :class:`StepHooks` per direction. The fast paths in ``xrnn._kernels`` implement this
-    same interface (``hooks`` only the NumPy kernel: see ``layer_runner``).
+    same interface, ``hooks`` included.
     """
     hooks = [NO_HOOKS] * len(weights) if hooks is None else hooks
     runs = [run_direction(xp, x, tuple(s[d, ...] for s in states), w, cell,
