@@ -75,30 +75,58 @@ def _blas_libraries() -> list:
 
 
 @contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Run the block's BLAS calls on one thread, then restore the previous counts.
-
-    A compiled layer's products (the input projection, the batched weight gradients) are
-    small: a second OpenBLAS thread saves little when the other core is idle and stalls
-    the call by 10-100x when it is busy (another process, or torch's spinning OpenMP
-    threads): (100, 64) @ (64, 512) took 14 ms on two threads beside one busy process,
-    0.12 ms on one (NOTES.md, issue 13). Process-wide, like every BLAS thread setting.
-    """
+def blas_threads(counts: list[int] | None) -> Iterator[list[int] | None]:
+    """Set each BLAS library's thread count for the block (``None``: no change), then
+    restore them; yields the counts from before (``None`` if unchanged)."""
+    if counts is None:
+        yield None
+        return
     libraries = _blas_libraries()
-    counts = [library.get_num_threads() for library in libraries]
-    for library in libraries:
-        library.set_num_threads(1)
+    before = [library.get_num_threads() for library in libraries]
+    for library, count in zip(libraries, counts):
+        library.set_num_threads(count)
     try:
-        yield
+        yield before
     finally:
-        for library, count in zip(libraries, counts):
+        for library, count in zip(libraries, before):
             library.set_num_threads(count)
 
 
-def blas_threads_for(work: int) -> contextlib.AbstractContextManager:
-    """:func:`one_blas_thread` for a fused layer whose ``B * G * H * P`` is at most
-    :data:`MAX_ONE_THREAD_WORK`, else no change."""
-    return one_blas_thread() if work <= MAX_ONE_THREAD_WORK else contextlib.nullcontext()
+def one_blas_thread() -> contextlib.AbstractContextManager:
+    """Run the block's BLAS calls on one thread (process-wide, like every BLAS setting).
+
+    A small layer's products gain little from a second OpenBLAS thread when the other
+    core is idle, and are stalled 10-300x by it when that core is busy (another process,
+    or torch's spinning OpenMP threads): (100, 64) @ (64, 512) took 14 ms on two threads
+    beside one busy process, 0.12 ms on one (NOTES.md, issue 13).
+    """
+    return blas_threads([1] * len(_blas_libraries()))
+
+
+class _StepThreads:
+    """For the fused layers: the per-step products on one BLAS thread up to
+    :data:`MAX_ONE_THREAD_WORK` (``B * G * H * P``), while the large products over all
+    steps (the input projection, the weight gradients) keep BLAS's threads."""
+
+    def forward(self):
+        with blas_threads(self._step_threads()) as self.outer_threads:
+            super().forward()
+
+    def backward(self, grad_output, grad_finals):
+        with blas_threads(self._step_threads()) as self.outer_threads:
+            return super().backward(grad_output, grad_finals)
+
+    def _step_threads(self) -> list[int] | None:
+        work = self.batch * self.w_hh_stack.shape[1] * self.w_hh_stack.shape[2]
+        return [1] * len(_blas_libraries()) if work <= MAX_ONE_THREAD_WORK else None
+
+    def _project(self, start):
+        with blas_threads(self.outer_threads):
+            super()._project(start)
+
+    def _gradients(self, *args):
+        with blas_threads(self.outer_threads):
+            return super()._gradients(*args)
 
 
 # compiled loops ---------------------------------------------------------------------------
@@ -478,23 +506,10 @@ class _CompiledLayer(numpy_layer._Layer):
         return self._gradients(dz_all, dgh_all, None, dh, dc)
 
 
-class _FusedLayer(numpy_layer._Layer):
+class _FusedLayer(_StepThreads, numpy_layer._Layer):
     """The NumPy kernel's layer (its loop, BLAS products, hooks and tape) with each step's
     elementwise work, forward and backward, in one compiled call per direction: for
-    layers above the limits, where the products need BLAS's blocking (and, above
-    :data:`MAX_ONE_THREAD_WORK`, its threads)."""
-
-    def __init__(self, x, states, weights, cell, keep, active, hooks=None):
-        super().__init__(x, states, weights, cell, keep, active, hooks)
-        self.work = _step_work(x, weights)
-
-    def forward(self):
-        with blas_threads_for(self.work):
-            super().forward()
-
-    def backward(self, grad_output, grad_finals):
-        with blas_threads_for(self.work):
-            return super().backward(grad_output, grad_finals)
+    layers above the limits, where the products need BLAS's blocking (and threads)."""
 
     def _step_tanh(self, gx, s, k, h_prev, h_out, h_in=None):
         z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)

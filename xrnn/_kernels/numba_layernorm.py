@@ -22,7 +22,7 @@ from ..functional.cells import LN_EPS, Cell
 from ..functional.recurrence import StepHooks
 from ..functional.weights import LayerWeights
 from . import layernorm_layer
-from .numba_layer import _gru_back, _gru_step, _jit, _step_work, blas_threads_for
+from .numba_layer import _gru_back, _gru_step, _jit, _StepThreads
 from .numba_math import _FAST, exp, tanh
 
 #: Sums may be reassociated, so that LLVM vectorises them: only in these reductions,
@@ -167,22 +167,13 @@ def _ln_gru_back(dh, a, gh, h_prev, ln_hh, hh_hat, hh_rstd, inactive, dz, d_post
         _hh_backward(d_post, ln_hh, hh_hat, hh_rstd, dgh, b)
 
 
-class _FusedNormLayer(layernorm_layer._NormLayer):
+class _FusedNormLayer(_StepThreads, layernorm_layer._NormLayer):
     """The NumPy LayerNorm layer with each step's elementwise work compiled."""
 
     def __init__(self, x, states, weights, cell, keep, active, hooks=None):
         super().__init__(x, states, weights, cell, keep, active, hooks)
         self.eps = self.dtype.type(LN_EPS)
-        self.work = _step_work(x, weights)
         self.all_active = np.zeros(self.batch, dtype=np.bool_)
-
-    def forward(self):
-        with blas_threads_for(self.work):
-            super().forward()
-
-    def backward(self, grad_output, grad_finals):
-        with blas_threads_for(self.work):
-            return super().backward(grad_output, grad_finals)
 
     def _inactive(self, d, s):
         return self.all_active if self.inactive is None else self.inactive[d, s, :, 0]
