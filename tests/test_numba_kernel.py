@@ -46,7 +46,6 @@ def _run(model, x, state, lengths, grad_out, grad_finals, kernels, counter="laye
 def _set_limits(monkeypatch, limit: int) -> None:
     """Every layer up to ``limit`` runs its whole loop compiled, every larger one fused."""
     monkeypatch.setattr(numba_layer, "MAX_STEP_WORK", dict.fromkeys(("rnn", "lstm", "gru"), limit))
-    monkeypatch.setattr(numba_layer, "MAX_ROW_WORK", limit)
 
 
 def _compare(rng, kind, options, num_layers, bidirectional, bias, lengths, *,
@@ -196,18 +195,6 @@ def test_kernel_choice_by_size(kind, gates):
         with xrnn.backend.use_backend("numpy"):
             projected = xrnn.LSTM(2, hidden, proj_size=3, seed=0)
         assert _layers_run(projected, np.ones((2, 1, 2), dtype=np.float32)) == (0, 1, 0)
-
-
-def test_kernel_choice_at_batch_one():
-    """At batch 1 the whole loop runs compiled up to ``MAX_ROW_WORK``, past the batched
-    limit; the same layer with two rows takes the fused steps."""
-    hidden = 256  # LSTM: G*H*H = 2^18 <= MAX_ROW_WORK (2^20)
-    assert 4 * hidden * hidden <= numba_layer.MAX_ROW_WORK
-    assert 2 * 4 * hidden * hidden > numba_layer.MAX_STEP_WORK["lstm"]
-    with xrnn.backend.use_backend("numpy"):
-        model = xrnn.LSTM(2, hidden, seed=0)
-    assert _layers_run(model, np.ones((2, 1, 2), dtype=np.float32)) == (1, 0, 0)
-    assert _layers_run(model, np.ones((2, 2, 2), dtype=np.float32)) == (0, 1, 0)
 
 
 FUSED_CASES = CASES + [("LSTM", {"proj_size": 3})]

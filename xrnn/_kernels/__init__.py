@@ -63,7 +63,7 @@ def cpu_path() -> str:
         return f"NumPy kernel ({reason})"
     limits = ", ".join(f"{k} 2^{v.bit_length() - 1}" for k, v in compiled.MAX_STEP_WORK.items())
     return (f"numba {compiled.numba.__version__}: whole loop compiled for small layers "
-            f"(B*G*H*P <= {limits}; at batch 1 <= 2^{compiled.MAX_ROW_WORK.bit_length() - 1}), "
+            f"(B*G*H*P <= {limits}), "
             "fused compiled steps above, with per-step options and for LayerNorm cells")
 
 

@@ -1,18 +1,22 @@
-"""The compiled CPU path (optional, ``pip install xrnn[fast]``): the time loop in Numba.
+"""The compiled CPU path (optional, ``pip install xrnn[fast]``): Numba, two ways.
 
-At small sizes (batch of one, a few hundred units) the NumPy fast path
-(:mod:`.numpy_layer`) spends its time on Python and on the overhead of its ~10 NumPy
-calls per step, not on arithmetic. Here the whole time loop of a layer, forward and
-BPTT, is one compiled call: the recurrent product as explicit loops (contiguous inner
-axis, vectorised by LLVM; Numba's ``np.dot`` would need SciPy) and every gate in the
-same pass. It is single-threaded on purpose: at these sizes a thread pool costs more
-than it gains, and it would fight OpenBLAS's for the cores (NOTES.md, issue 13).
+- **Whole loop** (:class:`_CompiledLayer`, small layers: :func:`fits`). The NumPy fast
+  path (:mod:`.numpy_layer`) would spend its time on Python and on its ~10 NumPy calls
+  per step. Here the whole time loop of a layer, forward and BPTT, is one compiled call:
+  the recurrent product as explicit loops (contiguous inner axis, vectorised by LLVM;
+  Numba's ``np.dot`` would need SciPy) and every gate in the same pass, on one thread (a
+  thread pool would cost more than it gains and fight OpenBLAS's for the cores), with
+  the layer's other products on one BLAS thread too.
+- **Fused steps** (:class:`_FusedLayer`, every other layer, and layers with per-step
+  options): the NumPy kernel's loop and BLAS products, with each step's elementwise work
+  (8-14 NumPy calls) one compiled call per direction.
 
-Everything else is the NumPy kernel's: the weight layout (gate rows reordered and
-scaled so that ``1 / (1 + exp(z))`` gives every gate), the buffers (the tape), the input
-projection by chunks of steps, the output, and the weight gradients batched over time.
-:func:`run_layer` takes the NumPy kernel where this one does not fit (:func:`fits`).
-Functions are compiled per dtype on first use and cached on disk (``cache=True``).
+Either way the gates' ``exp``/``tanh`` are vectorised float32 polynomials
+(:mod:`.numba_math`), and everything else is the NumPy kernel's: the weight layout (gate
+rows reordered and scaled so that ``1 / (1 + exp(z))`` gives every gate), the buffers
+(the tape), the input projection by chunks of steps, the output, the weight gradients
+batched over time. Functions are compiled per dtype on first use and cached on disk
+(``cache=True``). Measured in benchmarks/NOTES.md (issue 13).
 """
 
 from __future__ import annotations
@@ -34,15 +38,8 @@ from .numba_math import exp, tanh
 #: Per cell family, the largest ``B * G * H * P`` (multiply-adds of one direction's
 #: recurrent product per step) whose whole loop runs compiled; above it the loop is the
 #: NumPy kernel's with fused compiled steps (:class:`_FusedLayer`), whose products are
-#: BLAS's (blocked, threaded). At batch 1 the whole loop wins further up
-#: (``MAX_ROW_WORK``): one row of ``h`` per step gives BLAS nothing to block or share.
-#: Measured in benchmarks/NOTES.md (issue 13).
+#: BLAS's (blocked, threaded). Measured in benchmarks/NOTES.md (issue 13).
 MAX_STEP_WORK = {"rnn": 1 << 16, "lstm": 1 << 18, "gru": 1 << 18}
-MAX_ROW_WORK = 1 << 20
-#: Up to this ``B * G * H * P`` a fused layer's products run on one BLAS thread: a second
-#: one gains little on products this small and stalls them 10-300x when the other core
-#: is busy (NOTES.md).
-MAX_ONE_THREAD_WORK = 1 << 20
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
 KINDS = (*_ACTIVATION, "lstm", "gru")
@@ -61,11 +58,10 @@ def _step_work(x, weights: Sequence[LayerWeights]) -> int:
 
 def fits(x, weights: Sequence[LayerWeights], cell: Cell) -> bool:
     """Whether this layer's whole loop runs compiled: a supported cell without projection,
-    small enough (:data:`MAX_STEP_WORK`, or :data:`MAX_ROW_WORK` at batch 1)."""
+    small enough (:data:`MAX_STEP_WORK`)."""
     if cell.name not in KINDS or weights[0].w_hr is not None:
         return False
-    limit = MAX_ROW_WORK if x.shape[1] == 1 else MAX_STEP_WORK[cell.name.split("_")[0]]
-    return _step_work(x, weights) <= limit
+    return _step_work(x, weights) <= MAX_STEP_WORK[cell.name.split("_")[0]]
 
 
 @functools.cache
@@ -75,58 +71,24 @@ def _blas_libraries() -> list:
 
 
 @contextlib.contextmanager
-def blas_threads(counts: list[int] | None) -> Iterator[list[int] | None]:
-    """Set each BLAS library's thread count for the block (``None``: no change), then
-    restore them; yields the counts from before (``None`` if unchanged)."""
-    if counts is None:
-        yield None
-        return
-    libraries = _blas_libraries()
-    before = [library.get_num_threads() for library in libraries]
-    for library, count in zip(libraries, counts):
-        library.set_num_threads(count)
-    try:
-        yield before
-    finally:
-        for library, count in zip(libraries, before):
-            library.set_num_threads(count)
-
-
-def one_blas_thread() -> contextlib.AbstractContextManager:
-    """Run the block's BLAS calls on one thread (process-wide, like every BLAS setting).
+def one_blas_thread() -> Iterator[None]:
+    """Run the block's BLAS calls on one thread (process-wide, like every BLAS setting),
+    then restore the previous counts.
 
     A small layer's products gain little from a second OpenBLAS thread when the other
     core is idle, and are stalled 10-300x by it when that core is busy (another process,
     or torch's spinning OpenMP threads): (100, 64) @ (64, 512) took 14 ms on two threads
     beside one busy process, 0.12 ms on one (NOTES.md, issue 13).
     """
-    return blas_threads([1] * len(_blas_libraries()))
-
-
-class _StepThreads:
-    """For the fused layers: the per-step products on one BLAS thread up to
-    :data:`MAX_ONE_THREAD_WORK` (``B * G * H * P``), while the large products over all
-    steps (the input projection, the weight gradients) keep BLAS's threads."""
-
-    def forward(self):
-        with blas_threads(self._step_threads()) as self.outer_threads:
-            super().forward()
-
-    def backward(self, grad_output, grad_finals):
-        with blas_threads(self._step_threads()) as self.outer_threads:
-            return super().backward(grad_output, grad_finals)
-
-    def _step_threads(self) -> list[int] | None:
-        work = self.batch * self.w_hh_stack.shape[1] * self.w_hh_stack.shape[2]
-        return [1] * len(_blas_libraries()) if work <= MAX_ONE_THREAD_WORK else None
-
-    def _project(self, start):
-        with blas_threads(self.outer_threads):
-            super()._project(start)
-
-    def _gradients(self, *args):
-        with blas_threads(self.outer_threads):
-            return super()._gradients(*args)
+    libraries = _blas_libraries()
+    counts = [library.get_num_threads() for library in libraries]
+    for library in libraries:
+        library.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for library, count in zip(libraries, counts):
+            library.set_num_threads(count)
 
 
 # compiled loops ---------------------------------------------------------------------------
@@ -506,10 +468,10 @@ class _CompiledLayer(numpy_layer._Layer):
         return self._gradients(dz_all, dgh_all, None, dh, dc)
 
 
-class _FusedLayer(_StepThreads, numpy_layer._Layer):
+class _FusedLayer(numpy_layer._Layer):
     """The NumPy kernel's layer (its loop, BLAS products, hooks and tape) with each step's
     elementwise work, forward and backward, in one compiled call per direction: for
-    layers above the limits, where the products need BLAS's blocking (and threads)."""
+    layers above the limits, where the products need BLAS's blocking and threads."""
 
     def _step_tanh(self, gx, s, k, h_prev, h_out, h_in=None):
         z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)

@@ -22,7 +22,7 @@ from ..functional.cells import LN_EPS, Cell
 from ..functional.recurrence import StepHooks
 from ..functional.weights import LayerWeights
 from . import layernorm_layer
-from .numba_layer import _gru_back, _gru_step, _jit, _StepThreads
+from .numba_layer import _gru_back, _gru_step, _jit
 from .numba_math import _FAST, exp, tanh
 
 #: Sums may be reassociated, so that LLVM vectorises them: only in these reductions,
@@ -167,7 +167,7 @@ def _ln_gru_back(dh, a, gh, h_prev, ln_hh, hh_hat, hh_rstd, inactive, dz, d_post
         _hh_backward(d_post, ln_hh, hh_hat, hh_rstd, dgh, b)
 
 
-class _FusedNormLayer(_StepThreads, layernorm_layer._NormLayer):
+class _FusedNormLayer(layernorm_layer._NormLayer):
     """The NumPy LayerNorm layer with each step's elementwise work compiled."""
 
     def __init__(self, x, states, weights, cell, keep, active, hooks=None):
