@@ -43,7 +43,7 @@ import torch
 
 import xrnn
 from benchmarks.common import Shape, alternate, machine_info, wall_seconds
-from benchmarks.run import FIELDS, RESULTS, output_stem, pick_shape
+from benchmarks.run import FIELDS, output_stem, pick_shape
 
 #: The issue's shape: (T, B, I, H, L, D).
 SHAPE: Shape = (100, 32, 64, 128, 2, 2)

@@ -6,6 +6,7 @@ reported as SKIPPED with the reason (no package, no CUDA device).
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -135,3 +136,82 @@ def run_with_xrnn_kernels(value: str | None, code: str) -> str:
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+#: For modules that test the NumPy kernels (backend-independent): run them in the numpy
+#: leg only (the whole suite runs once per backend).
+numpy_leg_only = pytest.mark.skipif("numpy" not in _selected_backends(),
+                                    reason="the NumPy kernels' tests run in the numpy leg only")
+
+
+def _kernel_results(model, x, state, grad_out, grad_finals, *, kernels, counter, **call):
+    """{name: array} of the output, final states, grad of x, of the initial states and of
+    every parameter, under ``kernels_enabled(kernels)``; and how much ``counter`` (a
+    ``(module, attribute)`` pair counting a kernel's layers) grew."""
+    from xrnn import _kernels
+
+    module, attribute = counter
+    before = getattr(module, attribute)
+    with _kernels.kernels_enabled(kernels):
+        model.zero_grad()
+        output, finals = model(x, state, **call)
+        grad_x, grad_state = model.backward(grad_out, grad_finals, return_state_grad=True)
+    flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
+    results = {"output": output, "grad of x": grad_x}
+    results |= {f"final state {k}": a for k, a in enumerate(flat(finals))}
+    results |= {f"grad of initial state {k}": a for k, a in enumerate(flat(grad_state))}
+    results |= {f"grad of {n}": p.grad for n, p in model.named_parameters()}
+    return results, getattr(module, attribute) - before
+
+
+def compare_kernel_with_generic(build, x, *, kernels, counter, num_layers, training=True,
+                                given_state=True, final_grads=(True, True), tolerance=1e-12,
+                                **call) -> dict:
+    """A kernel (``kernels_enabled(kernels)``) against the generic path, NumPy backend:
+    ``build()`` makes the model (the same seed each time: the same weights, and in
+    training the same masks), which runs on ``x`` (and ``call``: ``lengths``, ``reset``)
+    from random initial states (``given_state``) to random output and final-state
+    gradients (``final_grads``, per state). Everything :func:`_kernel_results` lists must
+    agree within ``tolerance`` in ``x``'s dtype, and ``counter`` must count every layer
+    on the kernel, none on the generic path. Returns the kernel's results."""
+    dtype = x.dtype
+    draw = np.random.default_rng(7)
+    with backend.use_backend("numpy"):
+        with xrnn.no_grad():  # the shapes, from a model of its own (eval: draws no mask)
+            output, finals = build().eval()(x, **call)
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        state = tuple(draw.standard_normal(f.shape).astype(dtype) for f in finals)
+        grad_finals = tuple(draw.standard_normal(f.shape).astype(dtype) if wanted else None
+                            for f, wanted in zip(finals, final_grads))
+        if len(finals) == 1:
+            state, grad_finals = state[0], grad_finals[0]
+        grad_out = draw.standard_normal(output.shape).astype(dtype)
+        runs = [_kernel_results(build().train(training), x, state if given_state else None,
+                                grad_out, grad_finals, kernels=mode, counter=counter, **call)
+                for mode in (kernels, False)]
+    (fast, ran), (generic, none) = runs
+    assert (ran, none) == (num_layers, 0), f"{counter[0].__name__}.{counter[1]}: {ran}, {none}"
+    assert list(fast) == list(generic)
+    for name, got in fast.items():
+        assert got.dtype == dtype, name
+        try:
+            assert_close(got, generic[name], rtol=tolerance, atol=tolerance)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from None
+    return fast
+
+
+def reset_steps(rng, steps: int, batch: int) -> np.ndarray:
+    """(steps, batch) booleans: random resets, and one at the first and at the last step."""
+    reset = rng.random((steps, batch)) < 0.3
+    reset[0, 0] = reset[steps - 1, 1] = True
+    return reset
+
+
+def assert_pairwise(grid) -> None:
+    """Every pair of values of any two factors (columns) of ``grid`` occurs in a row."""
+    factors = list(zip(*grid))
+    for a, b in itertools.combinations(range(len(factors)), 2):
+        pairs = set(zip(factors[a], factors[b]))
+        assert len(set(factors[a])) > 1, a
+        assert pairs == set(itertools.product(set(factors[a]), set(factors[b]))), (a, b)

@@ -13,7 +13,6 @@ module runs in the numpy leg of the backend matrix only.
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 import pytest
@@ -23,9 +22,10 @@ from xrnn import _kernels
 from xrnn._kernels import numpy_layer
 from xrnn.testing import assert_close
 
-_selected = [n.strip() for n in os.environ.get("XRNN_TEST_BACKENDS", "").split(",") if n.strip()]
-pytestmark = pytest.mark.skipif(bool(_selected) and "numpy" not in _selected,
-                                reason="the NumPy kernel's tests run in the numpy leg only")
+from .conftest import (assert_pairwise, compare_kernel_with_generic, numpy_leg_only,
+                       reset_steps)
+
+pytestmark = numpy_leg_only
 
 CASES = [("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"}), ("LSTM", {}),
          ("LSTM", {"proj_size": 3}), ("GRU", {})]
@@ -44,70 +44,24 @@ GRID = [(c, o, 1 + (c + o) % 2, (2 * c + o) % 4 >= 2, (c + 2 * o) % 3 != 0,
 T, B, I, H = 6, 3, 4, 5
 
 
-def _reset(rng) -> np.ndarray:
-    """(T, B) booleans with a reset at the first and at the last step among random ones."""
-    reset = rng.random((T, B)) < 0.3
-    reset[0, 0] = reset[T - 1, 1] = True
-    return reset
-
-
-def _run(model, x, state, grad_out, grad_finals, *, kernel: bool, lengths=None, reset=None):
-    """{name: array} of the output, final states, grad of x, of the initial states and of
-    every parameter, on the NumPy kernel or the generic path; and how many layers the
-    kernel ran."""
-    before = numpy_layer.layers_run
-    with _kernels.kernels_enabled("numpy" if kernel else False):
-        model.zero_grad()
-        output, finals = model(x, state, lengths=lengths, reset=reset)
-        grad_x, grad_state = model.backward(grad_out, grad_finals, return_state_grad=True)
-    flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
-    results = {"output": output, "grad of x": grad_x}
-    results |= {f"final state {k}": a for k, a in enumerate(flat(finals))}
-    results |= {f"grad of initial state {k}": a for k, a in enumerate(flat(grad_state))}
-    results |= {f"grad of {n}": p.grad for n, p in model.named_parameters()}
-    return results, numpy_layer.layers_run - before
-
-
 def compare(rng, kind, options, *, num_layers=2, bidirectional=True, bias=True, lengths=None,
             reset=None, training=True, dtype="float64", tolerance=1e-12):
-    """The kernel and the generic path agree on everything (see the module docstring)."""
+    """The NumPy kernel and the generic path agree on everything (see the module docstring)."""
     if num_layers == 1:  # inter-layer dropout needs two layers
         options = {k: v for k, v in options.items() if k != "dropout"}
-    results = []
-    with xrnn.backend.use_backend("numpy"):
-        x = rng.standard_normal((T, B, I)).astype(dtype)
-        for kernel in (True, False):  # the same seed gives the same weights and masks
-            model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=bidirectional,
-                                        dtype=dtype, seed=3, **options).train(training)
-            if not results:  # random initial states and final-state gradients, once
-                with xrnn.no_grad():  # for the shapes (eval: draws no mask)
-                    output, finals = model.eval()(x)
-                model.train(training)
-                finals = finals if isinstance(finals, tuple) else (finals,)
-                draw = np.random.default_rng(7)
-                state = tuple(draw.standard_normal(f.shape).astype(dtype) for f in finals)
-                grad_finals = tuple(draw.standard_normal(f.shape).astype(dtype) for f in finals)
-                if kind != "LSTM":
-                    state, grad_finals = state[0], grad_finals[0]
-                grad_out = draw.standard_normal(output.shape).astype(dtype)
-            results.append(_run(model, x, state, grad_out, grad_finals, kernel=kernel,
-                                lengths=lengths, reset=reset))
-    (fast, ran), (generic, none) = results
-    assert (ran, none) == (num_layers, 0), "the NumPy kernel ran every layer, and only it"
-    assert list(fast) == list(generic)
-    for name, got in fast.items():
-        assert got.dtype == np.dtype(dtype), name
-        try:
-            assert_close(got, generic[name], rtol=tolerance, atol=tolerance)
-        except AssertionError as error:
-            raise AssertionError(f"{name}: {error}") from None
+
+    def build():
+        return getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=bidirectional,
+                                   dtype=dtype, seed=3, **options)
+
+    compare_kernel_with_generic(build, rng.standard_normal((T, B, I)).astype(dtype),
+                                kernels="numpy", counter=(numpy_layer, "layers_run"),
+                                num_layers=num_layers, training=training, tolerance=tolerance,
+                                lengths=lengths, reset=reset)
 
 
 def test_grid_is_pairwise():
-    factors = list(zip(*GRID))
-    for a, b in itertools.combinations(range(len(factors)), 2):
-        pairs = set(zip(factors[a], factors[b]))
-        assert pairs == set(itertools.product(set(factors[a]), set(factors[b]))), (a, b)
+    assert_pairwise(GRID)
 
 
 @pytest.mark.parametrize("case, option, num_layers, bidirectional, with_lengths, bias", GRID,
@@ -122,7 +76,7 @@ def test_kernel_hooks_match_generic_path(rng, case, option, num_layers, bidirect
     compare(rng, kind, cell_options | options, num_layers=num_layers,
             bidirectional=bidirectional, bias=bias, training=training,
             lengths=[2, T, 4] if with_lengths else None,
-            reset=_reset(rng) if with_reset else None)
+            reset=reset_steps(rng, T, B) if with_reset else None)
 
 
 @pytest.mark.parametrize("chunk", [1, 4])
@@ -133,13 +87,13 @@ def test_kernel_hooks_in_chunks(rng, monkeypatch, kind, chunk):
     gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
     monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", chunk * 2 * B * gates * H)
     options, training, _ = OPTIONS["all"]
-    compare(rng, kind, options, training=training, lengths=[T, 3, 1], reset=_reset(rng))
+    compare(rng, kind, options, training=training, lengths=[T, 3, 1], reset=reset_steps(rng, T, B))
 
 
 @pytest.mark.parametrize("kind, options", [("RNN", {}), ("LSTM", {"proj_size": 2}), ("GRU", {})])
 def test_kernel_hooks_float32(rng, kind, options):
     options = options | OPTIONS["all"][0]
-    compare(rng, kind, options, dtype="float32", tolerance=1e-5, reset=_reset(rng))
+    compare(rng, kind, options, dtype="float32", tolerance=1e-5, reset=reset_steps(rng, T, B))
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -148,7 +102,7 @@ def test_kernel_hooks_without_tape(rng, kind, training):
     """``keep=False`` (no gradient wanted: one step's buffers, reused): the same output
     and final states as the generic path."""
     x = rng.standard_normal((T, B, I))
-    reset = _reset(rng)
+    reset = reset_steps(rng, T, B)
     results = []
     with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
         for kernel in (True, False):

@@ -14,7 +14,6 @@ kernel is NumPy's, so this module runs in the numpy leg of the backend matrix on
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 import pytest
@@ -25,9 +24,10 @@ from xrnn._kernels import layernorm_layer, numpy_layer
 from xrnn.functional.cells import LN_GRU_CELL, LN_LSTM_CELL
 from xrnn.testing import assert_close
 
-_selected = [n.strip() for n in os.environ.get("XRNN_TEST_BACKENDS", "").split(",") if n.strip()]
-pytestmark = pytest.mark.skipif(bool(_selected) and "numpy" not in _selected,
-                                reason="the NumPy kernel's tests run in the numpy leg only")
+from .conftest import (assert_pairwise, compare_kernel_with_generic, numpy_leg_only,
+                       reset_steps)
+
+pytestmark = numpy_leg_only
 
 CASES = [("LSTM", {}), ("LSTM", {"proj_size": 3}), ("GRU", {})]
 #: (module options, training mode, with a reset)
@@ -57,72 +57,21 @@ def _model(kind, num_layers, dtype, options, *, bidirectional=True, bias=True):
     return model
 
 
-def _reset(rng) -> np.ndarray:
-    """(T, B) booleans with a reset at the first and at the last step among random ones."""
-    reset = rng.random((T, B)) < 0.3
-    reset[0, 0] = reset[T - 1, 1] = True
-    return reset
-
-
-def _run(model, x, state, grad_out, grad_finals, *, kernel: bool, lengths=None, reset=None):
-    """{name: array} of the output, final states, grad of x, of the initial states and of
-    every parameter, on the kernel or the generic path; and how many layers it ran."""
-    before = layernorm_layer.layers_run, numpy_layer.layers_run
-    with _kernels.kernels_enabled("numpy" if kernel else False):
-        model.zero_grad()
-        output, finals = model(x, state, lengths=lengths, reset=reset)
-        grad_x, grad_state = model.backward(grad_out, grad_finals, return_state_grad=True)
-    flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
-    results = {"output": output, "grad of x": grad_x}
-    results |= {f"final state {k}": a for k, a in enumerate(flat(finals))}
-    results |= {f"grad of initial state {k}": a for k, a in enumerate(flat(grad_state))}
-    results |= {f"grad of {n}": p.grad for n, p in model.named_parameters()}
-    assert numpy_layer.layers_run == before[1], "the plain NumPy kernel ran a LayerNorm layer"
-    return results, layernorm_layer.layers_run - before[0]
-
-
 def compare(rng, kind, options, *, num_layers=2, bidirectional=True, bias=True, lengths=None,
             reset=None, training=True, dtype="float64", tolerance=1e-12):
     """The kernel and the generic path agree on everything (see the module docstring)."""
     if num_layers == 1:  # inter-layer dropout needs two layers
         options = {k: v for k, v in options.items() if k != "dropout"}
-    results = []
-    with xrnn.backend.use_backend("numpy"):
-        x = rng.standard_normal((T, B, I)).astype(dtype)
-        for kernel in (True, False):  # the same seed gives the same weights and masks
-            model = _model(kind, num_layers, dtype, options, bidirectional=bidirectional,
-                           bias=bias).train(training)
-            if not results:  # random initial states and final-state gradients, once
-                with xrnn.no_grad():  # for the shapes (eval: draws no mask)
-                    output, finals = model.eval()(x)
-                model.train(training)
-                finals = finals if isinstance(finals, tuple) else (finals,)
-                draw = np.random.default_rng(7)
-                state = tuple(draw.standard_normal(f.shape).astype(dtype) for f in finals)
-                grad_finals = tuple(draw.standard_normal(f.shape).astype(dtype) for f in finals)
-                if kind != "LSTM":
-                    state, grad_finals = state[0], grad_finals[0]
-                grad_out = draw.standard_normal(output.shape).astype(dtype)
-            results.append(_run(model, x, state, grad_out, grad_finals, kernel=kernel,
-                                lengths=lengths, reset=reset))
-    (fast, ran), (generic, none) = results
-    assert (ran, none) == (num_layers, 0), "the LayerNorm kernel ran every layer, and only it"
-    assert list(fast) == list(generic)
-    assert any(name.startswith("grad of ln_") for name in fast)
-    for name, got in fast.items():
-        assert got.dtype == np.dtype(dtype), name
-        try:
-            assert_close(got, generic[name], rtol=tolerance, atol=tolerance)
-        except AssertionError as error:
-            raise AssertionError(f"{name}: {error}") from None
+    results = compare_kernel_with_generic(
+        lambda: _model(kind, num_layers, dtype, options, bidirectional=bidirectional, bias=bias),
+        rng.standard_normal((T, B, I)).astype(dtype), kernels="numpy",
+        counter=(layernorm_layer, "layers_run"), num_layers=num_layers, training=training,
+        tolerance=tolerance, lengths=lengths, reset=reset)
+    assert any(name.startswith("grad of ln_") for name in results)
 
 
 def test_grid_is_pairwise():
-    factors = list(zip(*GRID))
-    for a, b in itertools.combinations(range(len(factors)), 2):
-        pairs = set(zip(factors[a], factors[b]))
-        assert len(set(factors[a])) > 1
-        assert pairs == set(itertools.product(set(factors[a]), set(factors[b]))), (a, b)
+    assert_pairwise(GRID)
 
 
 @pytest.mark.parametrize("case, option, num_layers, bidirectional, with_lengths, bias", GRID,
@@ -137,7 +86,7 @@ def test_layernorm_kernel_matches_generic_path(rng, case, option, num_layers, bi
     compare(rng, kind, cell_options | options, num_layers=num_layers,
             bidirectional=bidirectional, bias=bias, training=training,
             lengths=[2, T, 4] if with_lengths else None,
-            reset=_reset(rng) if with_reset else None)
+            reset=reset_steps(rng, T, B) if with_reset else None)
 
 
 @pytest.mark.parametrize("module", [numpy_layer, layernorm_layer],
@@ -151,14 +100,14 @@ def test_layernorm_kernel_in_chunks(rng, monkeypatch, kind, chunk, module):
     gates = {"GRU": 3, "LSTM": 4}[kind]
     monkeypatch.setattr(module, "_CHUNK_ELEMENTS", chunk * 2 * B * gates * H)
     options, training, _ = OPTIONS["all"]
-    compare(rng, kind, options, training=training, lengths=[T, 3, 1], reset=_reset(rng))
+    compare(rng, kind, options, training=training, lengths=[T, 3, 1], reset=reset_steps(rng, T, B))
 
 
 @pytest.mark.parametrize("kind, options", [("LSTM", {}), ("LSTM", {"proj_size": 2}),
                                            ("GRU", {})])
 def test_layernorm_kernel_float32(rng, kind, options):
     compare(rng, kind, options | OPTIONS["all"][0], dtype="float32", tolerance=1e-5,
-            lengths=[T, 3, 1], reset=_reset(rng))
+            lengths=[T, 3, 1], reset=reset_steps(rng, T, B))
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -168,7 +117,7 @@ def test_layernorm_kernel_without_tape(rng, monkeypatch, kind, training):
     LayerNorm, reused; chunks of 4 steps): the generic path's output and final states."""
     monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 4 * 2 * B * 4 * H)
     x = rng.standard_normal((T, B, I))
-    reset = _reset(rng)
+    reset = reset_steps(rng, T, B)
     results = []
     with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
         for kernel in (True, False):

@@ -27,7 +27,7 @@ def test_lm_regularisers_smoke(tmp_path):
     assert runs["plain"]["held_out"][0] != pytest.approx(runs["zoneout=0.1"]["held_out"][0])
     assert json.loads((tmp_path / "lm.json").read_text()) == result
     text = (tmp_path / "lm.md").read_text()
-    first = f"| 1 | " + " | ".join(f"{r['held_out'][1]:.3f}" for r in result["runs"].values())
+    first = "| 1 | " + " | ".join(f"{r['held_out'][1]:.3f}" for r in result["runs"].values())
     assert "| epoch | plain | zoneout=0.1 | weight_dropout=0.3 |" in text and first in text
     assert not (tmp_path / "lm.png").exists()
 

@@ -17,30 +17,13 @@ from xrnn import _kernels  # noqa: E402
 from xrnn._kernels import numba_layer, numpy_layer  # noqa: E402
 from xrnn.testing import assert_close  # noqa: E402
 
-from .conftest import run_with_xrnn_kernels  # noqa: E402
+from .conftest import compare_kernel_with_generic, run_with_xrnn_kernels  # noqa: E402
 
 CASES = [("RNN", {"nonlinearity": n}) for n in ("tanh", "relu", "identity")] + [
     ("LSTM", {}), ("GRU", {})]
 GRID = list(itertools.product(range(len(CASES)), [1, 2], [False, True], [False, True],
                               [False, True]))
 T, B, I, H = 5, 3, 4, 6
-
-
-def _run(model, x, state, lengths, grad_out, grad_finals, kernels, counter="layers_run",
-         **call):
-    """Output, final states, grad of x, of the initial states and of every parameter, with
-    ``kernels_enabled(kernels)``; and how many layers the compiled kernel ran (``counter``:
-    ``"layers_run"``, whole loops, ``"fused_layers_run"``, fused steps, or a
-    ``(module, name)`` pair)."""
-    module, name = (numba_layer, counter) if isinstance(counter, str) else counter
-    before = getattr(module, name)
-    with _kernels.kernels_enabled(kernels):
-        model.zero_grad()
-        output, finals = model(x, state, lengths=lengths, **call)
-        grad_x, grad_state = model.backward(grad_out, grad_finals, return_state_grad=True)
-    flat = lambda s: list(s) if isinstance(s, tuple) else [s]  # noqa: E731
-    return ([output, *flat(finals), grad_x, *flat(grad_state)]
-            + [p.grad for _, p in model.named_parameters()]), getattr(module, name) - before
 
 
 def _set_limits(monkeypatch, limit: int) -> None:
@@ -50,35 +33,22 @@ def _set_limits(monkeypatch, limit: int) -> None:
 
 def _compare(rng, kind, options, num_layers, bidirectional, bias, lengths, *,
              given_state=True, final_grads=(True, True), counter="layers_run", **call):
-    def build():  # the same weights, and the same masks in training mode, every time
+    """The compiled kernel (``counter``: ``"layers_run"``, whole loops, or
+    ``"fused_layers_run"``, fused steps, or a ``(module, attribute)`` pair) against the
+    generic path, at 1e-12 in float64."""
+    def build():  # LayerNorm weights, if any, moved off 1 and 0
         model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=bidirectional,
                                     dtype="float64", seed=3, **options)
-        for name, p in model.named_parameters():  # LayerNorm weights away from 1 and 0
+        for name, p in model.named_parameters():
             if name.startswith("ln_"):
                 p.data = p.data + 0.3 * np.cos(np.arange(p.data.size)).reshape(p.data.shape)
         return model
 
-    with xrnn.backend.use_backend("numpy"):
-        model = build()
-        x = rng.standard_normal((T, B, I))
-        with xrnn.no_grad():  # only for the shapes
-            output, finals = model(x)
-        finals = finals if isinstance(finals, tuple) else (finals,)
-        state = tuple(rng.standard_normal(f.shape) for f in finals) if given_state else None
-        grad_finals = tuple(rng.standard_normal(f.shape) if wanted else None
-                            for f, wanted in zip(finals, final_grads))
-        if kind != "LSTM":
-            state = None if state is None else state[0]
-            grad_finals = grad_finals[0]
-        grad_out = rng.standard_normal(output.shape)
-        fast, compiled = _run(build(), x, state, lengths, grad_out, grad_finals, True, counter,
-                              **call)
-        generic, none = _run(build(), x, state, lengths, grad_out, grad_finals, False, counter,
-                             **call)
-    assert (compiled, none) == (num_layers, 0), f"the compiled kernel ran every layer ({counter})"
-    assert len(fast) == len(generic)
-    for got, want in zip(fast, generic):
-        assert_close(got, want, rtol=1e-12, atol=1e-12)
+    compare_kernel_with_generic(
+        build, rng.standard_normal((T, B, I)), kernels=True,
+        counter=(numba_layer, counter) if isinstance(counter, str) else counter,
+        num_layers=num_layers, given_state=given_state, final_grads=final_grads,
+        lengths=lengths, **call)
 
 
 @pytest.mark.parametrize("case, num_layers, bidirectional, bias, with_lengths", GRID,
@@ -111,19 +81,11 @@ def test_numba_kernel_input_projection_in_chunks(rng, monkeypatch, kind):
 def test_numba_kernel_float32_and_dropout(rng, kind):
     """float32 (compiled separately), and training-mode dropout with the same seed on both
     paths."""
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    grad_out = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
-    results = []
-    with xrnn.backend.use_backend("numpy"):
-        for kernels in (True, False):  # the same seed gives the same weights and masks
-            model = getattr(xrnn, kind)(I, H, 3, dropout=0.5, bidirectional=True, seed=5)
-            results.append(_run(model.train(), x, None, None, grad_out, None, kernels))
-    (fast, compiled), (generic, _) = results
-    assert compiled == 3
-    for got, want in zip(fast, generic):
-        assert got.dtype == np.float32
-        assert_close(got, want, rtol=1e-5, atol=1e-5)
-
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, H, 3, dropout=0.5, bidirectional=True, seed=5),
+        rng.standard_normal((T, B, I)).astype(np.float32), kernels=True,
+        counter=(numba_layer, "layers_run"), num_layers=3, given_state=False,
+        final_grads=(False, False), tolerance=1e-5)
 
 
 def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):

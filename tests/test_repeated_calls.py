@@ -4,7 +4,6 @@ on the same weights, float64, every parameter within 1e-12."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import xrnn
