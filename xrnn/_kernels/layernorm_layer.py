@@ -185,24 +185,10 @@ class _NormLayer(numpy_layer._Layer):
         np.multiply(o, tanh_c, out=h_out)
 
     def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
-        # as numpy_layer's GRU step, from gh = LN(h W_hh^T) (+ b_hn on the n block) on
-        hidden = self.H
+        # numpy_layer's GRU gates, from gh = LN(h W_hh^T) (+ b_hn on the n block) on
         gh = np.multiply(self._normalised_product(k, h_prev, h_in), self.ln_hh_scaled,
                          out=self.gh[:, k])
-        hn = gh[..., 2 * hidden:]
-        hn += self.b_hn
-        a = self.a[:, k]
-        rz = np.add(gx[..., :2 * hidden], gh[..., :2 * hidden], out=a[..., :2 * hidden])
-        np.exp(rz, out=rz)  # rows negated: 1 / (1 + exp(-z)) = sigmoid(z)
-        rz += 1.0
-        np.divide(1.0, rz, out=rz)
-        r, z = rz[..., :hidden], rz[..., hidden:]
-        n = np.multiply(r, hn, out=a[..., 2 * hidden:])
-        n += gx[..., 2 * hidden:]
-        np.tanh(n, out=n)
-        np.subtract(h_prev, n, out=h_out)  # h = n + z (h_prev - n)
-        h_out *= z
-        h_out += n
+        self._gru_gates(gx, gh, self.a[:, k], h_prev, h_out)
 
     # backward --------------------------------------------------------------------------
 

@@ -274,12 +274,16 @@ class _Layer:
         np.multiply(o, tanh_c, out=h_out)
 
     def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
-        hidden = self.H
         gh = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.gh[:, k])
+        self._gru_gates(gx, gh, self.a[:, k], h_prev, h_out)
+
+    def _gru_gates(self, gx, gh, a, h_prev, h_out):
+        """The GRU's gates ``a`` and new h from ``gx`` and ``gh`` (``h W_hh^T``, which gets
+        ``b_hn`` on its n block here)."""
+        hidden = self.H
         hn = gh[..., 2 * hidden:]
         if self.b_hn is not None:
             hn += self.b_hn
-        a = self.a[:, k]
         rz = np.add(gx[..., :2 * hidden], gh[..., :2 * hidden], out=a[..., :2 * hidden])
         np.exp(rz, out=rz)  # rows negated: 1 / (1 + exp(-z)) = sigmoid(z)
         rz += 1.0
