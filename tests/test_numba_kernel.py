@@ -101,18 +101,26 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
     with xrnn.backend.use_backend("numpy"):
         for limit in (1 << 20, 0):  # every loop, then every fused step, gets float32
             _set_limits(monkeypatch, limit)
-            for kind in ("RNN", "LSTM", "GRU"):
-                model = getattr(xrnn, kind)(2, 3, seed=0)
+            for kind, norm in itertools.product(("RNN", "LSTM", "GRU"), (False, True)):
+                if norm and kind == "RNN":
+                    continue
+                model = getattr(xrnn, kind)(2, 3, seed=0, **({"layer_norm": True} if norm else {}))
                 output, _ = model(x)
                 model.backward(np.ones(output.shape, dtype=np.float32))
+    from xrnn._kernels import numba_layernorm
+
     loops = [f"_{k}_{d}" for k in ("elman", "lstm", "gru") for d in ("forward", "backward")]
     loops += [f"_{k}_{d}" for k in ("tanh", "lstm", "gru") for d in ("step", "back")]
+    loops += [f"numba_layernorm.{name}" for name in (  # (_ln_gru_back only calls others)
+        "_ln_lstm_step", "_ln_lstm_back", "_ln_gru_step", "_normalise_row_backward")]
     f4 = numba.float32
     products = {"_accumulate": (f4[::1], f4[::1], f4[:, ::1])}  # _product only calls it
     typed = {}
     for name in loops + list(products):
-        fresh = numba.njit(getattr(numba_layer, name).py_func)
-        sigs = ([sig for sig in getattr(numba_layer, name).signatures if "float32" in str(sig)]
+        module = numba_layernorm if name.startswith("numba_layernorm.") else numba_layer
+        function = getattr(module, name.split(".")[-1])
+        fresh = numba.njit(function.py_func)
+        sigs = ([sig for sig in function.signatures if "float32" in str(sig)]
                 if name in loops else [products[name]])
         assert sigs, f"{name} has no float32 signature"
         for sig in sigs:
@@ -122,7 +130,8 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
             typed[name] = text.getvalue()
     for name, text in typed.items():
         assert ":: float32" in text, f"{name}: no float32 value typed (annotations missing?)"
-        wide = [line.strip() for line in text.splitlines() if ":: float64" in line]
+        wide = [line.strip() for line in text.splitlines()  # a literal given to
+                if ":: float64" in line and "= const(float" not in line]  # np.float32 is not
         assert not wide, f"{name} computes in float64 for float32 input: {wide[:3]}"
 
 
