@@ -75,8 +75,10 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
     starts = None
     if reset is not None:
         steps = x.shape[0]
-        host = _check_reset(reset, (steps,) if unbatched else
-                            (batch, steps) if batch_first else (steps, batch), batch_first)
+        layout = ("(T,) for unbatched input" if unbatched else
+                  "(B, T) with batch_first" if batch_first else "(T, B)")
+        host = check_reset(reset, (steps,) if unbatched else
+                           (batch, steps) if batch_first else (steps, batch), f", i.e. {layout}")
         host = host.T if batch_first and not unbatched else host
         starts = xp.asarray(np.reshape(host, (steps, batch, 1)), device=array_api_compat.device(x))
     if check_finite:
@@ -132,8 +134,9 @@ def run_recurrent(x: Any, initial_states: Sequence[Any | None], weights: Sequenc
     return output, finals, vjp
 
 
-def _check_reset(reset: Any, shape: tuple[int, ...], batch_first: bool) -> np.ndarray:
-    """``reset`` as host booleans of ``shape``, else ``TypeError`` / ``ValueError``."""
+def check_reset(reset: Any, shape: tuple[int, ...], described: str) -> np.ndarray:
+    """``reset`` as host booleans of ``shape``, else ``TypeError`` / ``ValueError`` (whose
+    message gives ``shape`` followed by ``described``)."""
     try:
         host = np.asarray(to_numpy(reset))
     except TypeError:
@@ -141,9 +144,7 @@ def _check_reset(reset: Any, shape: tuple[int, ...], batch_first: bool) -> np.nd
     if host.dtype != np.bool_:
         raise TypeError(f"reset must be booleans, got dtype {host.dtype}")
     if host.shape != shape:
-        layout = ("(T,) for unbatched input" if len(shape) == 1 else
-                  "(B, T) with batch_first" if batch_first else "(T, B)")
-        raise ValueError(f"expected reset of shape {shape}, i.e. {layout}, got {host.shape}")
+        raise ValueError(f"expected reset of shape {shape}{described}, got {host.shape}")
     return host
 
 

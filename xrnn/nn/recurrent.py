@@ -9,11 +9,11 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ..backend import get_namespace, to_numpy
+from ..backend import get_namespace
 from ..functional.cells import GRU_CELL, LN_GRU_CELL, LN_LSTM_CELL, LSTM_CELL, Cell, elman_cell
 from ..functional.checks import check_all_finite
 from ..functional.dropout import check_probability
-from ..functional.rnn import lstm_states, run_recurrent
+from ..functional.rnn import check_reset, lstm_states, run_recurrent
 from ..functional.weights import iter_parameter_shapes
 from .arguments import check_dtype_name, check_positive_int
 from .init import create, uniform
@@ -150,15 +150,7 @@ def _restart(xp, states: tuple[Any | None, ...], reset: Any, batch: tuple[int, .
              ) -> tuple[Any | None, ...]:
     """``states`` (each (L, B, size), or (L, size) unbatched, or ``None`` for zeros) with
     the rows where ``reset`` (shape ``batch``: (B,) or () unbatched) is true set to zero."""
-    try:
-        host = np.asarray(to_numpy(reset))
-    except TypeError:
-        host = np.asarray(reset)
-    if host.dtype != np.bool_:
-        raise TypeError(f"reset must be booleans, got dtype {host.dtype}")
-    if host.shape != batch:
-        raise ValueError(f"expected reset of shape {batch} (one per batch row of x_t), "
-                         f"got {host.shape}")
+    host = check_reset(reset, batch, " (one per batch row of x_t)")
     if not host.any():
         return states
     if host.ndim == 0 or host.all():
