@@ -215,8 +215,8 @@ class _NormLayer(numpy_layer._Layer):
         # dz (= dgh): d(h W_hh^T), what the base multiplies by W_hh; the gates' own
         # gradient goes to d_post[:, s]
         hidden = self.H
-        a, tanh_c = self.a[:, s], self.tanh_c[:, s]
-        i, f, o, g = (a[..., j * hidden:(j + 1) * hidden] for j in range(4))
+        tanh_c = self.tanh_c[:, s]
+        o = self.a[:, s, ..., 2 * hidden:3 * hidden]
         dy = np.multiply(tanh_c, tanh_c, out=self.d_c_out[:, s])  # h = o tanh(LN(c))
         np.subtract(1.0, dy, out=dy)
         dy *= o
@@ -226,15 +226,7 @@ class _NormLayer(numpy_layer._Layer):
         _normalise_backward(dv_hat, self.c_hat[:, s], self.c_rstd[:, s], self.means, self.tmp2)
         dc += self.tmp2
         dgate = self.d_post[:, s]
-        np.multiply(dc, g, out=dgate[..., :hidden])
-        np.multiply(dc, self.c[:, s], out=dgate[..., hidden:2 * hidden])
-        np.multiply(dh, tanh_c, out=dgate[..., 2 * hidden:3 * hidden])
-        np.multiply(dc, i, out=dgate[..., 3 * hidden:])
-        slope = np.multiply(a, a, out=scratch)  # sigmoid' = s - s^2, tanh' = 1 - g^2
-        np.subtract(a[..., :3 * hidden], slope[..., :3 * hidden], out=slope[..., :3 * hidden])
-        np.subtract(1.0, slope[..., 3 * hidden:], out=slope[..., 3 * hidden:])
-        dgate *= slope
-        dc *= f
+        self._lstm_gates_back(s, dh, dc, dgate, scratch)
         self._masked(s, dgate)
         self._hh_backward(s, dgate, dz, scratch)
         return None

@@ -420,13 +420,23 @@ class _Layer:
 
     def _back_lstm(self, s, dh, dc, dz, dgh, scratch):
         hidden = self.H
-        a, tanh_c = self.a[:, s], self.tanh_c[:, s]
-        i, f, o, g = (a[..., j * hidden:(j + 1) * hidden] for j in range(4))
+        tanh_c = self.tanh_c[:, s]
+        o = self.a[:, s, ..., 2 * hidden:3 * hidden]
         t = np.multiply(tanh_c, tanh_c, out=self.tmp)  # dc += dh o (1 - tanh(c)^2)
         np.subtract(1.0, t, out=t)
         t *= o
         t *= dh
         dc += t
+        self._lstm_gates_back(s, dh, dc, dz, scratch)
+        return None
+
+    def _lstm_gates_back(self, s, dh, dc, dz, scratch) -> None:
+        """``dz``: the gradient of step ``s``'s gate pre-activations (kernel order i, f, o,
+        g) from ``dh`` and ``dc`` (the gradient of its new c, complete); ``dc`` becomes
+        the previous c's."""
+        hidden = self.H
+        a, tanh_c = self.a[:, s], self.tanh_c[:, s]
+        i, f, g = a[..., :hidden], a[..., hidden:2 * hidden], a[..., 3 * hidden:]
         np.multiply(dc, g, out=dz[..., :hidden])
         np.multiply(dc, self.c[:, s], out=dz[..., hidden:2 * hidden])
         np.multiply(dh, tanh_c, out=dz[..., 2 * hidden:3 * hidden])
@@ -436,7 +446,6 @@ class _Layer:
         np.subtract(1.0, slope[..., 3 * hidden:], out=slope[..., 3 * hidden:])
         dz *= slope
         dc *= f
-        return None
 
     def _back_gru(self, s, dh, dc, dz, dgh, scratch):
         hidden = self.H
