@@ -110,7 +110,8 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
     from xrnn._kernels import numba_layernorm
 
     loops = [f"_{k}_{d}" for k in ("elman", "lstm", "gru") for d in ("forward", "backward")]
-    loops += [f"_{k}_{d}" for k in ("tanh", "lstm", "gru") for d in ("step", "back")]
+    loops += ["_tanh_step", "_lstm_step", "_gru_step", "_tanh_back",
+              "_lstm_row_back", "_gru_row_back"]  # (_lstm_back, _gru_back: row calls only)
     loops += [f"numba_layernorm.{name}" for name in (  # (_ln_gru_back only calls others)
         "_ln_lstm_step", "_ln_lstm_back", "_ln_gru_step", "_normalise_row_backward")]
     f4 = numba.float32

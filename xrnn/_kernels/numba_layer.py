@@ -209,6 +209,40 @@ def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
 
 
 @_jit
+def _lstm_row_back(gates, tc, c_old, row, dc_row, dz):
+    """One batch row of the LSTM backward: gate gradients ``dz`` (kernel order i, f, o, g)
+    from ``row`` (dh) and ``dc_row`` (dc); ``dc_row`` becomes the previous c's."""
+    hidden = dz.size // 4
+    one = dz.dtype.type(1)
+    for j in range(hidden):
+        i, f = gates[j], gates[hidden + j]
+        o, g = gates[2 * hidden + j], gates[3 * hidden + j]
+        dcj = dc_row[j] + (one - tc[j] * tc[j]) * o * row[j]
+        dz[j] = dcj * g * (i - i * i)
+        dz[hidden + j] = dcj * c_old[j] * (f - f * f)
+        dz[2 * hidden + j] = row[j] * tc[j] * (o - o * o)
+        dz[3 * hidden + j] = dcj * i * (one - g * g)
+        dc_row[j] = dcj * f
+
+
+@_jit
+def _gru_row_back(gates, hh, h_old, row, dz, dgh, direct):
+    """One batch row of the GRU backward: gate gradients ``dz`` (input side) and ``dgh``
+    (recurrent side) from ``row`` (dh); ``direct`` (may be ``row`` itself) = dh z, the
+    gradient that reaches the previous h without ``W_hh``."""
+    hidden = dz.size // 3
+    one = dz.dtype.type(1)
+    for j in range(hidden):
+        r, zj, n = gates[j], gates[hidden + j], gates[2 * hidden + j]
+        dn = (one - n * n) * row[j] * (one - zj)
+        dr = dn * hh[2 * hidden + j] * ((one - r) * r)
+        dzj = (h_old[j] - n) * row[j] * ((one - zj) * zj)
+        dz[j], dz[hidden + j], dz[2 * hidden + j] = dr, dzj, dn
+        dgh[j], dgh[hidden + j], dgh[2 * hidden + j] = dr, dzj, dn * r
+        direct[j] = row[j] * zj
+
+
+@_jit
 def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
     directions, steps, batch, width = dz_all.shape
     one, zero = dh.dtype.type(1), dh.dtype.type(0)
@@ -239,7 +273,7 @@ def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
 def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive):
     directions, steps, batch, width = dz_all.shape
     hidden = width // 4
-    one, zero = dh.dtype.type(1), dh.dtype.type(0)
+    zero = dh.dtype.type(0)
     for s in range(steps - 1, -1, -1):
         for d in range(directions):
             for b in range(batch):
@@ -250,16 +284,7 @@ def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive):
                 if inactive[d, s, b]:
                     dz[:] = zero
                     continue
-                gates, tc, c_old = a[d, s, b], tanh_c[d, s, b], c[d, s, b]
-                for j in range(hidden):
-                    i, f = gates[j], gates[hidden + j]
-                    o, g = gates[2 * hidden + j], gates[3 * hidden + j]
-                    dcj = dc_row[j] + (one - tc[j] * tc[j]) * o * row[j]
-                    dz[j] = dcj * g * (i - i * i)
-                    dz[hidden + j] = dcj * c_old[j] * (f - f * f)
-                    dz[2 * hidden + j] = row[j] * tc[j] * (o - o * o)
-                    dz[3 * hidden + j] = dcj * i * (one - g * g)
-                    dc_row[j] = dcj * f
+                _lstm_row_back(a[d, s, b], tanh_c[d, s, b], c[d, s, b], row, dc_row, dz)
                 row[:] = zero
                 _accumulate(row, dz, w[d])
 
@@ -268,7 +293,7 @@ def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive):
 def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
     directions, steps, batch, width = dz_all.shape
     hidden = width // 3
-    one, zero = dh.dtype.type(1), dh.dtype.type(0)
+    zero = dh.dtype.type(0)
     for s in range(steps - 1, -1, -1):
         for d in range(directions):
             for b in range(batch):
@@ -280,16 +305,8 @@ def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
                     dz[:] = zero
                     dgh[:] = zero
                     continue
-                gates, hh, h_old = a[d, s, b], gh[d, s, b], h[d, s, b]
-                for j in range(hidden):
-                    r, zj, n = gates[j], gates[hidden + j], gates[2 * hidden + j]
-                    dn = (one - n * n) * row[j] * (one - zj)
-                    dz[j] = dn * hh[2 * hidden + j] * ((one - r) * r)
-                    dz[hidden + j] = (h_old[j] - n) * row[j] * ((one - zj) * zj)
-                    dz[2 * hidden + j] = dn
-                    dgh[j], dgh[hidden + j] = dz[j], dz[hidden + j]
-                    dgh[2 * hidden + j] = dn * r
-                    row[j] *= zj  # the path that does not go through W_hh
+                # row becomes dh z, the path that does not go through W_hh
+                _gru_row_back(a[d, s, b], gh[d, s, b], h[d, s, b], row, dz, dgh, row)
                 _accumulate(row, dgh, w[d])
 
 
@@ -363,41 +380,16 @@ def _tanh_back(h, dh, dz):
 @_jit
 def _lstm_back(dh, dc, a, tanh_c, c_prev, dz):
     """Gate gradients ``dz`` from ``dh`` and ``dc``; ``dc`` becomes the previous c's."""
-    batch, width = dz.shape
-    hidden = width // 4
-    one = dz.dtype.type(1)
-    for b in range(batch):
-        gates, tc, c_old = a[b], tanh_c[b], c_prev[b]
-        row, dc_row, out = dh[b], dc[b], dz[b]
-        for j in range(hidden):
-            i, f = gates[j], gates[hidden + j]
-            o, g = gates[2 * hidden + j], gates[3 * hidden + j]
-            dcj = dc_row[j] + (one - tc[j] * tc[j]) * o * row[j]
-            out[j] = dcj * g * (i - i * i)
-            out[hidden + j] = dcj * c_old[j] * (f - f * f)
-            out[2 * hidden + j] = row[j] * tc[j] * (o - o * o)
-            out[3 * hidden + j] = dcj * i * (one - g * g)
-            dc_row[j] = dcj * f
+    for b in range(dz.shape[0]):
+        _lstm_row_back(a[b], tanh_c[b], c_prev[b], dh[b], dc[b], dz[b])
 
 
 @_jit
 def _gru_back(dh, a, gh, h_prev, dz, dgh, direct):
     """Gate gradients ``dz`` (input side) and ``dgh`` (recurrent side); ``direct`` = dh z,
     the gradient that reaches the previous h without ``W_hh``."""
-    batch, width = dz.shape
-    hidden = width // 3
-    one = dz.dtype.type(1)
-    for b in range(batch):
-        gates, hh, old = a[b], gh[b], h_prev[b]
-        row, out, rec, past = dh[b], dz[b], dgh[b], direct[b]
-        for j in range(hidden):
-            r, zj, n = gates[j], gates[hidden + j], gates[2 * hidden + j]
-            dn = (one - n * n) * row[j] * (one - zj)
-            dr = dn * hh[2 * hidden + j] * ((one - r) * r)
-            dzj = (old[j] - n) * row[j] * ((one - zj) * zj)
-            out[j], out[hidden + j], out[2 * hidden + j] = dr, dzj, dn
-            rec[j], rec[hidden + j], rec[2 * hidden + j] = dr, dzj, dn * r
-            past[j] = row[j] * zj
+    for b in range(dz.shape[0]):
+        _gru_row_back(a[b], gh[b], h_prev[b], dh[b], dz[b], dgh[b], direct[b])
 
 
 # the layer ------------------------------------------------------------------------------
