@@ -201,6 +201,29 @@ def compare_kernel_with_generic(build, x, *, kernels, counter, num_layers, train
     return fast
 
 
+def compare_forward_without_tape(build, x, *, counter, num_layers, **call) -> None:
+    """Under ``no_grad`` (``keep=False``: one step's buffers, reused) the NumPy kernels
+    (``kernels_enabled("numpy")``, counted by ``counter``, a ``(module, attribute)`` pair)
+    give the generic path's output and final states (1e-12); ``build()`` as in
+    :func:`compare_kernel_with_generic`, already in the wanted mode."""
+    from xrnn import _kernels
+
+    module, attribute = counter
+    results = []
+    with backend.use_backend("numpy"), xrnn.no_grad():
+        for kernels in ("numpy", False):
+            model = build()
+            before = getattr(module, attribute)
+            with _kernels.kernels_enabled(kernels):
+                output, finals = model(x, **call)
+            finals = finals if isinstance(finals, tuple) else (finals,)
+            results.append(([output, *finals], getattr(module, attribute) - before))
+    (fast, ran), (generic, none) = results
+    assert (ran, none) == (num_layers, 0)
+    for got, want in zip(fast, generic):
+        assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def reset_steps(rng, steps: int, batch: int) -> np.ndarray:
     """(steps, batch) booleans: random resets, and one at the first and at the last step."""
     reset = rng.random((steps, batch)) < 0.3

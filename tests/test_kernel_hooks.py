@@ -20,10 +20,9 @@ import pytest
 import xrnn
 from xrnn import _kernels
 from xrnn._kernels import numpy_layer
-from xrnn.testing import assert_close
 
-from .conftest import (assert_pairwise, compare_kernel_with_generic, numpy_leg_only,
-                       reset_steps)
+from .conftest import (assert_pairwise, compare_forward_without_tape,
+                       compare_kernel_with_generic, numpy_leg_only, reset_steps)
 
 pytestmark = numpy_leg_only
 
@@ -101,22 +100,11 @@ def test_kernel_hooks_float32(rng, kind, options):
 def test_kernel_hooks_without_tape(rng, kind, training):
     """``keep=False`` (no gradient wanted: one step's buffers, reused): the same output
     and final states as the generic path."""
-    x = rng.standard_normal((T, B, I))
-    reset = reset_steps(rng, T, B)
-    results = []
-    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
-        for kernel in (True, False):
-            model = getattr(xrnn, kind)(I, H, 2, bidirectional=True, dtype="float64", seed=4,
-                                        zoneout=0.3, recurrent_dropout=0.3).train(training)
-            before = numpy_layer.layers_run
-            with _kernels.kernels_enabled("numpy" if kernel else False):
-                output, finals = model(x, lengths=[T, 2, 5], reset=reset)
-            finals = finals if isinstance(finals, tuple) else (finals,)
-            results.append(([output, *finals], numpy_layer.layers_run - before))
-    (fast, ran), (generic, none) = results
-    assert (ran, none) == (2, 0)
-    for got, want in zip(fast, generic):
-        assert_close(got, want, rtol=1e-12, atol=1e-12)
+    compare_forward_without_tape(
+        lambda: getattr(xrnn, kind)(I, H, 2, bidirectional=True, dtype="float64", seed=4,
+                                    zoneout=0.3, recurrent_dropout=0.3).train(training),
+        rng.standard_normal((T, B, I)), counter=(numpy_layer, "layers_run"), num_layers=2,
+        lengths=[T, 2, 5], reset=reset_steps(rng, T, B))
 
 
 def test_hooks_run_on_every_kernel_setting():

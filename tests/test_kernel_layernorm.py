@@ -22,10 +22,9 @@ import xrnn
 from xrnn import _kernels
 from xrnn._kernels import layernorm_layer, numpy_layer
 from xrnn.functional.cells import LN_GRU_CELL, LN_LSTM_CELL
-from xrnn.testing import assert_close
 
-from .conftest import (assert_pairwise, compare_kernel_with_generic, numpy_leg_only,
-                       reset_steps)
+from .conftest import (assert_pairwise, compare_forward_without_tape,
+                       compare_kernel_with_generic, numpy_leg_only, reset_steps)
 
 pytestmark = numpy_leg_only
 
@@ -116,22 +115,11 @@ def test_layernorm_kernel_without_tape(rng, monkeypatch, kind, training):
     """``keep=False`` (no gradient wanted: one step's buffers and one chunk's input
     LayerNorm, reused; chunks of 4 steps): the generic path's output and final states."""
     monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 4 * 2 * B * 4 * H)
-    x = rng.standard_normal((T, B, I))
-    reset = reset_steps(rng, T, B)
-    results = []
-    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
-        for kernel in (True, False):
-            model = _model(kind, 2, "float64", {"zoneout": 0.3, "recurrent_dropout": 0.3,
-                                                "dropout": 0.3}).train(training)
-            before = layernorm_layer.layers_run
-            with _kernels.kernels_enabled("numpy" if kernel else False):
-                output, finals = model(x, lengths=[T, 2, 5], reset=reset)
-            finals = finals if isinstance(finals, tuple) else (finals,)
-            results.append(([output, *finals], layernorm_layer.layers_run - before))
-    (fast, ran), (generic, none) = results
-    assert (ran, none) == (2, 0)
-    for got, want in zip(fast, generic):
-        assert_close(got, want, rtol=1e-12, atol=1e-12)
+    compare_forward_without_tape(
+        lambda: _model(kind, 2, "float64", {"zoneout": 0.3, "recurrent_dropout": 0.3,
+                                            "dropout": 0.3}).train(training),
+        rng.standard_normal((T, B, I)), counter=(layernorm_layer, "layers_run"),
+        num_layers=2, lengths=[T, 2, 5], reset=reset_steps(rng, T, B))
 
 
 def test_layernorm_cells_take_their_kernel():
