@@ -394,6 +394,16 @@ def _gru_back(dh, a, gh, h_prev, dz, dgh, direct):
 
 # the layer ------------------------------------------------------------------------------
 
+def b_hn_rows(layer: numpy_layer._Layer) -> np.ndarray:
+    """A GRU layer's ``b_hn`` as the compiled steps add it to ``h W_hh^T``: (D, G*H),
+    zeros on the r and z blocks (and everywhere without bias). Made once per layer."""
+    if getattr(layer, "_b_hn_rows", None) is None:
+        layer._b_hn_rows = np.zeros((layer.D, layer.gx.shape[-1]), dtype=layer.dtype)
+        if layer.b_hn is not None:
+            layer._b_hn_rows[:, 2 * layer.H:] = layer.b_hn[:, 0]
+    return layer._b_hn_rows
+
+
 class _CompiledLayer(numpy_layer._Layer):
     """The NumPy kernel's layer with its forward and backward time loops compiled."""
 
@@ -416,10 +426,8 @@ class _CompiledLayer(numpy_layer._Layer):
             if self.kind == "lstm":
                 _lstm_forward(*args, self.h, self.c, self.a, self.tanh_c, self.steps_inactive)
             elif self.kind == "gru":
-                b_hn = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
-                if self.b_hn is not None:
-                    b_hn[:, 2 * self.H:] = self.b_hn[:, 0]
-                _gru_forward(*args, b_hn, self.h, self.a, self.gh, self.steps_inactive)
+                _gru_forward(*args, b_hn_rows(self), self.h, self.a, self.gh,
+                             self.steps_inactive)
             else:
                 _elman_forward(*args, self.h, self.steps_inactive, _ACTIVATION[self.kind])
 
@@ -478,17 +486,9 @@ class _FusedLayer(numpy_layer._Layer):
 
     def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
         gh = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.gh[:, k])
-        b_hn, a = self._b_hn_rows(), self.a
+        b_hn, a = b_hn_rows(self), self.a
         for d in range(self.D):
             _gru_step(gh[d], gx[d], b_hn[d], h_prev[d], a[d, k], h_out[d])
-
-    def _b_hn_rows(self):
-        """(D, G*H): zeros on r and z, ``b_hn`` on n."""
-        if getattr(self, "_b_hn_full", None) is None:
-            self._b_hn_full = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
-            if self.b_hn is not None:
-                self._b_hn_full[:, 2 * self.H:] = self.b_hn[:, 0]
-        return self._b_hn_full
 
     def _back_tanh(self, s, dh, dc, dz, dgh, scratch):
         h = self.h_new[:, s]

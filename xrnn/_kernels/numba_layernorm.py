@@ -22,7 +22,7 @@ from ..functional.cells import LN_EPS, Cell
 from ..functional.recurrence import StepHooks
 from ..functional.weights import LayerWeights
 from . import layernorm_layer
-from .numba_layer import _gru_back, _gru_step, _jit
+from .numba_layer import _gru_back, _gru_step, _jit, b_hn_rows
 from .numba_math import _FAST, exp, tanh
 
 #: Sums may be reassociated, so that LLVM vectorises them: only in these reductions,
@@ -188,17 +188,10 @@ class _FusedNormLayer(layernorm_layer._NormLayer):
 
     def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
         hat = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.hh_hat[:, k])
-        b_hn = self._b_hn_rows()
+        b_hn = b_hn_rows(self)
         for d in range(self.D):
             _ln_gru_step(hat[d], self.hh_rstd[d, k], self.ln_hh_scaled[d, 0], self.gh[d, k],
                          gx[d], b_hn[d], h_prev[d], self.a[d, k], h_out[d], self.eps)
-
-    def _b_hn_rows(self):
-        """(D, G*H): zeros on r and z, ``b_hn`` on n (added to ``gh`` by the GRU step)."""
-        if getattr(self, "_b_hn_full", None) is None:
-            self._b_hn_full = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
-            self._b_hn_full[:, 2 * self.H:] = self.b_hn[:, 0]
-        return self._b_hn_full
 
     def _back_lstm(self, s, dh, dc, dz, dgh, scratch):
         for d in range(self.D):
