@@ -165,18 +165,10 @@ class _NormLayer(numpy_layer._Layer):
         return hat
 
     def _step_lstm(self, gx, s, k, h_prev, h_out, h_in=None):
-        hidden = self.H
         a = np.multiply(self._normalised_product(k, h_prev, h_in), self.ln_hh_scaled,
                         out=self.a[:, k])
         a += gx
-        np.exp(a, out=a)
-        a += 1.0
-        np.divide(1.0, a, out=a)  # sigmoid(z) for i, f, o; sigmoid(2z) for g
-        i, f, o, g = (a[..., j * hidden:(j + 1) * hidden] for j in range(4))
-        g *= 2.0
-        g -= 1.0
-        c = np.multiply(f, self.c[:, s], out=self.c[:, s + 1])
-        c += np.multiply(i, g, out=self.tmp)
+        c, o = self._lstm_gates(a, s)
         c_hat = np.subtract(c, np.matmul(c, self.mean_h, out=self.c_mean), out=self.c_hat[:, k])
         _normalise(c_hat, self.c_rstd[:, k])
         u = np.multiply(c_hat, self.ln_c[:, 0], out=self.tmp)

@@ -267,10 +267,16 @@ class _Layer:
         h_out += gx
 
     def _step_lstm(self, gx, s, k, h_prev, h_out, h_in=None):
-        hidden = self.H
         z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)
-        z += gx
-        a = np.exp(z, out=self.a[:, k])
+        c, o = self._lstm_gates(np.add(z, gx, out=self.a[:, k]), s)
+        tanh_c = np.tanh(c, out=self.tanh_c[:, k])
+        np.multiply(o, tanh_c, out=h_out)
+
+    def _lstm_gates(self, a, s):
+        """The LSTM's gates from their pre-activations ``a`` (scaled rows, kernel order),
+        in place, and the new c (written to ``c[:, s + 1]``); returns ``(c, o)``."""
+        hidden = self.H
+        np.exp(a, out=a)
         a += 1.0
         np.divide(1.0, a, out=a)  # sigmoid(z) for i, f, o; sigmoid(2z) for g
         i, f, o, g = (a[..., j * hidden:(j + 1) * hidden] for j in range(4))
@@ -278,8 +284,7 @@ class _Layer:
         g -= 1.0
         c = np.multiply(f, self.c[:, s], out=self.c[:, s + 1])
         c += np.multiply(i, g, out=self.tmp)
-        tanh_c = np.tanh(c, out=self.tanh_c[:, k])
-        np.multiply(o, tanh_c, out=h_out)
+        return c, o
 
     def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
         gh = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.gh[:, k])
