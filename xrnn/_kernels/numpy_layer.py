@@ -36,6 +36,7 @@ import numpy as np
 from ..functional.cells import Cell
 from ..functional.recurrence import NO_HOOKS, StepHooks
 from ..functional.weights import LayerWeights
+from .workspace import scratch
 
 #: Kernel gate order, as indices of PyTorch's gate blocks. LSTM: i, f, o, g.
 _ORDER = {"lstm": (0, 1, 3, 2), "gru": (0, 1, 2)}
@@ -95,7 +96,11 @@ class _Layer:
 
         self.steps, self.batch, self.dtype = steps, batch, dtype
         # the input projection, made a chunk of steps at a time just before they run
-        self.x_steps = [x if d == 0 else np.ascontiguousarray(x[::-1]) for d in range(directions)]
+        self.x_steps = [x]
+        if directions == 2:  # the backward reads it; without a tape it is scratch
+            reverse = np.empty_like(x) if keep else scratch("x_steps", x.shape, dtype)
+            np.copyto(reverse, x[::-1])
+            self.x_steps.append(reverse)
         self.w_ih_t = [(w * scale[:, None]).T for w in w_ih]  # (I, GH), scaled rows
         self.gx_bias = self.b_hn = None  # b_hn: GRU, the n block of b_hh, (D, 1, H)
         if self.has_bias:
@@ -107,10 +112,13 @@ class _Layer:
             if self.kind == "gru":
                 self.b_hn = np.stack([w.b_hh[2 * hidden:] for w in weights])[:, None, :]
         chunk = max(1, min(steps, _CHUNK_ELEMENTS // (directions * batch * gh)))
-        self.gx = np.empty((directions, chunk, batch, gh), dtype=dtype)
+        self.gx = scratch("gx", (directions, chunk, batch, gh), dtype)  # never read back
+
+        def by_step(name, shape):  # taped, or (no tape: output and finals copy) scratch
+            return np.empty(shape, dtype=dtype) if keep else scratch(name, shape, dtype)
 
         # states by step: h[:, s] is the state before step s, h[:, T] the final one
-        self.h = np.empty((directions, steps + 1, batch, self.P), dtype=dtype)
+        self.h = by_step("h", (directions, steps + 1, batch, self.P))
         self.h[:, 0] = states[0]
         # what the backward reads, by step: ``h_before[:, s]`` the h entering step s,
         # ``h_new[:, s]`` the cell's own new h at step s (for the Elman cells' derivative)
@@ -118,7 +126,7 @@ class _Layer:
         self.h_mask = None  # recurrent dropout's (D, B, P) mask on the product's input
         self.c = None
         if self.kind == "lstm":
-            self.c = np.empty((directions, steps + 1, batch, hidden), dtype=dtype)
+            self.c = by_step("c", (directions, steps + 1, batch, hidden))
             self.c[:, 0] = states[1]
         # per-step activations; without ``keep`` one step's worth is reused
         taped = steps if keep else 1
