@@ -104,8 +104,8 @@ class _NormLayer(numpy_layer._Layer):
         ln = [w.ln for w in weights]  # (w, b) of ih, hh (and c) per direction
         # centred weights: their products have zero mean over the rows
         self.w_ih_t = [np.ascontiguousarray((w - w.mean(axis=0)).T) for w in self.w_ih]
-        self.w_hh_t = np.ascontiguousarray(np.swapaxes(
-            self.w_hh_stack - self.w_hh_stack.mean(axis=1, keepdims=True), 1, 2))  # (D, P, GH)
+        self.w_hh_t = np.swapaxes(  # (D, P, GH), a transposed view as in numpy_layer
+            self.w_hh_stack - self.w_hh_stack.mean(axis=1, keepdims=True), 1, 2)
         self.ln_ih = np.stack([rows(n[0]) for n in ln])  # (D, GH), unscaled: for the backward
         self.ln_hh = np.stack([rows(n[2]) for n in ln])
         self.ln_ih_scaled = (self.ln_ih * scale)[:, None, None, :]  # (D, 1, 1, GH)

@@ -409,6 +409,7 @@ class _CompiledLayer(numpy_layer._Layer):
 
     def __init__(self, x, states, weights, cell, keep, active):
         super().__init__(x, states, weights, cell, keep, active)
+        self.w_hh_t = np.ascontiguousarray(self.w_hh_t)  # the compiled product reads rows
         steps_inactive = (np.zeros((self.D, self.steps, self.batch), dtype=np.bool_)
                           if self.inactive is None else self.inactive[..., 0])
         self.steps_inactive = np.ascontiguousarray(steps_inactive)
