@@ -9,9 +9,10 @@ after the call (the input projection's chunk; without a tape the states by step 
 the reversed input) come from here instead: one flat buffer per name, dtype and thread,
 grown to the largest size asked for and reused.
 
-A buffer is handed to one layer at a time: a layer takes its buffers in its forward and
-nothing reads them after that layer's next sibling starts. Thread-local, so threads
-(Dask's threaded scheduler, user threads) never share one. Buffers larger than
+A layer uses its buffers only while its own forward runs (its output and final states
+are copied out of them before it returns), so the next layer, or the next call, may
+take them over. Thread-local, so threads (Dask's threaded scheduler, user threads)
+never share one. Buffers larger than
 :data:`MAX_BYTES` are plain allocations. :func:`release` frees this thread's buffers.
 """
 
