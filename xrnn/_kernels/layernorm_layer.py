@@ -40,6 +40,7 @@ from ..functional.recurrence import StepHooks
 from ..functional.weights import LayerWeights
 from . import numpy_layer
 from .numpy_layer import _ORDER, _SCALE, _blocks
+from .workspace import scratch
 
 #: LayerNorm cell -> the plain cell whose kernel layout and gate code it shares.
 BASE_KIND = {"lstm_ln": "lstm", "gru_ln": "gru"}
@@ -129,7 +130,7 @@ class _NormLayer(numpy_layer._Layer):
         # the input LayerNorm's tape: v_hat and rstd for every step (one chunk without keep)
         chunk = max(1, min(self.gx.shape[1], _CHUNK_ELEMENTS // (directions * batch * gh)))
         if chunk < self.gx.shape[1]:
-            self.gx = np.empty((directions, chunk, batch, gh), dtype=dtype)
+            self.gx = scratch("gx", (directions, chunk, batch, gh), dtype)
         span = steps if keep else chunk
         self.ih_hat = np.empty((directions, span, batch, gh), dtype=dtype)
         self.ih_rstd = np.empty((directions, span, batch, 1), dtype=dtype)

@@ -97,12 +97,15 @@ class _Layer:
         self.w_hh_t = np.swapaxes(self.w_hh_stack * scale[:, None], 1, 2)
 
         self.steps, self.batch, self.dtype = steps, batch, dtype
+
+        def taped(name, shape):  # what the backward reads; without a tape, scratch
+            return np.empty(shape, dtype=dtype) if keep else scratch(name, shape, dtype)
+
         # the input projection, made a chunk of steps at a time just before they run
         self.x_steps = [x]
-        if directions == 2:  # the backward reads it; without a tape it is scratch
-            reverse = np.empty_like(x) if keep else scratch("x_steps", x.shape, dtype)
-            np.copyto(reverse, x[::-1])
-            self.x_steps.append(reverse)
+        if directions == 2:
+            self.x_steps.append(taped("x_steps", x.shape))
+            np.copyto(self.x_steps[1], x[::-1])
         self.w_ih_t = [(w * scale[:, None]).T for w in w_ih]  # (I, GH), scaled rows
         self.gx_bias = self.b_hn = None  # b_hn: GRU, the n block of b_hh, (D, 1, H)
         if self.has_bias:
@@ -116,11 +119,8 @@ class _Layer:
         chunk = max(1, min(steps, _CHUNK_ELEMENTS // (directions * batch * gh)))
         self.gx = scratch("gx", (directions, chunk, batch, gh), dtype)  # never read back
 
-        def by_step(name, shape):  # taped, or (no tape: output and finals copy) scratch
-            return np.empty(shape, dtype=dtype) if keep else scratch(name, shape, dtype)
-
         # states by step: h[:, s] is the state before step s, h[:, T] the final one
-        self.h = by_step("h", (directions, steps + 1, batch, self.P))
+        self.h = taped("h", (directions, steps + 1, batch, self.P))  # output, finals copy it
         self.h[:, 0] = states[0]
         # what the backward reads, by step: ``h_before[:, s]`` the h entering step s,
         # ``h_new[:, s]`` the cell's own new h at step s (for the Elman cells' derivative)
@@ -128,7 +128,7 @@ class _Layer:
         self.h_mask = None  # recurrent dropout's (D, B, P) mask on the product's input
         self.c = None
         if self.kind == "lstm":
-            self.c = by_step("c", (directions, steps + 1, batch, hidden))
+            self.c = taped("c", (directions, steps + 1, batch, hidden))
             self.c[:, 0] = states[1]
         # per-step activations; without ``keep`` one step's worth is reused
         taped = steps if keep else 1
