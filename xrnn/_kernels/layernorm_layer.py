@@ -39,7 +39,6 @@ from ..functional.cells import LN_EPS, Cell
 from ..functional.recurrence import StepHooks
 from ..functional.weights import LayerWeights
 from . import numpy_layer
-from .numpy_layer import _ORDER, _SCALE, _blocks
 from .workspace import scratch
 
 #: LayerNorm cell -> the plain cell whose kernel layout and gate code it shares.
@@ -95,12 +94,9 @@ class _NormLayer(numpy_layer._Layer):
         super().__init__(x, states, weights, dataclasses.replace(cell, name=base), keep,
                          active, hooks)
         directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
-        hidden, gates, gh = self.H, self.gates, self.gx.shape[-1]
-        order = _ORDER[base]
-        scale = np.repeat(np.asarray(_SCALE[base], dtype=dtype), hidden)
-
-        def rows(a):  # gate blocks in kernel order
-            return _blocks(a, order, gates, axis=0)
+        hidden, gh = self.H, self.gx.shape[-1]
+        rows = self._rows  # gate blocks in kernel order
+        scale = 1.0 if self.scale is None else self.scale
 
         ln = [w.ln for w in weights]  # (w, b) of ih, hh (and c) per direction
         # centred weights: their products have zero mean over the rows
@@ -253,11 +249,7 @@ class _NormLayer(numpy_layer._Layer):
         _normalise_backward(d_gates, self.ih_hat, self.ih_rstd, means, d_ih)
         grad_x, grad_states, grads = super()._gradients(
             d_ih, dz_all if lstm else dgh_all, dh_all, dh, dc)
-        order = _ORDER[self.kind]
-
-        def rows(a):  # back from kernel order to PyTorch's
-            return _blocks(a, order, self.gates, axis=0)
-
+        rows = self._rows  # back from kernel order to PyTorch's
         for d, g in enumerate(grads):
             ln = [rows(v[d]) if j < 4 else v[d] for j, v in enumerate(grad_ln)]
             biases = (ln[1], ln[3]) if self.has_bias else (None, None)

@@ -12,8 +12,10 @@
   (8-14 NumPy calls) one compiled call per direction.
 
 Either way the gates' ``exp``/``tanh`` are vectorised float32 polynomials
-(:mod:`.numba_math`), and everything else is the NumPy kernel's: the weight layout (gate
-rows reordered and scaled so that ``1 / (1 + exp(z))`` gives every gate), the buffers
+(:mod:`.numba_math`), and the weights are read in PyTorch's layout (gate order i, f, g, o
+and r, z, n, unscaled; ``W^T`` as a transposed view): unlike the NumPy kernel's steps,
+compiled code needs no reordered, scaled copy of the weights, which cost up to a third
+of a B = 1 LSTM forward (NOTES.md). Everything else is the NumPy kernel's: the buffers
 (the tape), the input projection by chunks of steps, the output, the weight gradients
 batched over time. Functions are compiled per dtype on first use and cached on disk
 (``cache=True``). Measured in benchmarks/NOTES.md (issue 13).
@@ -34,6 +36,7 @@ from ..functional.cells import Cell
 from ..functional.weights import LayerWeights
 from . import numpy_layer
 from .numba_math import exp, tanh
+from .workspace import scratch
 
 #: Per cell family, the largest ``B * G * H * P`` (multiply-adds of one direction's
 #: recurrent product per step) whose whole loop runs compiled; above it the loop is the
@@ -146,13 +149,35 @@ def _elman_forward(gx, start, count, w_t, h, inactive, activation):
 
 
 @_jit
-def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
-    directions, _, batch, width = gx.shape
-    hidden = width // 4
-    taped = a.shape[1]
-    z = np.empty(width, dtype=gx.dtype)
+def _lstm_cell(z, c_old, c_new, gates, t_row, h_new):
+    """One batch row of the LSTM: ``gates`` i, f, g, o from their pre-activations ``z``,
+    the new c, its tanh ``t_row`` and the new h. (Loops index blocks from 0: a loop over
+    ``range(2 * hidden, 3 * hidden)`` kept its negative-index check and ran 1.6x slower.)"""
+    hidden = z.size // 4
     one = z.dtype.type(1)
     two = one + one
+    z_if, z_g, z_o = z[:2 * hidden], z[2 * hidden:3 * hidden], z[3 * hidden:]
+    i_f, i, f = gates[:2 * hidden], gates[:hidden], gates[hidden:2 * hidden]
+    g, o = gates[2 * hidden:3 * hidden], gates[3 * hidden:]
+    for j in range(2 * hidden):
+        i_f[j] = one / (one + exp(-z_if[j]))
+    for j in range(hidden):
+        g[j] = two / (one + exp(-two * z_g[j])) - one  # tanh
+    for j in range(hidden):
+        o[j] = one / (one + exp(-z_o[j]))
+    for j in range(hidden):
+        c_new[j] = f[j] * c_old[j] + i[j] * g[j]
+    for j in range(hidden):
+        t_row[j] = tanh(c_new[j])
+    for j in range(hidden):
+        h_new[j] = o[j] * t_row[j]
+
+
+@_jit
+def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
+    directions, _, batch, width = gx.shape
+    taped = a.shape[1]
+    z = np.empty(width, dtype=gx.dtype)
     for s in range(start, start + count):
         k = s if taped > 1 else 0
         for d in range(directions):
@@ -162,21 +187,8 @@ def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
                     c[d, s + 1, b] = c[d, s, b]
                     continue
                 _product(z, gx[d, s - start, b], h[d, s, b], w_t[d])
-                gates = a[d, k, b]
-                for j in range(width):  # rows scaled: sigmoid for i, f, o; sigmoid(2z) for g
-                    gates[j] = exp(z[j])
-                for j in range(width):
-                    gates[j] = one / (one + gates[j])
-                for j in range(3 * hidden, width):
-                    gates[j] = gates[j] * two - one
-                c_old, c_new = c[d, s, b], c[d, s + 1, b]
-                for j in range(hidden):
-                    c_new[j] = gates[hidden + j] * c_old[j] + gates[j] * gates[3 * hidden + j]
-                t_row, h_new = tanh_c[d, k, b], h[d, s + 1, b]
-                for j in range(hidden):
-                    t_row[j] = tanh(c_new[j])
-                for j in range(hidden):
-                    h_new[j] = gates[2 * hidden + j] * t_row[j]
+                _lstm_cell(z, c[d, s, b], c[d, s + 1, b], a[d, k, b], tanh_c[d, k, b],
+                           h[d, s + 1, b])
 
 
 @_jit
@@ -194,14 +206,13 @@ def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
                     continue
                 hh, gates, x_row = gh[d, k, b], a[d, k, b], gx[d, s - start, b]
                 _product(hh, b_hn[d], h[d, s, b], w_t[d])  # b_hn: zeros on r, z
-                for j in range(2 * hidden):  # rows negated: sigmoid
-                    gates[j] = exp(x_row[j] + hh[j])
-                for j in range(2 * hidden):
-                    gates[j] = one / (one + gates[j])
+                for j in range(2 * hidden):  # r, z
+                    gates[j] = one / (one + exp(-(x_row[j] + hh[j])))
                 for j in range(hidden):
                     gates[2 * hidden + j] = gates[j] * hh[2 * hidden + j] + x_row[2 * hidden + j]
-                for j in range(2 * hidden, width):
-                    gates[j] = tanh(gates[j])
+                n = gates[2 * hidden:]
+                for j in range(hidden):
+                    n[j] = tanh(n[j])
                 h_old, h_new = h[d, s, b], h[d, s + 1, b]
                 for j in range(hidden):
                     n = gates[2 * hidden + j]
@@ -210,18 +221,18 @@ def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
 
 @_jit
 def _lstm_row_back(gates, tc, c_old, row, dc_row, dz):
-    """One batch row of the LSTM backward: gate gradients ``dz`` (kernel order i, f, o, g)
-    from ``row`` (dh) and ``dc_row`` (dc); ``dc_row`` becomes the previous c's."""
+    """One batch row of the LSTM backward: gate gradients ``dz`` (i, f, g, o) from ``row``
+    (dh) and ``dc_row`` (dc); ``dc_row`` becomes the previous c's."""
     hidden = dz.size // 4
     one = dz.dtype.type(1)
     for j in range(hidden):
         i, f = gates[j], gates[hidden + j]
-        o, g = gates[2 * hidden + j], gates[3 * hidden + j]
+        g, o = gates[2 * hidden + j], gates[3 * hidden + j]
         dcj = dc_row[j] + (one - tc[j] * tc[j]) * o * row[j]
         dz[j] = dcj * g * (i - i * i)
         dz[hidden + j] = dcj * c_old[j] * (f - f * f)
-        dz[2 * hidden + j] = row[j] * tc[j] * (o - o * o)
-        dz[3 * hidden + j] = dcj * i * (one - g * g)
+        dz[2 * hidden + j] = dcj * i * (one - g * g)
+        dz[3 * hidden + j] = row[j] * tc[j] * (o - o * o)
         dc_row[j] = dcj * f
 
 
@@ -327,24 +338,12 @@ def _tanh_step(z, gx, h_out):
 
 @_jit
 def _lstm_step(z, gx, c_prev, c_new, a, tanh_c, h_out):
-    """Gates ``a`` from ``z + gx`` (scaled rows, kernel order i, f, o, g), new c, tanh(c), h."""
-    batch, width = z.shape
-    hidden = width // 4
-    one = z.dtype.type(1)
-    two = one + one
-    for b in range(batch):
-        zr, xr, gates = z[b], gx[b], a[b]
-        for j in range(width):
-            gates[j] = one / (one + exp(zr[j] + xr[j]))
-        for j in range(3 * hidden, width):
-            gates[j] = gates[j] * two - one
-        c_old, c_row, t_row, out = c_prev[b], c_new[b], tanh_c[b], h_out[b]
-        for j in range(hidden):
-            c_row[j] = gates[hidden + j] * c_old[j] + gates[j] * gates[3 * hidden + j]
-        for j in range(hidden):
-            t_row[j] = tanh(c_row[j])
-        for j in range(hidden):
-            out[j] = gates[2 * hidden + j] * t_row[j]
+    """``z += gx``; gates ``a`` (i, f, g, o), new c, tanh(c), h."""
+    for b in range(z.shape[0]):
+        zr, xr = z[b], gx[b]
+        for j in range(zr.size):
+            zr[j] += xr[j]
+        _lstm_cell(zr, c_prev[b], c_new[b], a[b], tanh_c[b], h_out[b])
 
 
 @_jit
@@ -357,8 +356,8 @@ def _gru_step(gh, gx, b_hn, h_prev, a, h_out):
         hh, xr, gates = gh[b], gx[b], a[b]
         for j in range(width):
             hh[j] += b_hn[j]
-        for j in range(2 * hidden):  # rows negated: sigmoid
-            gates[j] = one / (one + exp(xr[j] + hh[j]))
+        for j in range(2 * hidden):  # r, z
+            gates[j] = one / (one + exp(-(xr[j] + hh[j])))
         for j in range(hidden):
             gates[2 * hidden + j] = tanh(gates[j] * hh[2 * hidden + j] + xr[2 * hidden + j])
         old, out = h_prev[b], h_out[b]
@@ -407,9 +406,13 @@ def b_hn_rows(layer: numpy_layer._Layer) -> np.ndarray:
 class _CompiledLayer(numpy_layer._Layer):
     """The NumPy kernel's layer with its forward and backward time loops compiled."""
 
+    ORDER = SCALE = {}  # PyTorch's layout
+
     def __init__(self, x, states, weights, cell, keep, active):
         super().__init__(x, states, weights, cell, keep, active)
-        self.w_hh_t = np.ascontiguousarray(self.w_hh_t)  # the compiled product reads rows
+        rows = scratch("w_hh_rows", self.w_hh_t.shape, self.dtype)  # the compiled product
+        rows[...] = self.w_hh_t  # reads rows (only the forward: the backward reads W_hh)
+        self.w_hh_t = rows
         steps_inactive = (np.zeros((self.D, self.steps, self.batch), dtype=np.bool_)
                           if self.inactive is None else self.inactive[..., 0])
         self.steps_inactive = np.ascontiguousarray(steps_inactive)
@@ -473,6 +476,8 @@ class _FusedLayer(numpy_layer._Layer):
     """The NumPy kernel's layer (its loop, BLAS products, hooks and tape) with each step's
     elementwise work, forward and backward, in one compiled call per direction: for
     layers above the limits, where the products need BLAS's blocking and threads."""
+
+    ORDER = SCALE = {}  # PyTorch's layout
 
     def _step_tanh(self, gx, s, k, h_prev, h_out, h_in=None):
         z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)

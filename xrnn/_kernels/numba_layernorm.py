@@ -6,8 +6,8 @@ call per direction, forward and backward, as :class:`.numba_layer._FusedLayer` d
 the plain cells: the hidden-side LayerNorm, the gates, the cell update and the LSTM's
 LayerNorm of ``c`` in one pass over each batch row, instead of about 20 NumPy calls.
 Arguments are (B, ·) C-contiguous views of that kernel's buffers (equations and buffer
-names there); ``w_hh`` is the hidden-side LayerNorm's weight with the kernel's row
-scales folded in, ``ln_hh`` the same weight unscaled.
+names there) in PyTorch's gate layout, like the plain compiled steps; ``w_hh`` and
+``ln_hh`` are the hidden-side LayerNorm's weight.
 """
 
 from __future__ import annotations
@@ -75,17 +75,22 @@ def _ln_lstm_step(hat, hh_rstd, w_hh, gx, c_prev, c_new, c_hat, c_rstd, w_c, b_c
     batch, width = hat.shape
     hidden = width // 4
     one = hat.dtype.type(1)
-    two, units = one + one, hat.dtype.type(hidden)
+    units = hat.dtype.type(hidden)
     for b in range(batch):
         row, gates, xr = hat[b], a[b], gx[b]
         hh_rstd[b, 0] = _normalise_row(row, eps)
-        for j in range(width):  # rows scaled: sigmoid for i, f, o; sigmoid(2z) for g
-            gates[j] = one / (one + exp(row[j] * w_hh[j] + xr[j]))
-        for j in range(3 * hidden, width):
-            gates[j] = gates[j] * two - one
+        for j in range(width):  # pre-activations, i, f, g, o
+            gates[j] = row[j] * w_hh[j] + xr[j]
+        i_f, g, o = gates[:2 * hidden], gates[2 * hidden:3 * hidden], gates[3 * hidden:]
+        for j in range(2 * hidden):  # (blocks indexed from 0: numba_layer._lstm_cell)
+            i_f[j] = one / (one + exp(-i_f[j]))
+        for j in range(hidden):
+            g[j] = tanh(g[j])
+        for j in range(hidden):
+            o[j] = one / (one + exp(-o[j]))
         c_old, c_row, centred = c_prev[b], c_new[b], c_hat[b]
         for j in range(hidden):
-            c_row[j] = gates[hidden + j] * c_old[j] + gates[j] * gates[3 * hidden + j]
+            c_row[j] = i_f[hidden + j] * c_old[j] + i_f[j] * g[j]
         mean = _sum(c_row) / units
         for j in range(hidden):
             centred[j] = c_row[j] - mean
@@ -94,7 +99,7 @@ def _ln_lstm_step(hat, hh_rstd, w_hh, gx, c_prev, c_new, c_hat, c_rstd, w_c, b_c
         for j in range(hidden):
             t_row[j] = tanh(centred[j] * w_c[j] + b_c[j])
         for j in range(hidden):
-            out[j] = gates[2 * hidden + j] * t_row[j]
+            out[j] = o[j] * t_row[j]
 
 
 @_jit
@@ -137,17 +142,17 @@ def _ln_lstm_back(dh, dc, a, tanh_c, c_prev, c_hat, c_rstd, w_c, ln_hh, hh_hat, 
         gates, tc, c_old = a[b], tanh_c[b], c_prev[b]
         row, dc_row, dy, dv, dgate = dh[b], dc[b], d_c_out[b], tmp[b], d_post[b]
         for j in range(hidden):  # h = o tanh(LN(c))
-            dy[j] = (one - tc[j] * tc[j]) * gates[2 * hidden + j] * row[j]
+            dy[j] = (one - tc[j] * tc[j]) * gates[3 * hidden + j] * row[j]
             dv[j] = dy[j] * w_c[j]
         _normalise_row_backward(dv, c_hat[b], c_rstd[b, 0], dv)
         for j in range(hidden):
             i, f = gates[j], gates[hidden + j]
-            o, g = gates[2 * hidden + j], gates[3 * hidden + j]
+            g, o = gates[2 * hidden + j], gates[3 * hidden + j]
             dcj = dc_row[j] + dv[j]
             dgate[j] = dcj * g * (i - i * i)
             dgate[hidden + j] = dcj * c_old[j] * (f - f * f)
-            dgate[2 * hidden + j] = row[j] * tc[j] * (o - o * o)
-            dgate[3 * hidden + j] = dcj * i * (one - g * g)
+            dgate[2 * hidden + j] = dcj * i * (one - g * g)
+            dgate[3 * hidden + j] = row[j] * tc[j] * (o - o * o)
             dc_row[j] = dcj * f
         _hh_backward(d_post, ln_hh, hh_hat, hh_rstd, dz, b)
 
@@ -169,6 +174,8 @@ def _ln_gru_back(dh, a, gh, h_prev, ln_hh, hh_hat, hh_rstd, inactive, dz, d_post
 
 class _FusedNormLayer(layernorm_layer._NormLayer):
     """The NumPy LayerNorm layer with each step's elementwise work compiled."""
+
+    ORDER = SCALE = {}  # PyTorch's layout
 
     def __init__(self, x, states, weights, cell, keep, active, hooks=None):
         super().__init__(x, states, weights, cell, keep, active, hooks)

@@ -39,7 +39,7 @@ from ..functional.weights import LayerWeights
 from .workspace import scratch
 
 #: Kernel gate order, as indices of PyTorch's gate blocks. LSTM: i, f, o, g.
-_ORDER = {"lstm": (0, 1, 3, 2), "gru": (0, 1, 2)}
+_ORDER = {"lstm": (0, 1, 3, 2)}
 #: Factors for the gate rows (kernel order) so that ``1 / (1 + exp(row))`` is each gate's
 #: sigmoid (for the LSTM's g, the sigmoid of 2z, from which g = tanh(z) follows).
 _SCALE = {"lstm": (-1.0, -1.0, -1.0, -2.0), "gru": (-1.0, -1.0, 1.0)}
@@ -68,52 +68,69 @@ def _block_index(order: tuple[int, ...], size: int):
 class _Layer:
     """One layer's weights in kernel layout, and its buffers."""
 
+    #: The gate layout the step functions read, per cell: the order of PyTorch's gate
+    #: blocks and a factor for each block's rows (a cell not named: PyTorch's order, or
+    #: its rows unscaled). The NumPy steps need the one ``exp`` layout above; compiled
+    #: steps (numba_layer) read PyTorch's, so that no weight is copied for them.
+    ORDER: dict[str, tuple[int, ...]] = _ORDER
+    SCALE: dict[str, tuple[float, ...]] = _SCALE
+
     def __init__(self, x, states, weights: Sequence[LayerWeights], cell: Cell,
                  keep: bool, active, hooks: Sequence[StepHooks] | None = None):
         self.kind = cell.name
         self.keep = keep
         self.gates = gates = cell.gates
-        order = _ORDER.get(self.kind, (0,))
         steps, batch, _ = x.shape
         self.D = directions = len(weights)
         dtype = x.dtype
         self.H = hidden = weights[0].w_hh.shape[0] // gates
         self.P = weights[0].w_hh.shape[1]  # size of h: proj_size or H
         gh = gates * hidden
-
-        def rows(a):  # gate blocks of a weight or bias in kernel order
-            return None if a is None else _blocks(a, order, gates, axis=0)
-
-        w_ih = [rows(w.w_ih) for w in weights]  # unscaled, kernel order: for the backward
-        w_hh = [rows(w.w_hh) for w in weights]
-        self.w_ih, self.w_hh_stack = w_ih, np.stack(w_hh)  # (D, GH, P)
-        self.w_hr = None if weights[0].w_hr is None else np.stack([w.w_hr for w in weights])
-        self.w_hr_t = None if self.w_hr is None else np.ascontiguousarray(
-            np.swapaxes(self.w_hr, 1, 2))  # (D, H, P)
-        self.has_bias = weights[0].b_ih is not None
-        scale = np.repeat(np.asarray(_SCALE.get(self.kind, (1.0,)), dtype=dtype), hidden)
-        # (D, P, GH), a transposed view: BLAS reads it as it is (a transposing copy took
-        # 9.4 ms for two 2048 x 512 matrices, the products were as fast or faster, NOTES)
-        self.w_hh_t = np.swapaxes(self.w_hh_stack * scale[:, None], 1, 2)
-
         self.steps, self.batch, self.dtype = steps, batch, dtype
 
         def taped(name, shape):  # what the backward reads; without a tape, scratch
             return np.empty(shape, dtype=dtype) if keep else scratch(name, shape, dtype)
+
+        factors = self.SCALE.get(self.kind)
+        #: (G*H,) the factors of the gate rows in kernel order, or None (unscaled)
+        self.scale = None if factors is None else np.repeat(
+            np.asarray(factors, dtype=dtype), hidden)
+        rows = self._rows
+        # unscaled, kernel order (the parameters themselves in PyTorch's): for the backward
+        self.w_ih = [rows(w.w_ih) for w in weights]
+        w_hh = [rows(w.w_hh) for w in weights]
+        self.w_hh_stack = (w_hh[0][None] if directions == 1  # (D, GH, P)
+                           else np.stack(w_hh, out=taped("w_hh", (directions, gh, self.P))))
+        self.w_hr = None if weights[0].w_hr is None else np.stack([w.w_hr for w in weights])
+        self.w_hr_t = None if self.w_hr is None else np.ascontiguousarray(
+            np.swapaxes(self.w_hr, 1, 2))  # (D, H, P)
+        self.has_bias = weights[0].b_ih is not None
+        # what only the forward reads (scaled rows): transposed views, BLAS reads them as
+        # they are (a transposing copy took 9.4 ms for two 2048 x 512 matrices, and the
+        # products were as fast or faster: NOTES); scaled copies are scratch
+        w_hh_t = self.w_hh_stack
+        w_ih_t = self.w_ih
+        if self.scale is not None:
+            column = self.scale[:, None]
+            w_hh_t = np.multiply(w_hh_t, column, out=scratch("w_hh_t", w_hh_t.shape, dtype))
+            w_ih_t = [np.multiply(w, column, out=scratch(f"w_ih_t{d}", w.shape, dtype))
+                      for d, w in enumerate(w_ih_t)]
+        self.w_hh_t = np.swapaxes(w_hh_t, 1, 2)  # (D, P, GH)
+        self.w_ih_t = [w.T for w in w_ih_t]  # (I, GH)
 
         # the input projection, made a chunk of steps at a time just before they run
         self.x_steps = [x]
         if directions == 2:
             self.x_steps.append(taped("x_steps", x.shape))
             np.copyto(self.x_steps[1], x[::-1])
-        self.w_ih_t = [(w * scale[:, None]).T for w in w_ih]  # (I, GH), scaled rows
         self.gx_bias = self.b_hn = None  # b_hn: GRU, the n block of b_hh, (D, 1, H)
         if self.has_bias:
             self.gx_bias = [rows(w.b_ih) + rows(w.b_hh) for w in weights]
             for bias, w in zip(self.gx_bias, weights):
                 if self.kind == "gru":  # b_hn stays inside r * (h W_hn^T + b_hn)
                     bias[2 * hidden:] = rows(w.b_ih)[2 * hidden:]
-                bias *= scale
+                if self.scale is not None:
+                    bias *= self.scale
             if self.kind == "gru":
                 self.b_hn = np.stack([w.b_hh[2 * hidden:] for w in weights])[:, None, :]
         chunk = max(1, min(steps, _CHUNK_ELEMENTS // (directions * batch * gh)))
@@ -131,13 +148,13 @@ class _Layer:
             self.c = taped("c", (directions, steps + 1, batch, hidden))
             self.c[:, 0] = states[1]
         # per-step activations; without ``keep`` one step's worth is reused
-        taped = steps if keep else 1
-        self.a = np.empty((directions, taped, batch, gh), dtype=dtype)
-        self.tanh_c = (np.empty((directions, taped, batch, hidden), dtype=dtype)
+        span = steps if keep else 1
+        self.a = np.empty((directions, span, batch, gh), dtype=dtype)
+        self.tanh_c = (np.empty((directions, span, batch, hidden), dtype=dtype)
                        if self.kind == "lstm" else None)
-        self.m = (np.empty((directions, taped, batch, hidden), dtype=dtype)
+        self.m = (np.empty((directions, span, batch, hidden), dtype=dtype)
                   if self.w_hr is not None else None)  # LSTM output before the projection
-        self.gh = (np.empty((directions, taped, batch, gh), dtype=dtype)
+        self.gh = (np.empty((directions, span, batch, gh), dtype=dtype)
                    if self.kind == "gru" else None)  # GRU: h W_hh^T (+ b_hn on the n block)
         self.z = np.empty((directions, batch, gh), dtype=dtype)
         self.tmp = np.empty((directions, batch, hidden), dtype=dtype)
@@ -148,6 +165,12 @@ class _Layer:
                                      for d in range(directions)])
             self.inactive = ~steps_active
         self._init_hooks(hooks or [NO_HOOKS] * directions)
+
+    def _rows(self, a):
+        """A weight's or bias's gate blocks (along axis 0) in kernel order, or back to
+        PyTorch's (the orders swap two blocks at most); ``a`` itself in PyTorch's order."""
+        order = self.ORDER.get(self.kind)
+        return a if a is None or order is None else _blocks(a, order, self.gates, axis=0)
 
     def _init_hooks(self, hooks: Sequence[StepHooks]) -> None:
         """The per-step options (one :class:`StepHooks` per direction, original time
@@ -490,7 +513,7 @@ class _Layer:
 
     def _gradients(self, dz_all, dgh_all, dh_all, dh, dc):
         directions, steps, batch, gh = dz_all.shape
-        order = _ORDER.get(self.kind, (0,))
+        rows = self._rows  # back from kernel order to PyTorch's
         grad_x = None
         grads = []
         for d in range(directions):
@@ -503,10 +526,6 @@ class _Layer:
             else:
                 grad_x += g_x[::-1]
             h_prev = self._product_input(d).reshape(steps * batch, self.P)
-
-            def rows(a):  # back from kernel order to PyTorch's
-                return _blocks(a, order, self.gates, axis=0)
-
             grads.append(LayerWeights(
                 rows(dz.T @ x.reshape(steps * batch, -1)), rows(dgh.T @ h_prev),
                 rows(dz.sum(axis=0)) if self.has_bias else None,
