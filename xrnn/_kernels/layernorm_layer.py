@@ -157,7 +157,7 @@ class _NormLayer(numpy_layer._Layer):
 
     def _normalised_product(self, k, h_prev, h_in):
         """``h W_hh^T`` normalised (no weight, no bias): the taped ``hh_hat[:, k]``."""
-        hat = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.hh_hat[:, k])
+        hat = self._hh_product(h_prev, h_in, self.hh_hat[:, k])
         _normalise(hat, self.hh_rstd[:, k])
         return hat
 

@@ -480,18 +480,18 @@ class _FusedLayer(numpy_layer._Layer):
     ORDER = SCALE = {}  # PyTorch's layout
 
     def _step_tanh(self, gx, s, k, h_prev, h_out, h_in=None):
-        z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)
+        z = self._hh_product(h_prev, h_in, self.z)
         for d in range(self.D):
             _tanh_step(z[d], gx[d], h_out[d])
 
     def _step_lstm(self, gx, s, k, h_prev, h_out, h_in=None):
-        z = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.z)
+        z = self._hh_product(h_prev, h_in, self.z)
         c, a, tanh_c = self.c, self.a, self.tanh_c
         for d in range(self.D):
             _lstm_step(z[d], gx[d], c[d, s], c[d, s + 1], a[d, k], tanh_c[d, k], h_out[d])
 
     def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
-        gh = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.gh[:, k])
+        gh = self._hh_product(h_prev, h_in, self.gh[:, k])
         b_hn, a = b_hn_rows(self), self.a
         for d in range(self.D):
             _gru_step(gh[d], gx[d], b_hn[d], h_prev[d], a[d, k], h_out[d])

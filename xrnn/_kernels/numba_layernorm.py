@@ -186,7 +186,7 @@ class _FusedNormLayer(layernorm_layer._NormLayer):
         return self.all_active if self.inactive is None else self.inactive[d, s, :, 0]
 
     def _step_lstm(self, gx, s, k, h_prev, h_out, h_in=None):
-        hat = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.hh_hat[:, k])
+        hat = self._hh_product(h_prev, h_in, self.hh_hat[:, k])
         for d in range(self.D):
             _ln_lstm_step(hat[d], self.hh_rstd[d, k], self.ln_hh_scaled[d, 0], gx[d],
                           self.c[d, s], self.c[d, s + 1], self.c_hat[d, k], self.c_rstd[d, k],
@@ -194,7 +194,7 @@ class _FusedNormLayer(layernorm_layer._NormLayer):
                           self.tanh_c[d, k], h_out[d], self.eps)
 
     def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
-        hat = np.matmul(h_prev if h_in is None else h_in, self.w_hh_t, out=self.hh_hat[:, k])
+        hat = self._hh_product(h_prev, h_in, self.hh_hat[:, k])
         b_hn = b_hn_rows(self)
         for d in range(self.D):
             _ln_gru_step(hat[d], self.hh_rstd[d, k], self.ln_hh_scaled[d, 0], self.gh[d, k],
