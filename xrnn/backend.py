@@ -141,6 +141,8 @@ def use_backend(name: str) -> Iterator[ModuleType]:
 
 def backend_of(array: Any) -> str:
     """The backend name an array belongs to (``TypeError`` for non-arrays)."""
+    if type(array) is np.ndarray:  # the common case, without array_api_compat's checks
+        return "numpy"
     if array_api_compat.is_numpy_array(array):
         return "numpy"
     if array_api_compat.is_cupy_array(array):
@@ -167,6 +169,8 @@ def get_namespace(*arrays: Any) -> ModuleType:
     """
     if not arrays:
         return _namespace_for(get_backend())
+    if all(type(a) is np.ndarray for a in arrays):  # the common case, checked cheaply
+        return _namespace_for("numpy")
     names = {backend_of(a) for a in arrays if a is not None}
     if len(names) > 1:
         raise TypeError(

@@ -98,9 +98,12 @@ class _Layer:
         rows = self._rows
         # unscaled, kernel order (the parameters themselves in PyTorch's): for the backward
         self.w_ih = [rows(w.w_ih) for w in weights]
-        w_hh = [rows(w.w_hh) for w in weights]
-        self.w_hh_stack = (w_hh[0][None] if directions == 1  # (D, GH, P)
-                           else np.stack(w_hh, out=taped("w_hh", (directions, gh, self.P))))
+        if directions == 1:
+            self.w_hh_stack = rows(weights[0].w_hh)[None]  # (D, GH, P)
+        else:  # (np.stack took 24 us: a small layer's whole loop runs in 35)
+            self.w_hh_stack = taped("w_hh", (directions, gh, self.P))
+            for d, w in enumerate(weights):
+                self.w_hh_stack[d] = rows(w.w_hh)
         self.w_hr = None if weights[0].w_hr is None else np.stack([w.w_hr for w in weights])
         self.w_hr_t = None if self.w_hr is None else np.ascontiguousarray(
             np.swapaxes(self.w_hr, 1, 2))  # (D, H, P)

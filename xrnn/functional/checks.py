@@ -43,8 +43,9 @@ def check_compatible(x: Any, reference: Any, *, features: int, what: str) -> Non
 def check_input(x: Any, weights: Sequence[Any], *, input_size: int, batch_first: bool) -> None:
     """A recurrent layer's input: rank 3 (or 2, unbatched), non-empty, fitting ``weights``."""
     backend_of(x)  # TypeError for non-arrays
+    first = backend_of(weights[0])
     for w in weights[1:]:
-        if backend_of(w) != backend_of(weights[0]) or w.dtype != weights[0].dtype:
+        if backend_of(w) != first or w.dtype != weights[0].dtype:
             raise TypeError(f"all weights must share one backend and dtype, got "
                             f"{backend_of(weights[0])} {weights[0].dtype} and "
                             f"{backend_of(w)} {w.dtype}")

@@ -9,6 +9,7 @@ the LSTM).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -84,31 +85,41 @@ def _likely_hidden_size(w_ih: Any, w_hh: Any, gates: int, proj: bool) -> int:
     return Counter(votes).most_common(1)[0][0]
 
 
+# Made once per configuration: every forward groups its weights (NOTES.md, issue 13).
+_names = functools.lru_cache(maxsize=64)(
+    lambda *config: tuple(parameter_names(*config)))
+_shapes = functools.lru_cache(maxsize=64)(parameter_shapes)  # read-only dicts
+
+
 def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num_layers: int,
                   bidirectional: bool, bias: bool, proj_size: int = 0,
                   norms: tuple[str, ...] = ()) -> list[LayerWeights]:
     """Split ``weights`` (flat sequence in PyTorch order, or a name -> array mapping)
     into one :class:`LayerWeights` per layer and direction, checking count and shapes."""
-    names = parameter_names(num_layers, bidirectional, bias, proj_size, norms)
-    config = (f"num_layers={num_layers}, bidirectional={bidirectional}, bias={bias}"
-              + (f", proj_size={proj_size}" if proj_size else "")
-              + (", layer_norm=True" if norms else ""))
+    norms = tuple(norms)
+    names = _names(num_layers, bidirectional, bias, proj_size, norms)
+
+    def config() -> str:
+        return (f"num_layers={num_layers}, bidirectional={bidirectional}, bias={bias}"
+                + (f", proj_size={proj_size}" if proj_size else "")
+                + (", layer_norm=True" if norms else ""))
+
     if isinstance(weights, Mapping):
         missing = [n for n in names if n not in weights]
         unexpected = [k for k in weights if k not in names]
         if missing or unexpected:
-            raise ValueError(f"weights mapping does not fit {config}: missing {missing}, "
+            raise ValueError(f"weights mapping does not fit {config()}: missing {missing}, "
                              f"unexpected {unexpected}")
         flat = [weights[n] for n in names]
     else:
         flat = list(weights)
         if len(flat) != len(names):
             raise ValueError(f"expected {len(names)} weight arrays ({', '.join(names)}) for "
-                             f"{config}; got {len(flat)}")
+                             f"{config()}; got {len(flat)}")
     hidden_size = _likely_hidden_size(flat[0], flat[1], gates, proj_size > 0)
     input_size = flat[0].shape[-1] if len(flat[0].shape) == 2 else -1
-    expected = parameter_shapes(input_size, hidden_size, gates, num_layers, bidirectional,
-                                bias, proj_size, norms)
+    expected = _shapes(input_size, hidden_size, gates, num_layers, bidirectional, bias,
+                       proj_size, norms)
     for name, array in zip(names, flat):
         if tuple(array.shape) != expected[name]:
             raise ValueError(f"weight {name} has shape {tuple(array.shape)}; expected "
