@@ -109,14 +109,17 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
                 model.backward(np.ones(output.shape, dtype=np.float32))
     from xrnn._kernels import numba_layernorm
 
-    loops = ["_elman_forward", "_elman_backward", "_lstm_backward", "_gru_forward",
-             "_gru_backward", "_tanh_step", "_lstm_step", "_lstm_cell", "_gru_step",
-             "_tanh_back", "_lstm_row_back", "_gru_row_back"]  # (_lstm_forward, _lstm_back,
-    # _gru_back: row calls only)
+    loops = ["_elman_forward", "_elman_backward", "_lstm_forward", "_lstm_backward",
+             "_gru_backward", "_elman_step", "_lstm_step", "_gru_step", "_tanh_back",
+             "_lstm_row_back", "_gru_row_back"]  # (_gru_forward, _lstm_back, _gru_back:
+    # calls only)
     loops += [f"numba_layernorm.{name}" for name in (  # (_ln_gru_back only calls others)
         "_ln_lstm_step", "_ln_lstm_back", "_ln_gru_step", "_normalise_row_backward")]
     f4 = numba.float32
-    products = {"_accumulate": (f4[::1], f4[::1], f4[:, ::1])}  # _product only calls it
+    products = {"_accumulate": (f4[::1], f4[::1], f4[:, ::1]),  # _product only calls it
+                # called from compiled code only: no signature of their own when their
+                # callers come from Numba's cache
+                "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6}
     typed = {}
     for name in loops + list(products):
         module = numba_layernorm if name.startswith("numba_layernorm.") else numba_layer

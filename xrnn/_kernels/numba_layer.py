@@ -119,14 +119,14 @@ def _accumulate(out, coef, rows):
 
 
 @_jit
-def _product(z, gx_row, h_row, w_t):
-    """``z = gx_row + h_row w_t``."""
-    z[:] = gx_row
+def _product(z, bias, h_row, w_t):
+    """``z = bias + h_row w_t``."""
+    z[:] = bias
     _accumulate(z, h_row, w_t)
 
 
 @_jit
-def _elman_forward(gx, start, count, w_t, h, inactive, activation):
+def _elman_forward(gx, start, count, w_t, bias, h, inactive, activation):
     directions, _, batch, width = gx.shape
     z = np.empty(width, dtype=gx.dtype)
     zero = z.dtype.type(0)
@@ -137,15 +137,17 @@ def _elman_forward(gx, start, count, w_t, h, inactive, activation):
                 if inactive[d, s, b]:
                     out[:] = h[d, s, b]
                     continue
-                _product(z, gx[d, s - start, b], h[d, s, b], w_t[d])
+                _product(z, bias[d], h[d, s, b], w_t[d])
+                x_row = gx[d, s - start, b]
                 if activation == 0:
                     for j in range(width):
-                        out[j] = tanh(z[j])
+                        out[j] = tanh(z[j] + x_row[j])
                 elif activation == 1:
                     for j in range(width):
-                        out[j] = max(z[j], zero)
+                        out[j] = max(z[j] + x_row[j], zero)
                 else:
-                    out[:] = z
+                    for j in range(width):
+                        out[j] = z[j] + x_row[j]
 
 
 @_jit
@@ -174,7 +176,7 @@ def _lstm_cell(z, c_old, c_new, gates, t_row, h_new):
 
 
 @_jit
-def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
+def _lstm_forward(gx, start, count, w_t, bias, h, c, a, tanh_c, inactive):
     directions, _, batch, width = gx.shape
     taped = a.shape[1]
     z = np.empty(width, dtype=gx.dtype)
@@ -186,17 +188,34 @@ def _lstm_forward(gx, start, count, w_t, h, c, a, tanh_c, inactive):
                     h[d, s + 1, b] = h[d, s, b]
                     c[d, s + 1, b] = c[d, s, b]
                     continue
-                _product(z, gx[d, s - start, b], h[d, s, b], w_t[d])
+                _product(z, bias[d], h[d, s, b], w_t[d])
+                x_row = gx[d, s - start, b]
+                for j in range(width):
+                    z[j] += x_row[j]
                 _lstm_cell(z, c[d, s, b], c[d, s + 1, b], a[d, k, b], tanh_c[d, k, b],
                            h[d, s + 1, b])
 
 
 @_jit
-def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
+def _gru_cell(hh, x_row, x_bias, h_old, gates, h_new):
+    """One batch row of the GRU: gates r, z, n from ``hh`` (h W_hh^T + b_hh), ``x_row``
+    (x W_ih^T) and ``x_bias`` (b_ih); the new h."""
+    hidden = hh.size // 3
+    one = hh.dtype.type(1)
+    rz, r, z, n = gates[:2 * hidden], gates[:hidden], gates[hidden:2 * hidden], gates[2 * hidden:]
+    for j in range(2 * hidden):
+        rz[j] = one / (one + exp(-(x_row[j] + x_bias[j] + hh[j])))
+    hn, xn, bn = hh[2 * hidden:], x_row[2 * hidden:], x_bias[2 * hidden:]
+    for j in range(hidden):
+        n[j] = tanh(r[j] * hn[j] + xn[j] + bn[j])
+    for j in range(hidden):
+        h_new[j] = (h_old[j] - n[j]) * z[j] + n[j]
+
+
+@_jit
+def _gru_forward(gx, start, count, w_t, x_bias, hh_bias, h, a, gh, inactive):
     directions, _, batch, width = gx.shape
-    hidden = width // 3
     taped = a.shape[1]
-    one = gx.dtype.type(1)
     for s in range(start, start + count):
         k = s if taped > 1 else 0
         for d in range(directions):
@@ -204,19 +223,10 @@ def _gru_forward(gx, start, count, w_t, b_hn, h, a, gh, inactive):
                 if inactive[d, s, b]:
                     h[d, s + 1, b] = h[d, s, b]
                     continue
-                hh, gates, x_row = gh[d, k, b], a[d, k, b], gx[d, s - start, b]
-                _product(hh, b_hn[d], h[d, s, b], w_t[d])  # b_hn: zeros on r, z
-                for j in range(2 * hidden):  # r, z
-                    gates[j] = one / (one + exp(-(x_row[j] + hh[j])))
-                for j in range(hidden):
-                    gates[2 * hidden + j] = gates[j] * hh[2 * hidden + j] + x_row[2 * hidden + j]
-                n = gates[2 * hidden:]
-                for j in range(hidden):
-                    n[j] = tanh(n[j])
-                h_old, h_new = h[d, s, b], h[d, s + 1, b]
-                for j in range(hidden):
-                    n = gates[2 * hidden + j]
-                    h_new[j] = (h_old[j] - n) * gates[hidden + j] + n
+                hh = gh[d, k, b]
+                _product(hh, hh_bias[d], h[d, s, b], w_t[d])
+                _gru_cell(hh, gx[d, s - start, b], x_bias[d], h[d, s, b], a[d, k, b],
+                          h[d, s + 1, b])
 
 
 @_jit
@@ -328,42 +338,40 @@ def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
 # call replaces 8-14 NumPy calls and passes over memory.
 
 @_jit
-def _tanh_step(z, gx, h_out):
-    """``h_out = tanh(z + gx)``."""
+def _elman_step(z, gx, bias, h_out, activation):
+    """``h_out = activation(z + gx + bias)`` (codes of :data:`_ACTIVATION`)."""
+    zero = z.dtype.type(0)
     for b in range(z.shape[0]):
         zr, xr, out = z[b], gx[b], h_out[b]
-        for j in range(z.shape[1]):
-            out[j] = tanh(zr[j] + xr[j])
+        if activation == 0:
+            for j in range(zr.size):
+                out[j] = tanh(zr[j] + xr[j] + bias[j])
+        elif activation == 1:
+            for j in range(zr.size):
+                out[j] = max(zr[j] + xr[j] + bias[j], zero)
+        else:
+            for j in range(zr.size):
+                out[j] = zr[j] + xr[j] + bias[j]
 
 
 @_jit
-def _lstm_step(z, gx, c_prev, c_new, a, tanh_c, h_out):
-    """``z += gx``; gates ``a`` (i, f, g, o), new c, tanh(c), h."""
+def _lstm_step(z, gx, bias, c_prev, c_new, a, tanh_c, h_out):
+    """``z += gx + bias``; gates ``a`` (i, f, g, o), new c, tanh(c), h."""
     for b in range(z.shape[0]):
         zr, xr = z[b], gx[b]
         for j in range(zr.size):
-            zr[j] += xr[j]
+            zr[j] += xr[j] + bias[j]
         _lstm_cell(zr, c_prev[b], c_new[b], a[b], tanh_c[b], h_out[b])
 
 
 @_jit
-def _gru_step(gh, gx, b_hn, h_prev, a, h_out):
-    """``gh`` (h W_hh^T) gets ``b_hn`` on its n block; gates ``a``; new h."""
-    batch, width = gh.shape
-    hidden = width // 3
-    one = gh.dtype.type(1)
-    for b in range(batch):
-        hh, xr, gates = gh[b], gx[b], a[b]
-        for j in range(width):
-            hh[j] += b_hn[j]
-        for j in range(2 * hidden):  # r, z
-            gates[j] = one / (one + exp(-(xr[j] + hh[j])))
-        for j in range(hidden):
-            gates[2 * hidden + j] = tanh(gates[j] * hh[2 * hidden + j] + xr[2 * hidden + j])
-        old, out = h_prev[b], h_out[b]
-        for j in range(hidden):
-            n = gates[2 * hidden + j]
-            out[j] = (old[j] - n) * gates[hidden + j] + n
+def _gru_step(gh, gx, x_bias, hh_bias, h_prev, a, h_out):
+    """``gh`` (h W_hh^T) gets ``hh_bias``; gates ``a``; new h."""
+    for b in range(gh.shape[0]):
+        hh = gh[b]
+        for j in range(hh.size):
+            hh[j] += hh_bias[j]
+        _gru_cell(hh, gx[b], x_bias, h_prev[b], a[b], h_out[b])
 
 
 @_jit
@@ -393,20 +401,29 @@ def _gru_back(dh, a, gh, h_prev, dz, dgh, direct):
 
 # the layer ------------------------------------------------------------------------------
 
-def b_hn_rows(layer: numpy_layer._Layer) -> np.ndarray:
-    """A GRU layer's ``b_hn`` as the compiled steps add it to ``h W_hh^T``: (D, G*H),
-    zeros on the r and z blocks (and everywhere without bias). Made once per layer."""
-    if getattr(layer, "_b_hn_rows", None) is None:
-        layer._b_hn_rows = np.zeros((layer.D, layer.gx.shape[-1]), dtype=layer.dtype)
-        if layer.b_hn is not None:
-            layer._b_hn_rows[:, 2 * layer.H:] = layer.b_hn[:, 0]
-    return layer._b_hn_rows
+class _Compiled(numpy_layer._Layer):
+    """What the compiled layers share: the weights in PyTorch's layout, and the biases
+    added by the compiled steps, a row at a time, rather than in a pass of their own over
+    each chunk of the input projection (as the NumPy kernel does): ``x_bias`` (D, G*H)
+    goes with ``x W_ih^T`` (b_ih + b_hh; the GRU's b_ih), ``hh_bias`` with ``h W_hh^T``
+    (the GRU's b_hh); zeros without bias."""
+
+    ORDER = SCALE = {}
+
+    def __init__(self, x, states, weights, cell, keep, active, hooks=None):
+        super().__init__(x, states, weights, cell, keep, active, hooks)
+        self.x_bias = self.hh_bias = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
+        if self.has_bias:
+            gru = self.kind == "gru"
+            self.x_bias = (np.stack([w.b_ih for w in weights]) if gru
+                           else np.stack(self.gx_bias))
+            if gru:
+                self.hh_bias = np.stack([w.b_hh for w in weights])
+        self.gx_bias = None  # (what _project would add)
 
 
-class _CompiledLayer(numpy_layer._Layer):
+class _CompiledLayer(_Compiled):
     """The NumPy kernel's layer with its forward and backward time loops compiled."""
-
-    ORDER = SCALE = {}  # PyTorch's layout
 
     def __init__(self, x, states, weights, cell, keep, active):
         super().__init__(x, states, weights, cell, keep, active)
@@ -426,12 +443,11 @@ class _CompiledLayer(numpy_layer._Layer):
         for start in range(0, self.steps, chunk):
             self._project(start)
             count = min(chunk, self.steps - start)
-            args = (self.gx, start, count, self.w_hh_t)
+            args = (self.gx, start, count, self.w_hh_t, self.x_bias)
             if self.kind == "lstm":
                 _lstm_forward(*args, self.h, self.c, self.a, self.tanh_c, self.steps_inactive)
             elif self.kind == "gru":
-                _gru_forward(*args, b_hn_rows(self), self.h, self.a, self.gh,
-                             self.steps_inactive)
+                _gru_forward(*args, self.hh_bias, self.h, self.a, self.gh, self.steps_inactive)
             else:
                 _elman_forward(*args, self.h, self.steps_inactive, _ACTIVATION[self.kind])
 
@@ -472,29 +488,30 @@ class _CompiledLayer(numpy_layer._Layer):
         return self._gradients(dz_all, dgh_all, None, dh, dc)
 
 
-class _FusedLayer(numpy_layer._Layer):
+class _FusedLayer(_Compiled):
     """The NumPy kernel's layer (its loop, BLAS products, hooks and tape) with each step's
     elementwise work, forward and backward, in one compiled call per direction: for
     layers above the limits, where the products need BLAS's blocking and threads."""
 
-    ORDER = SCALE = {}  # PyTorch's layout
-
-    def _step_tanh(self, gx, s, k, h_prev, h_out, h_in=None):
+    def _step_elman(self, gx, s, k, h_prev, h_out, h_in=None):
         z = self._hh_product(h_prev, h_in, self.z)
         for d in range(self.D):
-            _tanh_step(z[d], gx[d], h_out[d])
+            _elman_step(z[d], gx[d], self.x_bias[d], h_out[d], _ACTIVATION[self.kind])
+
+    _step_tanh = _step_relu = _step_identity = _step_elman
 
     def _step_lstm(self, gx, s, k, h_prev, h_out, h_in=None):
         z = self._hh_product(h_prev, h_in, self.z)
         c, a, tanh_c = self.c, self.a, self.tanh_c
         for d in range(self.D):
-            _lstm_step(z[d], gx[d], c[d, s], c[d, s + 1], a[d, k], tanh_c[d, k], h_out[d])
+            _lstm_step(z[d], gx[d], self.x_bias[d], c[d, s], c[d, s + 1], a[d, k],
+                       tanh_c[d, k], h_out[d])
 
     def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
         gh = self._hh_product(h_prev, h_in, self.gh[:, k])
-        b_hn, a = b_hn_rows(self), self.a
         for d in range(self.D):
-            _gru_step(gh[d], gx[d], b_hn[d], h_prev[d], a[d, k], h_out[d])
+            _gru_step(gh[d], gx[d], self.x_bias[d], self.hh_bias[d], h_prev[d], self.a[d, k],
+                      h_out[d])
 
     def _back_tanh(self, s, dh, dc, dz, dgh, scratch):
         h = self.h_new[:, s]

@@ -22,7 +22,7 @@ from ..functional.cells import LN_EPS, Cell
 from ..functional.recurrence import StepHooks
 from ..functional.weights import LayerWeights
 from . import layernorm_layer
-from .numba_layer import _gru_back, _gru_step, _jit, b_hn_rows
+from .numba_layer import _gru_back, _gru_step, _jit
 from .numba_math import _FAST, exp, tanh
 
 #: Sums may be reassociated, so that LLVM vectorises them: only in these reductions,
@@ -103,15 +103,16 @@ def _ln_lstm_step(hat, hh_rstd, w_hh, gx, c_prev, c_new, c_hat, c_rstd, w_c, b_c
 
 
 @_jit
-def _ln_gru_step(hat, hh_rstd, w_hh, gh, gx, b_hn, h_prev, a, h_out, eps):
-    """``hat`` normalised in place, ``gh = hat * w_hh`` (+ ``b_hn`` on the n block, added
-    by the plain GRU step), then the plain GRU step."""
+def _ln_gru_step(hat, hh_rstd, w_hh, gh, gx, no_bias, b_hn, h_prev, a, h_out, eps):
+    """``hat`` normalised in place, ``gh = hat * w_hh`` (+ ``b_hn``, zeros on r and z,
+    added by the plain GRU step), then the plain GRU step (``no_bias``: zeros, the biases
+    on the input side are in ``gx``)."""
     for b in range(hat.shape[0]):
         row, out = hat[b], gh[b]
         hh_rstd[b, 0] = _normalise_row(row, eps)
         for j in range(row.size):
             out[j] = row[j] * w_hh[j]
-    _gru_step(gh, gx, b_hn, h_prev, a, h_out)
+    _gru_step(gh, gx, no_bias, b_hn, h_prev, a, h_out)
 
 
 @_jit
@@ -181,6 +182,12 @@ class _FusedNormLayer(layernorm_layer._NormLayer):
         super().__init__(x, states, weights, cell, keep, active, hooks)
         self.eps = self.dtype.type(LN_EPS)
         self.all_active = np.zeros(self.batch, dtype=np.bool_)
+        # the GRU step's biases: none with the input projection (they are in gx); b_hn
+        # on the n block of the hidden side
+        self.no_bias = np.zeros(self.gx.shape[-1], dtype=self.dtype)
+        self.hn_rows = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
+        if self.b_hn is not None:
+            self.hn_rows[:, 2 * self.H:] = self.b_hn[:, 0]
 
     def _inactive(self, d, s):
         return self.all_active if self.inactive is None else self.inactive[d, s, :, 0]
@@ -195,10 +202,10 @@ class _FusedNormLayer(layernorm_layer._NormLayer):
 
     def _step_gru(self, gx, s, k, h_prev, h_out, h_in=None):
         hat = self._hh_product(h_prev, h_in, self.hh_hat[:, k])
-        b_hn = b_hn_rows(self)
         for d in range(self.D):
             _ln_gru_step(hat[d], self.hh_rstd[d, k], self.ln_hh_scaled[d, 0], self.gh[d, k],
-                         gx[d], b_hn[d], h_prev[d], self.a[d, k], h_out[d], self.eps)
+                         gx[d], self.no_bias, self.hn_rows[d], h_prev[d], self.a[d, k],
+                         h_out[d], self.eps)
 
     def _back_lstm(self, s, dh, dc, dz, dgh, scratch):
         for d in range(self.D):
