@@ -106,3 +106,90 @@ def test_buffers_belong_to_the_thread_that_made_them():
     thread.start()
     thread.join()
     assert seen == [32] and workspace.held_bytes() == 0
+
+
+# tapes: the arrays a backward reads, handed on to the next forward --------------------------
+
+def _train_step(model, x):
+    """One forward and backward; the input's gradient and the parameters' (copies)."""
+    model.zero_grad()
+    out, _ = model(xrnn.asarray(x))
+    grad_x = model.backward(xrnn.asarray(np.ones(out.shape, dtype="float32")))
+    return [np.array(grad_x)] + [np.array(p.grad) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_training_steps_reuse_the_tape_and_get_exact_gradients(rng, kind):
+    """A backward gives its tape's arrays to the next forward (the workspace then holds
+    them); the next step's gradients are exactly those of that step run alone."""
+    hidden, batch = SIZES[1]
+    with backend.use_backend("numpy"):
+        x1, x2 = (rng.standard_normal((7, batch, 6)).astype("float32") for _ in range(2))
+        workspace.release()
+        alone = _train_step(_model(kind, hidden, 0), x2)
+        workspace.release()
+        model = _model(kind, hidden, 0)
+        _train_step(model, x1)
+        assert workspace.held_bytes() > 0  # the first step's tape, kept
+        for got, want in zip(_train_step(model, x2), alone):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_unconsumed_calls_keep_their_tapes_while_others_are_reused(rng, kind):
+    """Calls 1 and 2, backward of 2 (its tape handed on), call 3 (takes it), backward of
+    3, then of 1: each backward gives what it gives alone (Module's last-call-first)."""
+    hidden, batch = SIZES[1]
+    with backend.use_backend("numpy"):
+        xs = [rng.standard_normal((7, batch, 6)).astype("float32") for _ in range(3)]
+        alone = [_train_step(_model(kind, hidden, 0), x)[0] for x in xs]
+        model = _model(kind, hidden, 0)
+        grad = np.ones((7, batch, 2 * hidden), dtype="float32")
+
+        def forward(x):
+            model(xrnn.asarray(x))
+
+        def backward():
+            return np.array(model.backward(xrnn.asarray(grad)))
+
+        forward(xs[0])
+        forward(xs[1])
+        got = {1: backward()}
+        forward(xs[2])
+        got[2] = backward()
+        got[0] = backward()
+        for k in range(3):
+            np.testing.assert_array_equal(got[k], alone[k])
+
+
+def test_functional_vjp_runs_until_released(rng):
+    hidden, batch = SIZES[1]
+    with backend.use_backend("numpy"):
+        model = _model("LSTM", hidden, 0)
+        x = rng.standard_normal((7, batch, 6)).astype("float32")
+        weights = [p.data for p in model.parameters()]
+        (out, _), vjp = xrnn.functional.lstm_vjp(x, None, weights, num_layers=2,
+                                                 bidirectional=True)
+        grad = np.ones(out.shape, dtype="float32")
+        first, second = vjp(grad)[0], vjp(grad)[0]
+        np.testing.assert_array_equal(first, second)
+        vjp.release()
+        with pytest.raises(RuntimeError, match="run the forward again"):
+            vjp(grad)
+
+
+def test_tape_arrays_are_kept_up_to_the_cap(monkeypatch):
+    workspace.release()
+    big = (workspace.MIN_TAPE_BYTES // 4,)  # float32: exactly the smallest kept size
+    a = workspace.tape(big, np.float32)
+    small = workspace.tape((3,), np.float32)
+    workspace.give_back([a, small])
+    assert workspace.held_bytes() == a.nbytes  # the small one is not kept
+    assert workspace.tape(big, np.float32) is a and workspace.held_bytes() == 0
+    assert workspace.tape(big, np.float32) is not a  # handed out once
+    monkeypatch.setattr(workspace, "MAX_TAPE_BYTES", a.nbytes)
+    workspace.give_back([a, np.empty(big, np.float32)])
+    assert workspace.held_bytes() == a.nbytes  # the second is over the cap: freed
+    assert workspace.tape(big, np.float64) is not a  # another dtype
+    workspace.release()
+    assert workspace.held_bytes() == 0

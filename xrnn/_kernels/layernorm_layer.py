@@ -128,14 +128,14 @@ class _NormLayer(numpy_layer._Layer):
         if chunk < self.gx.shape[1]:
             self.gx = scratch("gx", (directions, chunk, batch, gh), dtype)
         span = steps if keep else chunk
-        self.ih_hat = np.empty((directions, span, batch, gh), dtype=dtype)
-        self.ih_rstd = np.empty((directions, span, batch, 1), dtype=dtype)
+        self.ih_hat = self._buffer((directions, span, batch, gh))
+        self.ih_rstd = self._buffer((directions, span, batch, 1))
         taped = steps if keep else 1
-        self.hh_hat = np.empty((directions, taped, batch, gh), dtype=dtype)
-        self.hh_rstd = np.empty((directions, taped, batch, 1), dtype=dtype)
+        self.hh_hat = self._buffer((directions, taped, batch, gh))
+        self.hh_rstd = self._buffer((directions, taped, batch, 1))
         if base == "lstm":
-            self.c_hat = np.empty((directions, taped, batch, hidden), dtype=dtype)
-            self.c_rstd = np.empty((directions, taped, batch, 1), dtype=dtype)
+            self.c_hat = self._buffer((directions, taped, batch, hidden))
+            self.c_rstd = self._buffer((directions, taped, batch, 1))
             self.c_mean = np.empty((directions, batch, 1), dtype=dtype)
 
     def _project(self, start: int) -> None:
@@ -187,8 +187,8 @@ class _NormLayer(numpy_layer._Layer):
         gh = self.gx.shape[-1]
         # gradients the base loop does not keep, by step: the LSTM's gates (the base's dz
         # then carries d(h W_hh^T)), the GRU's LN_hh output, the LSTM's LN_c output
-        self.d_post = np.empty((directions, steps, batch, gh), dtype=dtype)
-        self.d_c_out = (np.empty((directions, steps, batch, self.H), dtype=dtype)
+        self.d_post = self._buffer((directions, steps, batch, gh))
+        self.d_c_out = (self._buffer((directions, steps, batch, self.H))
                         if self.kind == "lstm" else None)
         self.means = np.empty((2, directions, batch, 1), dtype=dtype)
         self.tmp2 = np.empty((directions, batch, self.H), dtype=dtype)
@@ -245,7 +245,7 @@ class _NormLayer(numpy_layer._Layer):
         # back through the input LayerNorm, every step at once, in place
         d_gates *= self.ln_ih[:, None, None, :]
         means = np.empty((2,) + self.ih_rstd.shape, dtype=self.dtype)
-        d_ih = np.empty_like(d_gates)
+        d_ih = self._buffer(d_gates.shape)
         _normalise_backward(d_gates, self.ih_hat, self.ih_rstd, means, d_ih)
         grad_x, grad_states, grads = super()._gradients(
             d_ih, dz_all if lstm else dgh_all, dh_all, dh, dc)
@@ -269,4 +269,4 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     layers_run += 1
     layer = _NormLayer(x, states, weights, cell, keep, active, hooks)
     layer.forward()
-    return layer.output(active), layer.finals(), (layer.backward if keep else None)
+    return layer.output(active), layer.finals(), (layer if keep else None)

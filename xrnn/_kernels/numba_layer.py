@@ -458,7 +458,8 @@ class _CompiledLayer(_Compiled):
 
     def _backward(self, grad_output, grad_finals):
         directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
-        grad_steps = np.zeros((directions, steps, batch, self.P), dtype=dtype)
+        grad_steps = self._buffer((directions, steps, batch, self.P))
+        grad_steps[...] = 0.0
         if grad_output is not None:  # per direction in step order, zero where padded
             grad_steps[0] = grad_output[..., :self.P]
             if directions == 2:
@@ -471,7 +472,7 @@ class _CompiledLayer(_Compiled):
                     else np.array(grad, dtype=dtype))
 
         dh = start(grad_finals[0], self.P)
-        dz_all = np.empty((directions, steps, batch, self.gx.shape[-1]), dtype=dtype)
+        dz_all = self._buffer((directions, steps, batch, self.gx.shape[-1]))
         dgh_all, dc = dz_all, None
         w = np.ascontiguousarray(self.w_hh_stack)
         if self.kind == "lstm":
@@ -479,7 +480,7 @@ class _CompiledLayer(_Compiled):
             _lstm_backward(grad_steps, dh, dc, w, self.c, self.a, self.tanh_c, dz_all,
                            self.steps_inactive)
         elif self.kind == "gru":
-            dgh_all = np.empty_like(dz_all)
+            dgh_all = self._buffer(dz_all.shape)
             _gru_backward(grad_steps, dh, w, self.h, self.a, self.gh, dz_all, dgh_all,
                           self.steps_inactive)
         else:
@@ -549,4 +550,4 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
         fused_layers_run += 1
         layer = _FusedLayer(x, states, weights, cell, keep, active, hooks)
     layer.forward()
-    return layer.output(active), layer.finals(), (layer.backward if keep else None)
+    return layer.output(active), layer.finals(), (layer if keep else None)

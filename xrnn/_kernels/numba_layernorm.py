@@ -235,4 +235,4 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     layers_run += 1
     layer = _FusedNormLayer(x, states, weights, cell, keep, active, hooks)
     layer.forward()
-    return layer.output(active), layer.finals(), (layer.backward if keep else None)
+    return layer.output(active), layer.finals(), (layer if keep else None)

@@ -36,7 +36,7 @@ import numpy as np
 from ..functional.cells import Cell
 from ..functional.recurrence import NO_HOOKS, StepHooks
 from ..functional.weights import LayerWeights
-from .workspace import scratch
+from .workspace import give_back, scratch, tape
 
 #: Kernel gate order, as indices of PyTorch's gate blocks. LSTM: i, f, o, g.
 _ORDER = {"lstm": (0, 1, 3, 2)}
@@ -87,9 +87,7 @@ class _Layer:
         self.P = weights[0].w_hh.shape[1]  # size of h: proj_size or H
         gh = gates * hidden
         self.steps, self.batch, self.dtype = steps, batch, dtype
-
-        def taped(name, shape):  # what the backward reads; without a tape, scratch
-            return np.empty(shape, dtype=dtype) if keep else scratch(name, shape, dtype)
+        self._tape: list | None = [] if keep else None  # given back after the backward
 
         factors = self.SCALE.get(self.kind)
         #: (G*H,) the factors of the gate rows in kernel order, or None (unscaled)
@@ -101,7 +99,7 @@ class _Layer:
         if directions == 1:
             self.w_hh_stack = rows(weights[0].w_hh)[None]  # (D, GH, P)
         else:  # (np.stack took 24 us: a small layer's whole loop runs in 35)
-            self.w_hh_stack = taped("w_hh", (directions, gh, self.P))
+            self.w_hh_stack = self._buffer((directions, gh, self.P), "w_hh")
             for d, w in enumerate(weights):
                 self.w_hh_stack[d] = rows(w.w_hh)
         self.w_hr = None if weights[0].w_hr is None else np.stack([w.w_hr for w in weights])
@@ -124,7 +122,7 @@ class _Layer:
         # the input projection, made a chunk of steps at a time just before they run
         self.x_steps = [x]
         if directions == 2:
-            self.x_steps.append(taped("x_steps", x.shape))
+            self.x_steps.append(self._buffer(x.shape, "x_steps"))
             np.copyto(self.x_steps[1], x[::-1])
         self.gx_bias = self.b_hn = None  # b_hn: GRU, the n block of b_hh, (D, 1, H)
         if self.has_bias:
@@ -140,7 +138,7 @@ class _Layer:
         self.gx = scratch("gx", (directions, chunk, batch, gh), dtype)  # never read back
 
         # states by step: h[:, s] is the state before step s, h[:, T] the final one
-        self.h = taped("h", (directions, steps + 1, batch, self.P))  # output, finals copy it
+        self.h = self._buffer((directions, steps + 1, batch, self.P), "h")  # output, finals copy it
         self.h[:, 0] = states[0]
         # what the backward reads, by step: ``h_before[:, s]`` the h entering step s,
         # ``h_new[:, s]`` the cell's own new h at step s (for the Elman cells' derivative)
@@ -148,16 +146,16 @@ class _Layer:
         self.h_mask = None  # recurrent dropout's (D, B, P) mask on the product's input
         self.c = None
         if self.kind == "lstm":
-            self.c = taped("c", (directions, steps + 1, batch, hidden))
+            self.c = self._buffer((directions, steps + 1, batch, hidden), "c")
             self.c[:, 0] = states[1]
         # per-step activations; without ``keep`` one step's worth is reused
         span = steps if keep else 1
-        self.a = np.empty((directions, span, batch, gh), dtype=dtype)
-        self.tanh_c = (np.empty((directions, span, batch, hidden), dtype=dtype)
+        self.a = self._buffer((directions, span, batch, gh))
+        self.tanh_c = (self._buffer((directions, span, batch, hidden))
                        if self.kind == "lstm" else None)
-        self.m = (np.empty((directions, span, batch, hidden), dtype=dtype)
+        self.m = (self._buffer((directions, span, batch, hidden))
                   if self.w_hr is not None else None)  # LSTM output before the projection
-        self.gh = (np.empty((directions, span, batch, gh), dtype=dtype)
+        self.gh = (self._buffer((directions, span, batch, gh))
                    if self.kind == "gru" else None)  # GRU: h W_hh^T (+ b_hn on the n block)
         self.z = np.empty((directions, batch, gh), dtype=dtype)
         self.tmp = np.empty((directions, batch, hidden), dtype=dtype)
@@ -168,6 +166,16 @@ class _Layer:
                                      for d in range(directions)])
             self.inactive = ~steps_active
         self._init_hooks(hooks or [NO_HOOKS] * directions)
+
+    def _buffer(self, shape, name: str | None = None):
+        """An uninitialised array of the layer's dtype. With a tape, one of the
+        workspace's tape arrays (given back by :meth:`release`); without, the
+        workspace's scratch ``name``, or a fresh array if no name."""
+        if self._tape is not None:
+            a = tape(shape, self.dtype)
+            self._tape.append(a)
+            return a
+        return np.empty(shape, self.dtype) if name is None else scratch(name, shape, self.dtype)
 
     def _rows(self, a):
         """A weight's or bias's gate blocks (along axis 0) in kernel order, or back to
@@ -197,7 +205,7 @@ class _Layer:
         if first.reset is not None:
             self.reset = in_step_order([hook.reset for hook in hooks])
             self.reset_at = self.reset.any(axis=(0, 2, 3)).tolist()  # any row, per step
-            self.h_before = np.empty((directions, taped, batch, self.P), dtype=dtype)
+            self.h_before = self._buffer((directions, taped, batch, self.P))
         if first.h_mask is not None:
             self.h_mask = np.stack([hook.h_mask for hook in hooks])
             self.h_in = np.empty((directions, batch, self.P), dtype=dtype)
@@ -211,7 +219,7 @@ class _Layer:
                 self.zone_pass.append(1.0 - keep)
                 size = self.P if k == 0 else self.H
                 self.zone_tmp.append(np.empty((directions, batch, size), dtype=dtype))
-            self.h_new = np.empty((directions, taped, batch, self.P), dtype=dtype)
+            self.h_new = self._buffer((directions, taped, batch, self.P))
 
     def _project(self, start: int) -> None:
         """Fill ``gx[d, j]`` with step ``start + j``'s ``x W_ih^T`` (scaled rows) plus the
@@ -368,13 +376,27 @@ class _Layer:
 
     # backward --------------------------------------------------------------------------
 
+    def __call__(self, grad_output, grad_finals):
+        """:meth:`backward`, as many times as wanted until :meth:`release`."""
+        if self._tape is None:
+            raise RuntimeError("this forward's tape was released after its backward: run "
+                               "the forward again for another backward")
+        return self.backward(grad_output, grad_finals)
+
+    def release(self) -> None:
+        """Give the tape's arrays back to the workspace, for the next forward with a tape
+        (the same shapes: the next training step); the backward can run no more."""
+        if self._tape is not None:
+            arrays, self._tape = self._tape, None
+            give_back(arrays)
+
     def backward(self, grad_output, grad_finals):
         """BPTT; returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
         directions, steps, batch, gh = self.D, self.steps, self.batch, self.gx.shape[-1]
         hidden, dtype = self.H, self.dtype
         grad_steps = None  # grad_output per direction in step order, zero where padded
         if grad_output is not None:
-            grad_steps = np.empty((directions, steps, batch, self.P), dtype=dtype)
+            grad_steps = self._buffer((directions, steps, batch, self.P))
             grad_steps[0] = grad_output[..., :self.P]
             if directions == 2:
                 grad_steps[1] = grad_output[::-1, :, self.P:]
@@ -386,9 +408,9 @@ class _Layer:
         if self.kind == "lstm":
             dc = (np.zeros((directions, batch, hidden), dtype=dtype) if grad_finals[1] is None
                   else np.array(grad_finals[1], dtype=dtype))
-        dz_all = np.empty((directions, steps, batch, gh), dtype=dtype)
-        dgh_all = np.empty_like(dz_all) if self.kind == "gru" else dz_all
-        dh_all = (np.empty((directions, steps, batch, self.P), dtype=dtype)
+        dz_all = self._buffer((directions, steps, batch, gh))
+        dgh_all = self._buffer(dz_all.shape) if self.kind == "gru" else dz_all
+        dh_all = (self._buffer((directions, steps, batch, self.P))
                   if self.w_hr is not None else None)  # d(projected h), for d W_hr
         saved = None
         if self.inactive is not None:
@@ -557,10 +579,11 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     direction; ``active`` (T, B, 1) booleans for variable lengths; ``hooks`` one
     :class:`~xrnn.functional.recurrence.StepHooks` per direction (reset, recurrent dropout,
     zoneout), as the generic path's ``run_layer``. ``backward(grad_output, grad_finals)
-    -> (grad_x, grad_states, grad_weights)`` (``None`` entries mean zero).
+    -> (grad_x, grad_states, grad_weights)`` (``None`` entries mean zero) is the layer;
+    ``backward.release()`` gives its tape's arrays to the next forward.
     """
     global layers_run
     layers_run += 1
     layer = _Layer(x, states, weights, cell, keep, active, hooks)
     layer.forward()
-    return layer.output(active), layer.finals(), (layer.backward if keep else None)
+    return layer.output(active), layer.finals(), (layer if keep else None)

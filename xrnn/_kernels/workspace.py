@@ -13,7 +13,14 @@ A layer uses its buffers only while its own forward runs (its output and final s
 are copied out of them before it returns), so the next layer, or the next call, may
 take them over. Thread-local, so threads (Dask's threaded scheduler, user threads)
 never share one. Buffers larger than
-:data:`MAX_BYTES` are plain allocations. :func:`release` frees this thread's buffers.
+:data:`MAX_BYTES` are plain allocations.
+
+A tape (what a backward reads: states, gates, gradients by step) lives from a forward
+to its backward, so it cannot be scratch; but the next training step needs the same
+arrays again. :func:`tape` hands out an array that a finished backward gave back with
+:func:`give_back` (same shape and dtype), else a fresh one: page faults were a quarter
+of a (100, 32, 64, 128, 2, 2) LSTM training step (NOTES.md). A thread keeps at most
+:data:`MAX_TAPE_BYTES` of them. :func:`release` frees this thread's buffers, both kinds.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ import numpy as np
 
 #: Largest buffer kept for reuse (bytes); larger requests get a fresh array.
 MAX_BYTES = 64 << 20
+#: Most bytes of given-back tape arrays one thread keeps for the next forward.
+MAX_TAPE_BYTES = 1 << 30
+#: Tape arrays smaller than this are plain allocations (NumPy and the C library reuse
+#: small blocks without page faults; a lookup would cost more than it saves).
+MIN_TAPE_BYTES = 1 << 16
 _local = threading.local()
 
 
@@ -42,11 +54,39 @@ def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     return flat[:size].reshape(shape)
 
 
+def tape(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised array of ``shape`` and ``dtype`` for a tape: one that a finished
+    backward gave back (:func:`give_back`), else a fresh one. The caller owns it until
+    it gives it back."""
+    dtype = np.dtype(dtype)
+    if math.prod(shape) * dtype.itemsize < MIN_TAPE_BYTES:
+        return np.empty(shape, dtype=dtype)
+    free = _local.__dict__.get("tapes", {}).get((tuple(shape), dtype))
+    if free:
+        _local.tape_bytes -= free[-1].nbytes
+        return free.pop()
+    return np.empty(shape, dtype=dtype)
+
+
+def give_back(arrays) -> None:
+    """Keep ``arrays`` (from :func:`tape`; nothing may read them any more) for the next
+    :func:`tape` call of this thread, up to :data:`MAX_TAPE_BYTES`; the rest are freed."""
+    tapes = _local.__dict__.setdefault("tapes", {})
+    held = _local.__dict__.setdefault("tape_bytes", 0)
+    for a in arrays:
+        if MIN_TAPE_BYTES <= a.nbytes and held + a.nbytes <= MAX_TAPE_BYTES:
+            tapes.setdefault((a.shape, a.dtype), []).append(a)
+            held += a.nbytes
+    _local.tape_bytes = held
+
+
 def held_bytes() -> int:
-    """Bytes this thread's buffers hold."""
-    return sum(flat.nbytes for flat in _local.__dict__.get("pool", {}).values())
+    """Bytes this thread's buffers hold (scratch and given-back tapes)."""
+    return (sum(flat.nbytes for flat in _local.__dict__.get("pool", {}).values())
+            + _local.__dict__.get("tape_bytes", 0))
 
 
 def release() -> None:
     """Free this thread's buffers (they are made again on the next call that needs them)."""
-    _local.__dict__.pop("pool", None)
+    for name in ("pool", "tapes", "tape_bytes"):
+        _local.__dict__.pop(name, None)

@@ -336,6 +336,12 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
         return (grad_above, tuple(xp.concat([g[k] for g in grad_states])
                                   for k in range(len(states))), grad_weights)
 
+    def release() -> None:  # the fast paths' tapes go to the next forward (_kernels)
+        for layer_backward, _, _ in records:
+            if hasattr(layer_backward, "release"):
+                layer_backward.release()
+
+    backward.release = release
     return layer_input, final_states, backward
 
 

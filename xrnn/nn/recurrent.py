@@ -97,6 +97,7 @@ class RecurrentBase(Module):
         grad_x, grad_states, grad_weights = vjp(grad_output, *grad_finals)
         for parameter, grad in zip(self._parameters.values(), grad_weights):
             parameter.accumulate(grad)
+        vjp.release()  # this call's tape is consumed: its arrays serve the next forward
         return (grad_x, *grad_states) if return_state_grad else grad_x
 
     def _step(self, x_t: Any, states: tuple[Any | None, ...], check_finite: bool,
