@@ -14,7 +14,7 @@ pytest.importorskip("numba", reason="numba not installed (pip install xrnn[fast]
 
 import xrnn  # noqa: E402
 from xrnn import _kernels  # noqa: E402
-from xrnn._kernels import numba_layer, numpy_layer  # noqa: E402
+from xrnn._kernels import numba_layer, numba_threaded, numpy_layer  # noqa: E402
 from xrnn.testing import assert_close  # noqa: E402
 
 from .conftest import compare_kernel_with_generic, run_with_xrnn_kernels  # noqa: E402
@@ -99,20 +99,22 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
 
     x = np.ones((2, 1, 2), dtype=np.float32)
     with xrnn.backend.use_backend("numpy"):
-        for limit in (1 << 20, 0):  # every loop, then every fused step, gets float32
+        # every loop, then every fused step, then every threaded loop gets float32
+        for limit, bidirectional in ((1 << 20, False), (0, False), (0, True)):
             _set_limits(monkeypatch, limit)
             for kind, norm in itertools.product(("RNN", "LSTM", "GRU"), (False, True)):
                 if norm and kind == "RNN":
                     continue
-                model = getattr(xrnn, kind)(2, 3, seed=0, **({"layer_norm": True} if norm else {}))
+                model = getattr(xrnn, kind)(2, 3, seed=0, bidirectional=bidirectional,
+                                            **({"layer_norm": True} if norm else {}))
                 output, _ = model(x)
                 model.backward(np.ones(output.shape, dtype=np.float32))
     from xrnn._kernels import numba_layernorm
 
     loops = ["_elman_forward", "_elman_backward", "_lstm_forward", "_lstm_backward",
              "_gru_backward", "_elman_step", "_lstm_step", "_gru_step", "_tanh_back",
-             "_lstm_row_back", "_gru_row_back"]  # (_gru_forward, _lstm_back, _gru_back:
-    # calls only)
+             "_lstm_row_back", "_gru_row_back", "numba_threaded._direction_backward"]
+    # (_gru_forward, _lstm_back, _gru_back, numba_threaded._direction_forward: calls only)
     loops += [f"numba_layernorm.{name}" for name in (  # (_ln_gru_back only calls others)
         "_ln_lstm_step", "_ln_lstm_back", "_ln_gru_step", "_normalise_row_backward")]
     f4 = numba.float32
@@ -122,7 +124,8 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
                 "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6}
     typed = {}
     for name in loops + list(products):
-        module = numba_layernorm if name.startswith("numba_layernorm.") else numba_layer
+        module = {"numba_layernorm": numba_layernorm, "numba_threaded": numba_threaded}.get(
+            name.split(".")[0], numba_layer)
         function = getattr(module, name.split(".")[-1])
         fresh = numba.njit(function.py_func)
         sigs = ([sig for sig in function.signatures if "float32" in str(sig)]
@@ -185,8 +188,10 @@ FUSED_GRID = [(c, L, d, b, n) for c, L, d, b, n in itertools.product(
 def test_fused_steps_match_generic_path(rng, monkeypatch, case, num_layers, bidirectional,
                                         bias, with_lengths):
     """Layers above the limits: the NumPy kernel's loop with compiled steps (forced here
-    by a zero limit), at 1e-12 against the generic path."""
+    by a zero limit, and for bidirectional layers one core), at 1e-12 against the
+    generic path."""
     _set_limits(monkeypatch, 0)
+    monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 1)
     kind, options = FUSED_CASES[case]
     _compare(rng, kind, options, num_layers, bidirectional, bias,
              [2, T, 1] if with_lengths else None, counter="fused_layers_run")

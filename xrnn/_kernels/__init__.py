@@ -4,7 +4,8 @@
 ``None`` when the generic path (``xrnn.functional.recurrence``) should run. Both give
 the same results to floating-point rounding. On NumPy that is the compiled kernel when
 Numba is installed (``pip install xrnn[fast]``): :mod:`.numba_layer` (the whole loop
-compiled for small layers, fused compiled steps above) and :mod:`.numba_layernorm`
+compiled for small layers; above, bidirectional layers a direction per core,
+:mod:`.numba_threaded`, else fused compiled steps) and :mod:`.numba_layernorm`
 (LayerNorm cells); else the NumPy kernel: :mod:`.numpy_layer` and
 :mod:`.layernorm_layer`. All take the per-step hooks. ``XRNN_KERNELS=0`` in the
 environment, or ``with kernels_enabled(False):``, forces the generic path;
@@ -62,9 +63,17 @@ def cpu_path() -> str:
         reason = "XRNN_KERNELS=numpy" if _enabled == "numpy" else "numba not installed"
         return f"NumPy kernel ({reason})"
     limits = ", ".join(f"{k} 2^{v.bit_length() - 1}" for k, v in compiled.MAX_STEP_WORK.items())
+    threaded = compiled.numba_threaded
+    if not threaded.blas.AVAILABLE:
+        directions = "off: NumPy's BLAS is not scipy-openblas64"
+    elif threaded.usable_cores() < 2:
+        directions = "off: one core"
+    else:
+        directions = "from the main thread"
     return (f"numba {compiled.numba.__version__}: whole loop compiled for small layers "
-            f"(B*G*H*P <= {limits}), "
-            "fused compiled steps above, with per-step options and for LayerNorm cells")
+            f"(B*G*H*P <= {limits}); above, bidirectional layers a direction per core "
+            f"({directions}), else fused compiled steps, as with per-step options and "
+            "for LayerNorm cells")
 
 
 def layer_runner(xp, cell, dtype) -> Callable | None:

@@ -1,4 +1,4 @@
-"""The compiled CPU path (optional, ``pip install xrnn[fast]``): Numba, two ways.
+"""The compiled CPU path (optional, ``pip install xrnn[fast]``): Numba, three ways.
 
 - **Whole loop** (:class:`_CompiledLayer`, small layers: :func:`fits`). The NumPy fast
   path (:mod:`.numpy_layer`) would spend its time on Python and on its ~10 NumPy calls
@@ -7,6 +7,9 @@
   Numba's ``np.dot`` would need SciPy) and every gate in the same pass, on one thread (a
   thread pool would cost more than it gains and fight OpenBLAS's for the cores), with
   the layer's other products on one BLAS thread too.
+- **A direction per thread** (:mod:`.numba_threaded`, bidirectional layers above the
+  whole-loop limits): each direction's loop one compiled call, with BLAS products, the
+  two on two cores.
 - **Fused steps** (:class:`_FusedLayer`, every other layer, and layers with per-step
   options): the NumPy kernel's loop and BLAS products, with each step's elementwise work
   (8-14 NumPy calls) one compiled call per direction.
@@ -74,9 +77,11 @@ def _blas_libraries() -> list:
 
 
 @contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
+def one_blas_thread() -> Iterator[bool]:
     """Run the block's BLAS calls on one thread (process-wide, like every BLAS setting),
-    then restore the previous counts.
+    then restore the previous counts. Yields whether every BLAS library now runs on one
+    thread: NumPy's OpenBLAS takes the setting from the main thread only and ignores it
+    from any other (NOTES.md, issue 13, fifth pass).
 
     A small layer's products gain little from a second OpenBLAS thread when the other
     core is idle, and are stalled 10-300x by it when that core is busy (another process,
@@ -88,7 +93,7 @@ def one_blas_thread() -> Iterator[None]:
     for library in libraries:
         library.set_num_threads(1)
     try:
-        yield
+        yield all(library.get_num_threads() == 1 for library in libraries)
     finally:
         for library, count in zip(libraries, counts):
             library.set_num_threads(count)
@@ -531,23 +536,34 @@ class _FusedLayer(_Compiled):
         return self.tmp
 
 
-#: How many layers ran their whole loop compiled (``layers_run``) or with fused steps
-#: (``fused_layers_run``) in this process: tests read them to see which path ran.
+#: How many layers ran their whole loop compiled (``layers_run``), with fused steps
+#: (``fused_layers_run``) or a direction per thread (``threaded_layers_run``) in this
+#: process: tests read them to see which path ran.
 layers_run = 0
 fused_layers_run = 0
+threaded_layers_run = 0
 
 
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
               keep: bool, active=None, hooks=None):
     """One layer: its whole loop compiled where it :func:`fits` and has no per-step
-    ``hooks``, else the NumPy kernel's loop with fused compiled steps. The interface of
+    ``hooks``; a bidirectional layer above that with a direction per thread where
+    :func:`.numba_threaded.threads` says so; else the NumPy kernel's loop with fused
+    compiled steps. The interface of
     :func:`xrnn._kernels.numpy_layer.run_layer`: ``(output, finals, backward or None)``."""
-    global layers_run, fused_layers_run
+    global layers_run, fused_layers_run, threaded_layers_run
     if hooks is None and fits(x, weights, cell):
         layers_run += 1
         layer = _CompiledLayer(x, states, weights, cell, keep, active)
+    elif numba_threaded.threads(x, weights, cell, hooks):
+        threaded_layers_run += 1
+        layer = numba_threaded._ThreadedLayer(x, states, weights, cell, keep, active)
     else:
         fused_layers_run += 1
         layer = _FusedLayer(x, states, weights, cell, keep, active, hooks)
     layer.forward()
     return layer.output(active), layer.finals(), (layer if keep else None)
+
+
+from . import numba_threaded  # noqa: E402  (bidirectional layers on two threads; it
+# subclasses this module's layer, so it comes after it)

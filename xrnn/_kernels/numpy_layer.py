@@ -543,28 +543,36 @@ class _Layer:
         return h if self.h_mask is None else h * self.h_mask[d]
 
     def _gradients(self, dz_all, dgh_all, dh_all, dh, dc):
-        directions, steps, batch, gh = dz_all.shape
+        """``(grad_x, grad_states, grad_weights)`` from the gate gradients by step."""
+        per_direction = [self._direction_gradients(d, dz_all, dgh_all, dh_all)
+                         for d in range(self.D)]
+        return self._combine(per_direction, dh, dc)
+
+    def _direction_gradients(self, d: int, dz_all, dgh_all, dh_all):
+        """Direction ``d``'s share: ``(grad_x in its step order, its LayerWeights)``, the
+        weight gradients batched over all steps (PyTorch's gate order)."""
+        _, steps, batch, gh = dz_all.shape
         rows = self._rows  # back from kernel order to PyTorch's
-        grad_x = None
-        grads = []
-        for d in range(directions):
-            dz = dz_all[d].reshape(steps * batch, gh)
-            dgh = dgh_all[d].reshape(steps * batch, gh)
-            x = self.x_steps[d]
-            g_x = (dz @ self.w_ih[d]).reshape(x.shape)
-            if d == 0:
-                grad_x = g_x
-            else:
-                grad_x += g_x[::-1]
-            h_prev = self._product_input(d).reshape(steps * batch, self.P)
-            grads.append(LayerWeights(
-                rows(dz.T @ x.reshape(steps * batch, -1)), rows(dgh.T @ h_prev),
-                rows(dz.sum(axis=0)) if self.has_bias else None,
-                rows(dgh.sum(axis=0)) if self.has_bias else None,
-                None if dh_all is None else
-                dh_all[d].reshape(steps * batch, self.P).T
-                @ self.m[d].reshape(steps * batch, self.H)))
-        return grad_x, (dh,) + (() if dc is None else (dc,)), grads
+        dz = dz_all[d].reshape(steps * batch, gh)
+        dgh = dgh_all[d].reshape(steps * batch, gh)
+        x = self.x_steps[d]
+        h_prev = self._product_input(d).reshape(steps * batch, self.P)
+        return (dz @ self.w_ih[d]).reshape(x.shape), LayerWeights(
+            rows(dz.T @ x.reshape(steps * batch, -1)), rows(dgh.T @ h_prev),
+            rows(dz.sum(axis=0)) if self.has_bias else None,
+            rows(dgh.sum(axis=0)) if self.has_bias else None,
+            None if dh_all is None else
+            dh_all[d].reshape(steps * batch, self.P).T
+            @ self.m[d].reshape(steps * batch, self.H))
+
+    @staticmethod
+    def _combine(per_direction, dh, dc):
+        """The driver's ``(grad_x, grad_states, grad_weights)`` from the directions'
+        shares: the reverse direction's grad_x back in time order, added."""
+        grad_x = per_direction[0][0]
+        if len(per_direction) == 2:
+            grad_x += per_direction[1][0][::-1]
+        return grad_x, (dh,) + (() if dc is None else (dc,)), [w for _, w in per_direction]
 
 
 #: How many layers this kernel has run in this process: tests read it to see which path ran.

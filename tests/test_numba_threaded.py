@@ -1,0 +1,231 @@
+"""Bidirectional layers with a direction per thread (``xrnn._kernels.numba_threaded``)
+and NumPy's BLAS called from compiled code (``xrnn._kernels.blas``), against the generic
+driver at 1e-12 in float64 and against NumPy's ``matmul``; where the path is chosen.
+Skipped as a whole when numba is not installed (CI installs it)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba", reason="numba not installed (pip install xrnn[fast])")
+
+import xrnn  # noqa: E402
+from xrnn import _kernels  # noqa: E402
+from xrnn._kernels import blas, numba_layer, numba_threaded, numpy_layer  # noqa: E402
+from xrnn.testing import assert_close  # noqa: E402
+
+from .conftest import compare_kernel_with_generic, numpy_leg_only  # noqa: E402
+
+pytestmark = [numpy_leg_only, pytest.mark.skipif(
+    not blas.AVAILABLE, reason="NumPy's BLAS is not scipy-openblas64 (the threaded path is off)")]
+
+CASES = [("RNN", {"nonlinearity": n}) for n in ("tanh", "relu", "identity")] + [
+    ("LSTM", {}), ("GRU", {})]
+T, I, H = 5, 4, 6
+
+
+@pytest.fixture
+def threaded(monkeypatch):
+    """Every bidirectional layer above a zero whole-loop limit on two threads, whatever
+    this machine's cores."""
+    monkeypatch.setattr(numba_layer, "MAX_STEP_WORK", dict.fromkeys(("rnn", "lstm", "gru"), 0))
+    monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
+
+
+def _compare(rng, kind, options, num_layers, batch, *, bias=True, lengths=None,
+             dtype=np.float64, tolerance=1e-12, **keywords):
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=True,
+                                    dtype=np.dtype(dtype).name, seed=3, **options),
+        rng.standard_normal((T, batch, I)).astype(dtype), kernels=True,
+        counter=(numba_layer, "threaded_layers_run"), num_layers=num_layers,
+        lengths=lengths, tolerance=tolerance, **keywords)
+
+
+GRID = list(itertools.product(range(len(CASES)), [1, 2], [1, 3], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("case, num_layers, batch, bias, with_lengths", GRID,
+                         ids=[f"{CASES[c][0]}{CASES[c][1] or ''}-{L}-B{b}-{bias}-{n}"
+                              for c, L, b, bias, n in GRID])
+def test_threaded_layers_match_generic_path(rng, threaded, case, num_layers, batch, bias,
+                                            with_lengths):
+    """Outputs, final states and every gradient; batch 1 takes BLAS's matrix-vector
+    product, and lengths leave padded steps' states and gradients alone."""
+    kind, options = CASES[case]
+    lengths = ([2, T, 1][:batch] if batch > 1 else [3]) if with_lengths else None
+    _compare(rng, kind, options, num_layers, batch, bias=bias, lengths=lengths)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_threaded_zero_state_missing_final_gradients_and_chunks(rng, threaded, monkeypatch,
+                                                                kind):
+    """No initial state, no gradient for h_n, and the input projection by chunks of two
+    steps (a partial last chunk), as the other kernels."""
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 2 * 2 * 3 * gates * H)
+    _compare(rng, kind, {}, 2, 3, lengths=[T, 4, 2], given_state=False,
+             final_grads=(False, True))
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_threaded_float32_with_dropout_between_layers(rng, threaded, kind):
+    """float32 (compiled separately; sgemm and sgemv), training-mode dropout between
+    layers with the same masks on both paths."""
+    _compare(rng, kind, {"dropout": 0.5}, 3, 3, dtype=np.float32, tolerance=1e-5,
+             given_state=False, final_grads=(False, False))
+    _compare(rng, kind, {}, 1, 1, dtype=np.float32, tolerance=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_threaded_forward_without_tape(rng, threaded, kind):
+    """Under ``no_grad`` (one step's buffers, reused) the output and final states are the
+    generic path's, twice in a row."""
+    x = rng.standard_normal((T, 3, I))
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
+        model = getattr(xrnn, kind)(I, H, 2, bidirectional=True, dtype="float64", seed=1)
+        results = []
+        for enabled in (True, True, False):
+            with _kernels.kernels_enabled(enabled):
+                output, finals = model(x, lengths=[T, 2, 4])
+            results.append([output, *(finals if isinstance(finals, tuple) else (finals,))])
+    for fast in results[:2]:
+        for got, want in zip(fast, results[2]):
+            assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _layer_counts(model, x) -> tuple[int, int, int]:
+    """(whole loop, fused steps, threaded) layers run by one forward."""
+    names = ("layers_run", "fused_layers_run", "threaded_layers_run")
+    before = [getattr(numba_layer, name) for name in names]
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
+        model(x)
+    return tuple(getattr(numba_layer, name) - b for name, b in zip(names, before))
+
+
+def test_which_layers_run_threaded(monkeypatch):
+    """Bidirectional above the whole-loop limit: threaded, on two cores; on one core, or
+    with per-step options, a projection or one direction: fused steps; at the limit the
+    whole loop."""
+    monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
+    limit = numba_layer.MAX_STEP_WORK["lstm"]
+    hidden = 16
+    batch = limit // (4 * hidden * hidden)
+    x = np.ones((3, batch + 1, 2), dtype=np.float32)
+    with xrnn.backend.use_backend("numpy"):
+        model = xrnn.LSTM(2, hidden, 2, bidirectional=True, seed=0)
+        assert _layer_counts(model, x) == (0, 0, 2)
+        assert _layer_counts(model, x[:, :batch]) == (2, 0, 0)
+        assert _layer_counts(xrnn.LSTM(2, hidden, seed=0), x) == (0, 1, 0)
+        assert _layer_counts(xrnn.LSTM(2, hidden, bidirectional=True, proj_size=3, seed=0),
+                             x) == (0, 1, 0)
+        zoned = xrnn.LSTM(2, hidden, bidirectional=True, zoneout=0.1, seed=0).eval()
+        assert _layer_counts(zoned, x) == (0, 1, 0)
+        monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 1)
+        assert _layer_counts(model, x) == (0, 2, 0)
+
+
+def test_usable_cores_counts_this_process_cores():
+    assert 1 <= numba_threaded.usable_cores() <= (__import__("os").cpu_count() or 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows, inner, columns", [(1, 5, 7), (3, 5, 7), (4, 1, 1), (1, 1, 3)])
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_blas_matmul_is_numpys(rng, dtype, rows, inner, columns, transpose_b):
+    """``blas.matmul`` (gemm, gemv at one row) gives ``a @ b`` / ``a @ b.T``, and writes
+    nothing outside ``out``."""
+    a = rng.standard_normal((rows, inner)).astype(dtype)
+    b = rng.standard_normal((columns, inner) if transpose_b else (inner, columns)).astype(dtype)
+    padded = np.full((rows + 2, columns), 7.0, dtype=dtype)
+    out = padded[1:-1]
+    blas.matmul(a, b, transpose_b, out)
+    want = a @ (b.T if transpose_b else b)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-13
+    assert_close(out, want, rtol=tolerance, atol=tolerance)
+    assert (padded[0] == 7).all() and (padded[-1] == 7).all()
+
+
+def test_a_failing_direction_raises_after_both_finished():
+    """An exception in either direction reaches the caller, and only once the other
+    direction's work (which writes into the layer's buffers) has finished."""
+    finished = []
+
+    def task(direction):
+        if direction == 0:
+            raise ValueError("direction 0 failed")
+        time.sleep(0.05)
+        finished.append(direction)
+
+    with pytest.raises(ValueError, match="direction 0 failed"):
+        numba_threaded._on_two_threads(task)
+    assert finished == [1]
+
+    def other(direction):
+        if direction == 1:
+            raise KeyError("direction 1 failed")
+        return direction
+
+    with pytest.raises(KeyError, match="direction 1 failed"):
+        numba_threaded._on_two_threads(other)
+    assert numba_threaded._on_two_threads(lambda d: d * 10) == [0, 10]
+
+
+def test_threads_at_once_share_the_direction_pool():
+    """Several threads handing their second halves to the one pool thread at once each get
+    their own results back."""
+    def caller(k, got):
+        def task(direction):
+            time.sleep(0.01)
+            return (k, direction)
+        for _ in range(5):
+            got.append(numba_threaded._on_two_threads(task))
+
+    results = [[] for _ in range(4)]
+    threads = [threading.Thread(target=caller, args=(k, results[k])) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [[[(k, 0), (k, 1)]] * 5 for k in range(4)]
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_from_other_threads_directions_run_one_after_the_other(rng, threaded, monkeypatch,
+                                                               kind):
+    """Off the main thread NumPy's OpenBLAS ignores the one-thread setting: the layer runs
+    its directions one after the other on the calling thread (no pool thread), with the
+    generic path's results; from the main thread, on two threads."""
+    calls = []
+    real = numba_threaded._on_two_threads
+    monkeypatch.setattr(numba_threaded, "_on_two_threads",
+                        lambda task, parallel=True: calls.append(parallel) or real(task, parallel))
+    x = rng.standard_normal((T, 3, I))
+    with xrnn.backend.use_backend("numpy"):
+        model = getattr(xrnn, kind)(I, H, 1, bidirectional=True, dtype="float64", seed=2)
+
+        def train():
+            model.zero_grad()
+            output, _ = model(x)
+            return [output, model.backward(np.ones_like(output))] + [
+                p.grad.copy() for p in model.parameters()]
+
+        with _kernels.kernels_enabled(False):
+            generic = train()
+        main = train()
+        assert calls == [True, True]
+        other = []
+        thread = threading.Thread(target=lambda: other.append(train()))
+        thread.start()
+        thread.join()
+    # NumPy's scipy-openblas64 ignores the thread setting off the main thread (what the
+    # module docstring says); a BLAS that took it would run both calls in parallel
+    assert calls[2:] == [False, False], calls
+    for results in (main, other[0]):
+        for got, want in zip(results, generic):
+            assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -1,0 +1,89 @@
+"""NumPy's own BLAS, callable from compiled code that holds no GIL.
+
+The PyPI wheels of NumPy 2 ship OpenBLAS as ``scipy-openblas64``, whose CBLAS symbols
+carry the prefix ``scipy_`` and the suffix ``64_`` (64-bit integers). They are looked up
+once through NumPy's own extension module, so the library is the one NumPy already
+loaded, and registered with LLVM under names of ours; compiled functions call them by
+name, so Numba's on-disk cache stays valid from process to process. (Numba's own
+``np.dot`` calls SciPy's OpenBLAS instead, whose small products ran 1.5-3x slower here:
+benchmarks/NOTES.md, issue 13, fifth pass.) With another NumPy build (MKL, Accelerate)
+the symbols are missing, :data:`AVAILABLE` is False and nothing here may be called.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numba
+import numpy as np
+from llvmlite import binding
+from numba import types
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+#: our name -> the symbol in NumPy's scipy-openblas64
+_SYMBOLS = {"xrnn_sgemm": "scipy_cblas_sgemm64_", "xrnn_dgemm": "scipy_cblas_dgemm64_",
+            "xrnn_sgemv": "scipy_cblas_sgemv64_", "xrnn_dgemv": "scipy_cblas_dgemv64_"}
+
+
+def _register() -> bool:
+    """Register NumPy's CBLAS functions with LLVM; False when a symbol is missing."""
+    try:
+        from numpy._core import _multiarray_umath as extension
+    except ImportError:  # NumPy 1.x
+        from numpy.core import _multiarray_umath as extension
+    try:
+        library = ctypes.CDLL(extension.__file__)  # its dependencies are searched too
+        addresses = {name: ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value
+                     for name, symbol in _SYMBOLS.items()}
+    except (OSError, AttributeError):
+        return False
+    for name, address in addresses.items():
+        binding.add_symbol(name, address)
+    return True
+
+
+#: Whether NumPy's BLAS was found (and :func:`matmul` may run).
+AVAILABLE = _register()
+
+_i32, _i64, _ptr = types.int32, types.int64, types.voidptr
+
+
+def _gemm(name, real):
+    return types.ExternalFunction(name, types.void(
+        _i32, _i32, _i32, _i64, _i64, _i64, real, _ptr, _i64, _ptr, _i64, real, _ptr, _i64))
+
+
+def _gemv(name, real):
+    return types.ExternalFunction(name, types.void(
+        _i32, _i32, _i64, _i64, real, _ptr, _i64, _ptr, _i64, real, _ptr, _i64))
+
+
+_sgemm, _dgemm = _gemm("xrnn_sgemm", types.float32), _gemm("xrnn_dgemm", types.float64)
+_sgemv, _dgemv = _gemv("xrnn_sgemv", types.float32), _gemv("xrnn_dgemv", types.float64)
+
+
+@numba.njit(cache=True, nogil=True)
+def matmul(a, b, transpose_b, out):
+    """``out = a @ (b.T if transpose_b else b)``: ``a`` (M, K), ``b`` (K, N), or (N, K)
+    with ``transpose_b``, ``out`` (M, N), all C-contiguous, float32 or float64, one
+    dtype. A matrix-vector product when M = 1 (BLAS's gemm is 3x slower there)."""
+    rows, inner = a.shape
+    columns = out.shape[1]
+    single = out.itemsize == 4
+    ldb = b.shape[1]
+    if rows == 1:  # out^T = b a^T, or b^T a^T
+        trans = _NO_TRANS if transpose_b else _TRANS
+        if single:
+            _sgemv(_ROW_MAJOR, trans, b.shape[0], ldb, np.float32(1), b.ctypes, ldb,
+                   a.ctypes, 1, np.float32(0), out.ctypes, 1)
+        else:
+            _dgemv(_ROW_MAJOR, trans, b.shape[0], ldb, np.float64(1), b.ctypes, ldb,
+                   a.ctypes, 1, np.float64(0), out.ctypes, 1)
+        return
+    trans = _TRANS if transpose_b else _NO_TRANS
+    if single:
+        _sgemm(_ROW_MAJOR, _NO_TRANS, trans, rows, columns, inner, np.float32(1), a.ctypes,
+               inner, b.ctypes, ldb, np.float32(0), out.ctypes, columns)
+    else:
+        _dgemm(_ROW_MAJOR, _NO_TRANS, trans, rows, columns, inner, np.float64(1), a.ctypes,
+               inner, b.ctypes, ldb, np.float64(0), out.ctypes, columns)

@@ -1,0 +1,210 @@
+"""Both directions of a bidirectional layer at once, each on its own core.
+
+The two directions of a layer never read each other's states: each is a whole
+recurrence of its own, forward and backward. Here each direction's time loop is one
+compiled call that holds no GIL (the per-step product by NumPy's BLAS called from
+compiled code, :mod:`.blas`, then the fused gate step of :mod:`.numba_layer`), and the two run on two
+threads, the reverse one on a pool thread, with BLAS on one thread each. The per-step
+products of the batched two-direction loop (:class:`.numba_layer._FusedLayer`) ran on
+OpenBLAS's two threads with a barrier every product; here no step waits for the other
+direction. The input projection (a chunk of steps at a time) and the weight gradients
+are each direction's own NumPy products, made on that direction's thread.
+
+Two threads need BLAS on one thread each, a process-wide setting that NumPy's OpenBLAS
+takes from the main thread only: called from any other thread (Dask's workers, a user's
+threads) the two directions run one after the other there, each product on BLAS's
+threads, as the fused steps' products do. Results agree to rounding either way, not
+always to the last bit (BLAS's products may round differently on one thread).
+
+Used for bidirectional layers above the whole-loop limits (:func:`.numba_layer.fits`)
+without per-step hooks or ``proj_size``, when the process may use two cores or more
+(:func:`usable_cores`) and NumPy's BLAS is callable (:data:`.blas.AVAILABLE`). Measured in benchmarks/NOTES.md (issue 13, fifth pass).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from . import blas, numba_layer
+from .numba_layer import (_ACTIVATION, _Compiled, _elman_step, _gru_row_back, _gru_step, _jit,
+                          _lstm_row_back, _lstm_step, one_blas_thread)
+
+#: Cell codes of the compiled loops (the Elman activations keep theirs).
+_LSTM, _GRU = 3, 4
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _on_two_threads(task, parallel: bool = True):
+    """``[task(0), task(1)]``, ``task(1)`` on a pool thread while the caller runs
+    ``task(0)``; waits for both before returning or raising. Not ``parallel``: one after
+    the other on the calling thread."""
+    global _pool
+    if not parallel:
+        return [task(0), task(1)]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrnn-direction")
+    other = _pool.submit(task, 1)
+    try:
+        first = task(0)
+    finally:
+        second = other.result()
+    return [first, second]
+
+
+@_jit
+def _direction_forward(code, gx, start, count, w_hh, x_bias, hh_bias, h, c, a, tanh_c, gh,
+                       z, inactive):
+    """Steps ``start`` to ``start + count`` of one direction (its buffers, step order):
+    ``gx`` (chunk, B, G*H) their input projection; ``w_hh`` (G*H, P); ``h`` (T+1, B, P),
+    ``c`` (T+1, B, H), taped ``a``, ``tanh_c``, ``gh`` (T or 1, B, ·); ``z`` (B, G*H)
+    scratch; ``inactive`` (T, B). Unused buffers of a cell may be any 3-d array."""
+    taped = a.shape[0]
+    for s in range(start, start + count):
+        k = s if taped > 1 else 0
+        if code == _LSTM:
+            blas.matmul(h[s], w_hh, True, z)
+            _lstm_step(z, gx[s - start], x_bias, c[s], c[s + 1], a[k], tanh_c[k], h[s + 1])
+        elif code == _GRU:
+            product = gh[k]
+            blas.matmul(h[s], w_hh, True, product)
+            _gru_step(product, gx[s - start], x_bias, hh_bias, h[s], a[k], h[s + 1])
+        else:
+            blas.matmul(h[s], w_hh, True, z)
+            _elman_step(z, gx[s - start], x_bias, h[s + 1], code)
+        for b in range(h.shape[1]):  # a padded step leaves the state as it was
+            if inactive[s, b]:
+                h[s + 1, b] = h[s, b]
+                if code == _LSTM:
+                    c[s + 1, b] = c[s, b]
+
+
+@_jit
+def _direction_backward(code, grad_steps, dh, dc, w_hh, h, c, a, tanh_c, gh, dz_all, dgh_all,
+                        back, inactive):
+    """BPTT of one direction (step order): ``grad_steps`` (T, B, P) the outputs'
+    gradients; ``dh`` (B, P) and ``dc`` (B, H) the final states', which become the
+    initial states'; fills ``dz_all`` and ``dgh_all`` (T, B, G*H; the same array but for
+    the GRU); ``w_hh`` (G*H, P); ``back`` (B, P) scratch."""
+    one, zero = dh.dtype.type(1), dh.dtype.type(0)
+    batch, width = dh.shape
+    for s in range(grad_steps.shape[0] - 1, -1, -1):
+        dz, dgh = dz_all[s], dgh_all[s]
+        for b in range(batch):
+            row, grad = dh[b], grad_steps[s, b]
+            for p in range(width):
+                row[p] += grad[p]
+            if inactive[s, b]:  # a padded step passes the gradient through
+                dz[b] = zero
+                dgh[b] = zero
+            elif code == _LSTM:
+                _lstm_row_back(a[s, b], tanh_c[s, b], c[s, b], row, dc[b], dz[b])
+            elif code == _GRU:  # row becomes dh z, the path that does not go through W_hh
+                _gru_row_back(a[s, b], gh[s, b], h[s, b], row, dz[b], dgh[b], row)
+            else:
+                out, dzb = h[s + 1, b], dz[b]
+                for p in range(width):
+                    if code == 0:
+                        dzb[p] = (one - out[p] * out[p]) * row[p]
+                    elif code == 1:
+                        dzb[p] = row[p] if out[p] > zero else zero
+                    else:
+                        dzb[p] = row[p]
+        blas.matmul(dgh, w_hh, False, back)
+        for b in range(batch):
+            if inactive[s, b]:
+                continue
+            row, product = dh[b], back[b]
+            if code == _GRU:
+                for p in range(width):
+                    row[p] += product[p]
+            else:
+                row[:] = product
+
+
+class _ThreadedLayer(_Compiled):
+    """A bidirectional layer whose directions run on two threads (module docstring)."""
+
+    def __init__(self, x, states, weights, cell, keep, active):
+        super().__init__(x, states, weights, cell, keep, active)
+        self.code = _LSTM if self.kind == "lstm" else _GRU if self.kind == "gru" else \
+            _ACTIVATION[self.kind]
+        self.steps_inactive = (np.zeros((self.D, self.steps, self.batch), dtype=np.bool_)
+                               if self.inactive is None
+                               else np.ascontiguousarray(self.inactive[..., 0]))
+        unused = np.empty((self.D, 1, 1, 1), dtype=self.dtype)  # a cell's unused buffers
+        self.c_or_unused = unused if self.c is None else self.c
+        self.tanh_c_or_unused = unused if self.tanh_c is None else self.tanh_c
+        self.gh_or_unused = unused if self.gh is None else self.gh
+
+    def forward(self):
+        with one_blas_thread() as single:  # else BLAS's threads share the cores already
+            _on_two_threads(self._forward_direction, parallel=single)
+
+    def _forward_direction(self, d: int) -> None:
+        chunk = self.gx.shape[1]
+        gx, x = self.gx[d], self.x_steps[d]
+        for start in range(0, self.steps, chunk):
+            count = min(chunk, self.steps - start)
+            rows = count * self.batch
+            np.matmul(x[start:start + count].reshape(rows, -1), self.w_ih_t[d],
+                      out=gx[:count].reshape(rows, -1))
+            _direction_forward(self.code, gx, start, count, self.w_hh_stack[d], self.x_bias[d],
+                               self.hh_bias[d], self.h[d], self.c_or_unused[d], self.a[d],
+                               self.tanh_c_or_unused[d], self.gh_or_unused[d], self.z[d],
+                               self.steps_inactive[d])
+
+    def backward(self, grad_output, grad_finals):
+        """BPTT; returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
+        directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
+        self.grad_steps = grad_steps = self._buffer((directions, steps, batch, self.P))
+        if grad_output is None:
+            grad_steps[...] = 0.0
+        else:  # per direction in step order
+            grad_steps[0] = grad_output[..., :self.P]
+            grad_steps[1] = grad_output[::-1, :, self.P:]
+            if self.inactive is not None:  # padded outputs are zeros: no gradient
+                np.copyto(grad_steps, 0.0, where=self.inactive)
+
+        def start(grad, size):
+            return (np.zeros((directions, batch, size), dtype=dtype) if grad is None
+                    else np.array(grad, dtype=dtype))
+
+        self.dh = start(grad_finals[0], self.P)
+        self.dc = start(grad_finals[1], self.H) if self.kind == "lstm" else self.dh
+        self.dz_all = self._buffer((directions, steps, batch, self.gx.shape[-1]))
+        self.dgh_all = self._buffer(self.dz_all.shape) if self.kind == "gru" else self.dz_all
+        self.back = np.empty((directions, batch, self.P), dtype=dtype)
+        with one_blas_thread() as single:
+            per_direction = _on_two_threads(self._backward_direction, parallel=single)
+        return self._combine(per_direction, self.dh, None if self.c is None else self.dc)
+
+    def _backward_direction(self, d: int):
+        _direction_backward(self.code, self.grad_steps[d], self.dh[d], self.dc[d],
+                            self.w_hh_stack[d], self.h[d], self.c_or_unused[d], self.a[d],
+                            self.tanh_c_or_unused[d], self.gh_or_unused[d], self.dz_all[d],
+                            self.dgh_all[d], self.back[d], self.steps_inactive[d])
+        return self._direction_gradients(d, self.dz_all, self.dgh_all, None)
+
+
+def threads(x, weights, cell, hooks) -> bool:
+    """Whether this layer runs on :class:`_ThreadedLayer`: bidirectional, above the
+    whole-loop limits, no per-step hooks or projection, two cores or more."""
+    return (len(weights) == 2 and hooks is None and weights[0].w_hr is None
+            and cell.name in numba_layer.KINDS and not numba_layer.fits(x, weights, cell)
+            and blas.AVAILABLE and usable_cores() >= 2)
