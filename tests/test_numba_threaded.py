@@ -99,6 +99,45 @@ def test_threaded_forward_without_tape(rng, threaded, kind):
             assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+LN_GRID = list(itertools.product(["LSTM", "GRU"], [1, 2], [1, 3], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("kind, num_layers, batch, bias, with_lengths", LN_GRID,
+                         ids=[f"{k}-{L}-B{b}-{bias}-{n}" for k, L, b, bias, n in LN_GRID])
+def test_threaded_layernorm_forward_matches_generic_path(rng, threaded, monkeypatch, kind,
+                                                         num_layers, batch, bias, with_lengths):
+    """LayerNorm cells: the forward a direction per thread (the backward the fused
+    steps', on its tape), with LayerNorm weights off 1 and 0, the input projection by
+    chunks of two steps, with and without a tape, at 1e-12."""
+    from xrnn._kernels import layernorm_layer, numba_layernorm
+
+    gates = 4 if kind == "LSTM" else 3
+    monkeypatch.setattr(layernorm_layer, "_CHUNK_ELEMENTS", 2 * 2 * batch * gates * H)
+
+    def build():
+        model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=True,
+                                    layer_norm=True, dtype="float64", seed=4)
+        for name, p in model.named_parameters():
+            if name.startswith("ln_"):
+                p.data = p.data + 0.3 * np.cos(np.arange(p.data.size)).reshape(p.data.shape)
+        return model
+
+    lengths = ([2, T, 1][:batch] if batch > 1 else [3]) if with_lengths else None
+    compare_kernel_with_generic(
+        build, rng.standard_normal((T, batch, I)), kernels=True,
+        counter=(numba_layernorm, "threaded_layers_run"), num_layers=num_layers,
+        lengths=lengths)
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():  # without a tape, in chunks
+        model, x = build(), rng.standard_normal((T, batch, I))
+        results = []
+        for enabled in (True, False):
+            with _kernels.kernels_enabled(enabled):
+                output, finals = model(x, lengths=lengths)
+            results.append([output, *finals] if kind == "LSTM" else [output, finals])
+    for got, want in zip(*results):
+        assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def _layer_counts(model, x) -> tuple[int, int, int]:
     """(whole loop, fused steps, threaded) layers run by one forward."""
     names = ("layers_run", "fused_layers_run", "threaded_layers_run")

@@ -142,16 +142,21 @@ class _NormLayer(numpy_layer._Layer):
         """Fill ``gx[:, j]`` with step ``start + j``'s ``LN(x W_ih^T)`` in kernel layout
         plus the biases that fold into it, for a chunk of steps: one product per
         direction, then the LayerNorm over the whole chunk."""
+        self._project_directions(start, range(self.D))
+
+    def _project_directions(self, start: int, directions: range) -> None:
+        """:meth:`_project` for some of the directions (consecutive)."""
         count = min(self.gx.shape[1], self.steps - start)
         rows = count * self.batch
         at = slice(start, start + count) if self.keep else slice(0, count)
-        hat, rstd = self.ih_hat[:, at], self.ih_rstd[:, at]
-        for d in range(self.D):
+        span = slice(directions.start, directions.stop)
+        hat, rstd = self.ih_hat[span, at], self.ih_rstd[span, at]
+        for j, d in enumerate(directions):
             np.matmul(self.x_steps[d][start:start + count].reshape(rows, -1), self.w_ih_t[d],
-                      out=hat[d].reshape(rows, -1))
+                      out=hat[j].reshape(rows, -1))
         _normalise(hat, rstd)
-        gx = np.multiply(hat, self.ln_ih_scaled, out=self.gx[:, :count])
-        gx += self.gx_bias
+        gx = np.multiply(hat, self.ln_ih_scaled[span], out=self.gx[span, :count])
+        gx += self.gx_bias[span]
 
     # forward ---------------------------------------------------------------------------
 

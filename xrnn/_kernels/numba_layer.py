@@ -555,7 +555,7 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     if hooks is None and fits(x, weights, cell):
         layers_run += 1
         layer = _CompiledLayer(x, states, weights, cell, keep, active)
-    elif numba_threaded.threads(x, weights, cell, hooks):
+    elif numba_threaded.threads(weights, hooks):  # (above the limits: not fits)
         threaded_layers_run += 1
         layer = numba_threaded._ThreadedLayer(x, states, weights, cell, keep, active)
     else:

@@ -21,8 +21,8 @@ import numpy as np
 from ..functional.cells import LN_EPS, Cell
 from ..functional.recurrence import StepHooks
 from ..functional.weights import LayerWeights
-from . import layernorm_layer
-from .numba_layer import _gru_back, _gru_step, _jit
+from . import blas, layernorm_layer, numba_layer, numba_threaded
+from .numba_layer import _gru_back, _gru_step, _jit, one_blas_thread
 from .numba_math import _FAST, exp, tanh
 
 #: Sums may be reassociated, so that LLVM vectorises them: only in these reductions,
@@ -223,16 +223,81 @@ class _FusedNormLayer(layernorm_layer._NormLayer):
         return self.tmp
 
 
-#: How many layers this kernel has run in this process: tests read it to see which path ran.
+@_jit
+def _ln_direction_forward(lstm, gx, start, count, w_hh, h, c, hh_hat, hh_rstd, ln_hh, c_hat,
+                          c_rstd, w_c, b_c, a, tanh_c, gh, no_bias, hn_row, inactive, eps):
+    """Steps ``start`` to ``start + count`` of one direction (its buffers, step order, as
+    :func:`.numba_threaded._direction_forward`): ``w_hh`` (G*H, P) centred; the LSTM's
+    (``lstm``) or the GRU's step above. Unused buffers of a cell may be any 3-d array."""
+    taped = a.shape[0]
+    for s in range(start, start + count):
+        k = s if taped > 1 else 0
+        hat = hh_hat[k]
+        blas.matmul(h[s], w_hh, True, hat)
+        if lstm:
+            _ln_lstm_step(hat, hh_rstd[k], ln_hh, gx[s - start], c[s], c[s + 1], c_hat[k],
+                          c_rstd[k], w_c, b_c, a[k], tanh_c[k], h[s + 1], eps)
+        else:
+            _ln_gru_step(hat, hh_rstd[k], ln_hh, gh[k], gx[s - start], no_bias, hn_row, h[s],
+                         a[k], h[s + 1], eps)
+        for b in range(h.shape[1]):  # a padded step leaves the state as it was
+            if inactive[s, b]:
+                h[s + 1, b] = h[s, b]
+                if lstm:
+                    c[s + 1, b] = c[s, b]
+
+
+class _ThreadedNormLayer(_FusedNormLayer):
+    """A bidirectional LayerNorm layer whose forward runs a direction per core, each
+    direction's loop one compiled call (as :mod:`.numba_threaded` does for the plain
+    cells); the backward is the fused steps'."""
+
+    def forward(self):
+        self.w_hh_rows = np.swapaxes(self.w_hh_t, 1, 2)  # (D, G*H, P), C-contiguous
+        self.steps_inactive = (np.zeros((self.D, self.steps, self.batch), dtype=np.bool_)
+                               if self.inactive is None
+                               else np.ascontiguousarray(self.inactive[..., 0]))
+        unused = np.empty((self.D, 1, 1, 1), dtype=self.dtype)
+        lstm = self.kind == "lstm"
+        self.cell_buffers = ((self.c, self.c_hat, self.c_rstd, self.tanh_c, unused) if lstm
+                             else (unused, unused, unused, unused, self.gh))
+        self.ln_c_rows = self.ln_c[:, :, 0] if lstm else np.zeros((self.D, 2, 1), self.dtype)
+        with one_blas_thread() as single:
+            numba_threaded._on_two_threads(self._forward_direction, parallel=single)
+
+    def _forward_direction(self, d: int) -> None:
+        chunk = self.gx.shape[1]
+        c, c_hat, c_rstd, tanh_c, gh = (buffer[d] for buffer in self.cell_buffers)
+        for start in range(0, self.steps, chunk):
+            self._project_directions(start, range(d, d + 1))
+            count = min(chunk, self.steps - start)
+            _ln_direction_forward(
+                self.kind == "lstm", self.gx[d], start, count, self.w_hh_rows[d], self.h[d], c,
+                self.hh_hat[d], self.hh_rstd[d], self.ln_hh_scaled[d, 0], c_hat, c_rstd,
+                self.ln_c_rows[d, 0], self.ln_c_rows[d, 1], self.a[d], tanh_c, gh,
+                self.no_bias, self.hn_rows[d], self.steps_inactive[d], self.eps)
+
+
+#: How many layers this kernel has run in this process (``layers_run``), and how many of
+#: them a direction per core (``threaded_layers_run``): tests read them to see which path
+#: ran.
 layers_run = 0
+threaded_layers_run = 0
 
 
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
               keep: bool, active=None, hooks: Sequence[StepHooks] | None = None):
-    """One LayerNorm layer with fused compiled steps: ``(output, finals, backward or
-    None)``, the interface of :func:`xrnn._kernels.numpy_layer.run_layer`."""
-    global layers_run
+    """One LayerNorm layer with fused compiled steps, its forward a direction per core
+    where :func:`.numba_threaded.threads` says so and the layer is above the plain
+    cell's whole-loop limit: ``(output, finals, backward or None)``, the interface of
+    :func:`xrnn._kernels.numpy_layer.run_layer`."""
+    global layers_run, threaded_layers_run
     layers_run += 1
-    layer = _FusedNormLayer(x, states, weights, cell, keep, active, hooks)
+    limit = numba_layer.MAX_STEP_WORK[layernorm_layer.BASE_KIND[cell.name]]
+    if numba_threaded.threads(weights, hooks) and numba_layer._step_work(x, weights) > limit:
+        threaded_layers_run += 1
+        layer = _ThreadedNormLayer(x, states, weights, cell, keep, active, hooks)
+    else:
+        layer = _FusedNormLayer(x, states, weights, cell, keep, active, hooks)
     layer.forward()
     return layer.output(active), layer.finals(), (layer if keep else None)

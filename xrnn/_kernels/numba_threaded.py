@@ -202,9 +202,8 @@ class _ThreadedLayer(_Compiled):
         return self._direction_gradients(d, self.dz_all, self.dgh_all, None)
 
 
-def threads(x, weights, cell, hooks) -> bool:
-    """Whether this layer runs on :class:`_ThreadedLayer`: bidirectional, above the
-    whole-loop limits, no per-step hooks or projection, two cores or more."""
+def threads(weights, hooks) -> bool:
+    """Whether a layer above the whole-loop limits runs a direction per thread:
+    bidirectional, no per-step hooks or projection, two cores or more."""
     return (len(weights) == 2 and hooks is None and weights[0].w_hr is None
-            and cell.name in numba_layer.KINDS and not numba_layer.fits(x, weights, cell)
             and blas.AVAILABLE and usable_cores() >= 2)
