@@ -47,7 +47,9 @@ def _compare(rng, kind, options, num_layers, batch, *, bias=True, lengths=None,
         lengths=lengths, tolerance=tolerance, **keywords)
 
 
-GRID = list(itertools.product(range(len(CASES)), [1, 2], [1, 3], [False, True], [False, True]))
+#: batch 1 and 5: BLAS's matrix-vector products (below four rows) and its gemm
+GRID = list(itertools.product(range(len(CASES)), [1, 2], [1, 5], [False, True], [False, True]))
+LENGTHS = [2, T, 1, 4, 3]
 
 
 @pytest.mark.parametrize("case, num_layers, batch, bias, with_lengths", GRID,
@@ -58,7 +60,7 @@ def test_threaded_layers_match_generic_path(rng, threaded, case, num_layers, bat
     """Outputs, final states and every gradient; batch 1 takes BLAS's matrix-vector
     product, and lengths leave padded steps' states and gradients alone."""
     kind, options = CASES[case]
-    lengths = ([2, T, 1][:batch] if batch > 1 else [3]) if with_lengths else None
+    lengths = (LENGTHS[:batch] if batch > 1 else [3]) if with_lengths else None
     _compare(rng, kind, options, num_layers, batch, bias=bias, lengths=lengths)
 
 
@@ -68,8 +70,8 @@ def test_threaded_zero_state_missing_final_gradients_and_chunks(rng, threaded, m
     """No initial state, no gradient for h_n, and the input projection by chunks of two
     steps (a partial last chunk), as the other kernels."""
     gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
-    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 2 * 2 * 3 * gates * H)
-    _compare(rng, kind, {}, 2, 3, lengths=[T, 4, 2], given_state=False,
+    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 2 * 2 * 5 * gates * H)
+    _compare(rng, kind, {}, 2, 5, lengths=[T, 4, 2, 1, 3], given_state=False,
              final_grads=(False, True))
 
 
@@ -77,7 +79,7 @@ def test_threaded_zero_state_missing_final_gradients_and_chunks(rng, threaded, m
 def test_threaded_float32_with_dropout_between_layers(rng, threaded, kind):
     """float32 (compiled separately; sgemm and sgemv), training-mode dropout between
     layers with the same masks on both paths."""
-    _compare(rng, kind, {"dropout": 0.5}, 3, 3, dtype=np.float32, tolerance=1e-5,
+    _compare(rng, kind, {"dropout": 0.5}, 3, 5, dtype=np.float32, tolerance=1e-5,
              given_state=False, final_grads=(False, False))
     _compare(rng, kind, {}, 1, 1, dtype=np.float32, tolerance=1e-5)
 
@@ -99,7 +101,7 @@ def test_threaded_forward_without_tape(rng, threaded, kind):
             assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-LN_GRID = list(itertools.product(["LSTM", "GRU"], [1, 2], [1, 3], [False, True], [False, True]))
+LN_GRID = list(itertools.product(["LSTM", "GRU"], [1, 2], [1, 5], [False, True], [False, True]))
 
 
 @pytest.mark.parametrize("kind, num_layers, batch, bias, with_lengths", LN_GRID,
@@ -122,7 +124,7 @@ def test_threaded_layernorm_forward_matches_generic_path(rng, threaded, monkeypa
                 p.data = p.data + 0.3 * np.cos(np.arange(p.data.size)).reshape(p.data.shape)
         return model
 
-    lengths = ([2, T, 1][:batch] if batch > 1 else [3]) if with_lengths else None
+    lengths = (LENGTHS[:batch] if batch > 1 else [3]) if with_lengths else None
     compare_kernel_with_generic(
         build, rng.standard_normal((T, batch, I)), kernels=True,
         counter=(numba_layernorm, "threaded_layers_run"), num_layers=num_layers,
@@ -174,11 +176,12 @@ def test_usable_cores_counts_this_process_cores():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("rows, inner, columns", [(1, 5, 7), (3, 5, 7), (4, 1, 1), (1, 1, 3)])
+@pytest.mark.parametrize("rows, inner, columns", [(1, 5, 7), (3, 5, 7), (4, 1, 1), (1, 1, 3),
+                                                  (6, 5, 7)])
 @pytest.mark.parametrize("transpose_b", [False, True])
 def test_blas_matmul_is_numpys(rng, dtype, rows, inner, columns, transpose_b):
-    """``blas.matmul`` (gemm, gemv at one row) gives ``a @ b`` / ``a @ b.T``, and writes
-    nothing outside ``out``."""
+    """``blas.matmul`` (gemm, a gemv per row below four rows) gives ``a @ b`` / ``a @ b.T``,
+    and writes nothing outside ``out``."""
     a = rng.standard_normal((rows, inner)).astype(dtype)
     b = rng.standard_normal((columns, inner) if transpose_b else (inner, columns)).astype(dtype)
     padded = np.full((rows + 2, columns), 7.0, dtype=dtype)
@@ -188,6 +191,14 @@ def test_blas_matmul_is_numpys(rng, dtype, rows, inner, columns, transpose_b):
     tolerance = 1e-5 if dtype == np.float32 else 1e-13
     assert_close(out, want, rtol=tolerance, atol=tolerance)
     assert (padded[0] == 7).all() and (padded[-1] == 7).all()
+
+
+def test_blas_matmul_refuses_mismatched_shapes():
+    a, b = np.ones((2, 3)), np.ones((4, 3))
+    with pytest.raises(ValueError, match="shapes of a, b and out do not match"):
+        blas.matmul(a, b, False, np.empty((2, 4)))  # b is (N, K): needs transpose_b
+    with pytest.raises(ValueError, match="shapes of a, b and out do not match"):
+        blas.matmul(a, b, True, np.empty((2, 5)))
 
 
 def test_a_failing_direction_raises_after_both_finished():

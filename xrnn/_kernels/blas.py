@@ -62,23 +62,33 @@ _sgemm, _dgemm = _gemm("xrnn_sgemm", types.float32), _gemm("xrnn_dgemm", types.f
 _sgemv, _dgemv = _gemv("xrnn_sgemv", types.float32), _gemv("xrnn_dgemv", types.float64)
 
 
+#: Below this many rows, :func:`matmul` is a matrix-vector product per row: OpenBLAS's
+#: sgemm with 2 or 3 rows took 2.4-5x as long as that (NOTES.md, issue 13, fifth pass).
+GEMV_ROWS = 4
+
+
 @numba.njit(cache=True, nogil=True)
 def matmul(a, b, transpose_b, out):
     """``out = a @ (b.T if transpose_b else b)``: ``a`` (M, K), ``b`` (K, N), or (N, K)
     with ``transpose_b``, ``out`` (M, N), all C-contiguous, float32 or float64, one
-    dtype. A matrix-vector product when M = 1 (BLAS's gemm is 3x slower there)."""
+    dtype. A matrix-vector product per row when M < :data:`GEMV_ROWS`."""
     rows, inner = a.shape
     columns = out.shape[1]
     single = out.itemsize == 4
     ldb = b.shape[1]
-    if rows == 1:  # out^T = b a^T, or b^T a^T
+    if (b.shape[1] if transpose_b else b.shape[0]) != inner or out.shape[0] != rows or (
+            b.shape[0] if transpose_b else b.shape[1]) != columns:
+        raise ValueError("blas.matmul: the shapes of a, b and out do not match")
+    if rows < GEMV_ROWS:  # out[r]^T = b a[r]^T, or b^T a[r]^T
         trans = _NO_TRANS if transpose_b else _TRANS
-        if single:
-            _sgemv(_ROW_MAJOR, trans, b.shape[0], ldb, np.float32(1), b.ctypes, ldb,
-                   a.ctypes, 1, np.float32(0), out.ctypes, 1)
-        else:
-            _dgemv(_ROW_MAJOR, trans, b.shape[0], ldb, np.float64(1), b.ctypes, ldb,
-                   a.ctypes, 1, np.float64(0), out.ctypes, 1)
+        for r in range(rows):
+            vector, result = a[r:r + 1], out[r:r + 1]
+            if single:
+                _sgemv(_ROW_MAJOR, trans, b.shape[0], ldb, np.float32(1), b.ctypes, ldb,
+                       vector.ctypes, 1, np.float32(0), result.ctypes, 1)
+            else:
+                _dgemv(_ROW_MAJOR, trans, b.shape[0], ldb, np.float64(1), b.ctypes, ldb,
+                       vector.ctypes, 1, np.float64(0), result.ctypes, 1)
         return
     trans = _TRANS if transpose_b else _NO_TRANS
     if single:

@@ -3,12 +3,13 @@
 The two directions of a layer never read each other's states: each is a whole
 recurrence of its own, forward and backward. Here each direction's time loop is one
 compiled call that holds no GIL (the per-step product by NumPy's BLAS called from
-compiled code, :mod:`.blas`, then the fused gate step of :mod:`.numba_layer`), and the two run on two
-threads, the reverse one on a pool thread, with BLAS on one thread each. The per-step
-products of the batched two-direction loop (:class:`.numba_layer._FusedLayer`) ran on
-OpenBLAS's two threads with a barrier every product; here no step waits for the other
-direction. The input projection (a chunk of steps at a time) and the weight gradients
-are each direction's own NumPy products, made on that direction's thread.
+compiled code, :mod:`.blas`, then the fused gate step of :mod:`.numba_layer`), and the
+two run on two threads, the reverse one on a pool thread, with BLAS on one thread each.
+The per-step products of the batched two-direction loop
+(:class:`.numba_layer._FusedLayer`) ran on OpenBLAS's two threads with a barrier every
+product; here no step waits for the other direction. The input projection (a chunk of
+steps at a time) and the weight gradients are each direction's own NumPy products, made
+on that direction's thread.
 
 Two threads need BLAS on one thread each, a process-wide setting that NumPy's OpenBLAS
 takes from the main thread only: called from any other thread (Dask's workers, a user's
@@ -18,7 +19,9 @@ always to the last bit (BLAS's products may round differently on one thread).
 
 Used for bidirectional layers above the whole-loop limits (:func:`.numba_layer.fits`)
 without per-step hooks or ``proj_size``, when the process may use two cores or more
-(:func:`usable_cores`) and NumPy's BLAS is callable (:data:`.blas.AVAILABLE`). Measured in benchmarks/NOTES.md (issue 13, fifth pass).
+(:func:`usable_cores`) and NumPy's BLAS is callable (:data:`.blas.AVAILABLE`); the
+LayerNorm cells' forward does the same (:mod:`.numba_layernorm`). Measured in
+benchmarks/NOTES.md (issue 13, fifth pass).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import blas, numba_layer
+from . import blas
 from .numba_layer import (_ACTIVATION, _Compiled, _elman_step, _gru_row_back, _gru_step, _jit,
                           _lstm_row_back, _lstm_step, one_blas_thread)
 
