@@ -138,7 +138,11 @@ class _Layer:
         self.gx = scratch("gx", (directions, chunk, batch, gh), dtype)  # never read back
 
         # states by step: h[:, s] is the state before step s, h[:, T] the final one
-        self.h = self._buffer((directions, steps + 1, batch, self.P), "h")  # output, finals copy it
+        # one direction without a tape: the output is a view of the states (a fresh array,
+        # no copy); else the output and the final states are copied out of them
+        self.h_is_output = directions == 1 and not keep
+        self.h = (np.empty((1, steps + 1, batch, self.P), dtype=dtype) if self.h_is_output
+                  else self._buffer((directions, steps + 1, batch, self.P), "h"))
         self.h[:, 0] = states[0]
         # what the backward reads, by step: ``h_before[:, s]`` the h entering step s,
         # ``h_new[:, s]`` the cell's own new h at step s (for the Elman cells' derivative)
@@ -361,6 +365,8 @@ class _Layer:
 
     def output(self, active):
         """(T, B, D*P): each direction's outputs at their time positions, zero where padded."""
+        if self.h_is_output and active is None:
+            return self.h[0, 1:]
         steps, batch = self.steps, self.batch
         out = np.empty((steps, batch, self.D * self.P), dtype=self.h.dtype)
         out[..., :self.P] = self.h[0, 1:]
