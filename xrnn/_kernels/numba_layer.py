@@ -426,6 +426,36 @@ class _Compiled(numpy_layer._Layer):
                 self.hh_bias = np.stack([w.b_hh for w in weights])
         self.gx_bias = None  # (what _project would add)
 
+    def _backward_start(self, grad_output, grad_finals):
+        """What a compiled BPTT starts from: ``grad_steps`` (D, T, B, P), the outputs'
+        gradients per direction in step order, zero where padded; ``dh`` and ``dc``
+        (LSTM, else None) from the final states' gradients, zeros where None."""
+        directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
+        grad_steps = self._buffer((directions, steps, batch, self.P))
+        if grad_output is None:
+            grad_steps[...] = 0.0
+        else:
+            grad_steps[0] = grad_output[..., :self.P]
+            if directions == 2:
+                grad_steps[1] = grad_output[::-1, :, self.P:]
+            if self.inactive is not None:
+                np.copyto(grad_steps, 0.0, where=self.inactive)
+
+        def start(grad, size):
+            return (np.zeros((directions, batch, size), dtype=dtype) if grad is None
+                    else np.array(grad, dtype=dtype))
+
+        dc = start(grad_finals[1], self.H) if self.kind == "lstm" else None
+        return grad_steps, start(grad_finals[0], self.P), dc
+
+
+def steps_inactive(layer) -> np.ndarray:
+    """(D, T, B) C-contiguous booleans, as the compiled loops read them: where a
+    direction's step is padded (none without lengths)."""
+    if layer.inactive is None:
+        return np.zeros((layer.D, layer.steps, layer.batch), dtype=np.bool_)
+    return np.ascontiguousarray(layer.inactive[..., 0])
+
 
 class _CompiledLayer(_Compiled):
     """The NumPy kernel's layer with its forward and backward time loops compiled."""
@@ -435,9 +465,7 @@ class _CompiledLayer(_Compiled):
         rows = scratch("w_hh_rows", self.w_hh_t.shape, self.dtype)  # the compiled product
         rows[...] = self.w_hh_t  # reads rows (only the forward: the backward reads W_hh)
         self.w_hh_t = rows
-        steps_inactive = (np.zeros((self.D, self.steps, self.batch), dtype=np.bool_)
-                          if self.inactive is None else self.inactive[..., 0])
-        self.steps_inactive = np.ascontiguousarray(steps_inactive)
+        self.steps_inactive = steps_inactive(self)
 
     def forward(self):
         with one_blas_thread():
@@ -462,26 +490,12 @@ class _CompiledLayer(_Compiled):
             return self._backward(grad_output, grad_finals)
 
     def _backward(self, grad_output, grad_finals):
-        directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
-        grad_steps = self._buffer((directions, steps, batch, self.P))
-        grad_steps[...] = 0.0
-        if grad_output is not None:  # per direction in step order, zero where padded
-            grad_steps[0] = grad_output[..., :self.P]
-            if directions == 2:
-                grad_steps[1] = grad_output[::-1, :, self.P:]
-            if self.inactive is not None:
-                np.copyto(grad_steps, 0.0, where=self.inactive)
-
-        def start(grad, size):
-            return (np.zeros((directions, batch, size), dtype=dtype) if grad is None
-                    else np.array(grad, dtype=dtype))
-
-        dh = start(grad_finals[0], self.P)
+        grad_steps, dh, dc = self._backward_start(grad_output, grad_finals)
+        directions, steps, batch = self.D, self.steps, self.batch
         dz_all = self._buffer((directions, steps, batch, self.gx.shape[-1]))
-        dgh_all, dc = dz_all, None
+        dgh_all = dz_all
         w = np.ascontiguousarray(self.w_hh_stack)
         if self.kind == "lstm":
-            dc = start(grad_finals[1], self.H)
             _lstm_backward(grad_steps, dh, dc, w, self.c, self.a, self.tanh_c, dz_all,
                            self.steps_inactive)
         elif self.kind == "gru":

@@ -254,9 +254,7 @@ class _ThreadedNormLayer(_FusedNormLayer):
 
     def forward(self):
         self.w_hh_rows = np.swapaxes(self.w_hh_t, 1, 2)  # (D, G*H, P), C-contiguous
-        self.steps_inactive = (np.zeros((self.D, self.steps, self.batch), dtype=np.bool_)
-                               if self.inactive is None
-                               else np.ascontiguousarray(self.inactive[..., 0]))
+        self.steps_inactive = numba_layer.steps_inactive(self)
         unused = np.empty((self.D, 1, 1, 1), dtype=self.dtype)
         lstm = self.kind == "lstm"
         self.cell_buffers = ((self.c, self.c_hat, self.c_rstd, self.tanh_c, unused) if lstm

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import blas
 from .numba_layer import (_ACTIVATION, _Compiled, _elman_step, _gru_row_back, _gru_step, _jit,
-                          _lstm_row_back, _lstm_step, one_blas_thread)
+                          _lstm_row_back, _lstm_step, one_blas_thread, steps_inactive)
 
 #: Cell codes of the compiled loops (the Elman activations keep theirs).
 _LSTM, _GRU = 3, 4
@@ -147,9 +147,7 @@ class _ThreadedLayer(_Compiled):
         super().__init__(x, states, weights, cell, keep, active)
         self.code = _LSTM if self.kind == "lstm" else _GRU if self.kind == "gru" else \
             _ACTIVATION[self.kind]
-        self.steps_inactive = (np.zeros((self.D, self.steps, self.batch), dtype=np.bool_)
-                               if self.inactive is None
-                               else np.ascontiguousarray(self.inactive[..., 0]))
+        self.steps_inactive = steps_inactive(self)
         unused = np.empty((self.D, 1, 1, 1), dtype=self.dtype)  # a cell's unused buffers
         self.c_or_unused = unused if self.c is None else self.c
         self.tanh_c_or_unused = unused if self.tanh_c is None else self.tanh_c
@@ -174,28 +172,15 @@ class _ThreadedLayer(_Compiled):
 
     def backward(self, grad_output, grad_finals):
         """BPTT; returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
-        directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
-        self.grad_steps = grad_steps = self._buffer((directions, steps, batch, self.P))
-        if grad_output is None:
-            grad_steps[...] = 0.0
-        else:  # per direction in step order
-            grad_steps[0] = grad_output[..., :self.P]
-            grad_steps[1] = grad_output[::-1, :, self.P:]
-            if self.inactive is not None:  # padded outputs are zeros: no gradient
-                np.copyto(grad_steps, 0.0, where=self.inactive)
-
-        def start(grad, size):
-            return (np.zeros((directions, batch, size), dtype=dtype) if grad is None
-                    else np.array(grad, dtype=dtype))
-
-        self.dh = start(grad_finals[0], self.P)
-        self.dc = start(grad_finals[1], self.H) if self.kind == "lstm" else self.dh
+        self.grad_steps, self.dh, dc = self._backward_start(grad_output, grad_finals)
+        self.dc = self.dh if dc is None else dc  # (any (D, B, ·) array for the other cells)
+        directions, steps, batch = self.D, self.steps, self.batch
         self.dz_all = self._buffer((directions, steps, batch, self.gx.shape[-1]))
         self.dgh_all = self._buffer(self.dz_all.shape) if self.kind == "gru" else self.dz_all
-        self.back = np.empty((directions, batch, self.P), dtype=dtype)
+        self.back = np.empty((directions, batch, self.P), dtype=self.dtype)
         with one_blas_thread() as single:
             per_direction = _on_two_threads(self._backward_direction, parallel=single)
-        return self._combine(per_direction, self.dh, None if self.c is None else self.dc)
+        return self._combine(per_direction, self.dh, dc)
 
     def _backward_direction(self, d: int):
         _direction_backward(self.code, self.grad_steps[d], self.dh[d], self.dc[d],
