@@ -226,6 +226,39 @@ def test_a_failing_direction_raises_after_both_finished():
     assert numba_threaded._on_two_threads(lambda d: d * 10) == [0, 10]
 
 
+def _forked_forward(queue):
+    """In a forked child: one threaded bidirectional forward (the parent's pool thread
+    does not exist here)."""
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
+        model = xrnn.LSTM(I, H, bidirectional=True, dtype="float64", seed=0)
+        output, _ = model(np.ones((T, 5, I)))
+    queue.put(np.asarray(output).sum())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork on this platform")
+def test_a_forked_child_gets_a_pool_of_its_own(threaded):
+    """After the parent has used the pool, a child forked from it (multiprocessing's
+    fork start method, Dask's process pools) runs a threaded layer to the end, with the
+    parent's result, instead of waiting for a thread that was not forked."""
+    import multiprocessing
+
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
+        model = xrnn.LSTM(I, H, bidirectional=True, dtype="float64", seed=0)
+        before = numba_layer.threaded_layers_run
+        want = np.asarray(model(np.ones((T, 5, I)))[0]).sum()
+        assert numba_layer.threaded_layers_run == before + 1  # the pool is in use
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_forked_forward, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child's threaded forward did not finish")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == pytest.approx(want, rel=1e-12)
+
+
 def test_threads_at_once_share_the_direction_pool():
     """Several threads handing their second halves to the one pool thread at once each get
     their own results back."""

@@ -52,6 +52,17 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool thread does not exist there, and work handed
+    to its pool would never run; the child makes a pool of its own when it needs one."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _on_two_threads(task, parallel: bool = True):
     """``[task(0), task(1)]``, ``task(1)`` on a pool thread while the caller runs
     ``task(0)``; waits for both before returning or raising. Not ``parallel``: one after
