@@ -22,7 +22,7 @@ from ..functional.cells import LN_EPS, Cell
 from ..functional.recurrence import StepHooks
 from ..functional.weights import LayerWeights
 from . import blas, layernorm_layer, numba_layer, numba_threaded
-from .numba_layer import _gru_back, _gru_step, _jit, one_blas_thread
+from .numba_layer import _gru_back, _gru_step, _jit
 from .numba_math import _FAST, exp, tanh
 
 #: Sums may be reassociated, so that LLVM vectorises them: only in these reductions,
@@ -260,8 +260,7 @@ class _ThreadedNormLayer(_FusedNormLayer):
         self.cell_buffers = ((self.c, self.c_hat, self.c_rstd, self.tanh_c, unused) if lstm
                              else (unused, unused, unused, unused, self.gh))
         self.ln_c_rows = self.ln_c[:, :, 0] if lstm else np.zeros((self.D, 2, 1), self.dtype)
-        with one_blas_thread() as single:
-            numba_threaded._on_two_threads(self._forward_direction, parallel=single)
+        numba_threaded.each_direction(self._forward_direction)
 
     def _forward_direction(self, d: int) -> None:
         chunk = self.gx.shape[1]

@@ -81,6 +81,14 @@ def _on_two_threads(task, parallel: bool = True):
     return [first, second]
 
 
+def each_direction(task):
+    """``[task(0), task(1)]`` with BLAS on one thread: on two threads where that setting
+    took (the main thread), else one after the other on the calling thread, where BLAS's
+    own threads share the cores already."""
+    with one_blas_thread() as single:
+        return _on_two_threads(task, parallel=single)
+
+
 @_jit
 def _direction_forward(code, gx, start, count, w_hh, x_bias, hh_bias, h, c, a, tanh_c, gh,
                        z, inactive):
@@ -165,8 +173,7 @@ class _ThreadedLayer(_Compiled):
         self.gh_or_unused = unused if self.gh is None else self.gh
 
     def forward(self):
-        with one_blas_thread() as single:  # else BLAS's threads share the cores already
-            _on_two_threads(self._forward_direction, parallel=single)
+        each_direction(self._forward_direction)
 
     def _forward_direction(self, d: int) -> None:
         chunk = self.gx.shape[1]
@@ -189,9 +196,7 @@ class _ThreadedLayer(_Compiled):
         self.dz_all = self._buffer((directions, steps, batch, self.gx.shape[-1]))
         self.dgh_all = self._buffer(self.dz_all.shape) if self.kind == "gru" else self.dz_all
         self.back = np.empty((directions, batch, self.P), dtype=self.dtype)
-        with one_blas_thread() as single:
-            per_direction = _on_two_threads(self._backward_direction, parallel=single)
-        return self._combine(per_direction, self.dh, dc)
+        return self._combine(each_direction(self._backward_direction), self.dh, dc)
 
     def _backward_direction(self, d: int):
         _direction_backward(self.code, self.grad_steps[d], self.dh[d], self.dc[d],
