@@ -201,6 +201,15 @@ def compare_kernel_with_generic(build, x, *, kernels, counter, num_layers, train
     return fast
 
 
+def move_layernorm_weights(model):
+    """``model`` with its LayerNorm weights and biases, if any, moved off their init (1
+    and 0), so that a kernel that ignored them would fail."""
+    for name, p in model.named_parameters():
+        if name.startswith("ln_"):
+            p.data = p.data + 0.3 * np.cos(np.arange(p.data.size)).reshape(p.data.shape)
+    return model
+
+
 def compare_forward_without_tape(build, x, *, counter, num_layers, **call) -> None:
     """Under ``no_grad`` (``keep=False``: one step's buffers, reused) the NumPy kernels
     (``kernels_enabled("numpy")``, counted by ``counter``, a ``(module, attribute)`` pair)

@@ -17,7 +17,8 @@ from xrnn import _kernels  # noqa: E402
 from xrnn._kernels import numba_layer, numba_threaded, numpy_layer  # noqa: E402
 from xrnn.testing import assert_close  # noqa: E402
 
-from .conftest import compare_kernel_with_generic, run_with_xrnn_kernels  # noqa: E402
+from .conftest import (compare_kernel_with_generic, move_layernorm_weights,  # noqa: E402
+                       run_with_xrnn_kernels)
 
 CASES = [("RNN", {"nonlinearity": n}) for n in ("tanh", "relu", "identity")] + [
     ("LSTM", {}), ("GRU", {})]
@@ -36,13 +37,10 @@ def _compare(rng, kind, options, num_layers, bidirectional, bias, lengths, *,
     """The compiled kernel (``counter``: ``"layers_run"``, whole loops, or
     ``"fused_layers_run"``, fused steps, or a ``(module, attribute)`` pair) against the
     generic path, at 1e-12 in float64."""
-    def build():  # LayerNorm weights, if any, moved off 1 and 0
-        model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=bidirectional,
-                                    dtype="float64", seed=3, **options)
-        for name, p in model.named_parameters():
-            if name.startswith("ln_"):
-                p.data = p.data + 0.3 * np.cos(np.arange(p.data.size)).reshape(p.data.shape)
-        return model
+    def build():
+        return move_layernorm_weights(getattr(xrnn, kind)(
+            I, H, num_layers, bias=bias, bidirectional=bidirectional, dtype="float64", seed=3,
+            **options))
 
     compare_kernel_with_generic(
         build, rng.standard_normal((T, B, I)), kernels=True,

@@ -19,7 +19,8 @@ from xrnn import _kernels  # noqa: E402
 from xrnn._kernels import blas, numba_layer, numba_threaded, numpy_layer  # noqa: E402
 from xrnn.testing import assert_close  # noqa: E402
 
-from .conftest import compare_kernel_with_generic, numpy_leg_only  # noqa: E402
+from .conftest import (compare_kernel_with_generic, move_layernorm_weights,  # noqa: E402
+                       numpy_leg_only)
 
 pytestmark = [numpy_leg_only, pytest.mark.skipif(
     not blas.AVAILABLE, reason="NumPy's BLAS is not scipy-openblas64 (the threaded path is off)")]
@@ -117,12 +118,9 @@ def test_threaded_layernorm_forward_matches_generic_path(rng, threaded, monkeypa
     monkeypatch.setattr(layernorm_layer, "_CHUNK_ELEMENTS", 2 * 2 * batch * gates * H)
 
     def build():
-        model = getattr(xrnn, kind)(I, H, num_layers, bias=bias, bidirectional=True,
-                                    layer_norm=True, dtype="float64", seed=4)
-        for name, p in model.named_parameters():
-            if name.startswith("ln_"):
-                p.data = p.data + 0.3 * np.cos(np.arange(p.data.size)).reshape(p.data.shape)
-        return model
+        return move_layernorm_weights(getattr(xrnn, kind)(
+            I, H, num_layers, bias=bias, bidirectional=True, layer_norm=True, dtype="float64",
+            seed=4))
 
     lengths = (LENGTHS[:batch] if batch > 1 else [3]) if with_lengths else None
     compare_kernel_with_generic(
