@@ -14,7 +14,7 @@ pytest.importorskip("numba", reason="numba not installed (pip install xrnn[fast]
 
 import xrnn  # noqa: E402
 from xrnn import _kernels  # noqa: E402
-from xrnn._kernels import numba_layer, numba_threaded, numpy_layer  # noqa: E402
+from xrnn._kernels import numba_layer, numba_split, numba_threaded, numpy_layer  # noqa: E402
 from xrnn.testing import assert_close  # noqa: E402
 
 from .conftest import (compare_kernel_with_generic, move_layernorm_weights,  # noqa: E402
@@ -96,6 +96,7 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
     import numba
 
     x = np.ones((2, 1, 2), dtype=np.float32)
+    monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
     with xrnn.backend.use_backend("numpy"):
         # every loop, then every fused step, then every threaded loop gets float32
         for limit, bidirectional in ((1 << 20, False), (0, False), (0, True)):
@@ -107,22 +108,28 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
                                             **({"layer_norm": True} if norm else {}))
                 output, _ = model(x)
                 model.backward(np.ones(output.shape, dtype=np.float32))
+                with xrnn.no_grad():  # one direction above the limits: the split path
+                    model(x)
     from xrnn._kernels import numba_layernorm
 
     loops = ["_elman_forward", "_elman_backward", "_lstm_forward", "_lstm_backward",
-             "_gru_backward", "_elman_step", "_lstm_step", "_gru_step", "_tanh_back",
-             "_lstm_row_back", "_gru_row_back", "numba_threaded._direction_backward"]
-    # (_gru_forward, _lstm_back, _gru_back, numba_threaded._direction_forward: calls only)
+             "_gru_backward", "_lstm_step", "_gru_step", "_tanh_back",
+             "_lstm_row_back", "_gru_row_back", "numba_threaded._direction_backward",
+             "numba_split._half_forward"]
+    # (_gru_forward, _elman_step, _lstm_back, _gru_back, numba_threaded._direction_forward:
+    # calls only)
     loops += [f"numba_layernorm.{name}" for name in (  # (_ln_gru_back only calls others)
         "_ln_lstm_step", "_ln_lstm_back", "_ln_gru_step", "_normalise_row_backward")]
     f4 = numba.float32
     products = {"_accumulate": (f4[::1], f4[::1], f4[:, ::1]),  # _product only calls it
                 # called from compiled code only: no signature of their own when their
                 # callers come from Numba's cache
-                "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6}
+                "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6,
+                "_elman_row": (*(f4[::1],) * 4, numba.int64)}
     typed = {}
     for name in loops + list(products):
-        module = {"numba_layernorm": numba_layernorm, "numba_threaded": numba_threaded}.get(
+        module = {"numba_layernorm": numba_layernorm, "numba_threaded": numba_threaded,
+                  "numba_split": numba_split}.get(
             name.split(".")[0], numba_layer)
         function = getattr(module, name.split(".")[-1])
         fresh = numba.njit(function.py_func)
@@ -152,10 +159,12 @@ def _layers_run(model, x) -> tuple[int, int, int]:
 
 
 @pytest.mark.parametrize("kind, gates", [("RNN", 1), ("LSTM", 4), ("GRU", 3)])
-def test_kernel_choice_by_size(kind, gates):
+def test_kernel_choice_by_size(monkeypatch, kind, gates):
     """A layer with B*G*H*H at the kind's limit runs its whole loop compiled, one batch row
-    more runs with fused compiled steps, as does an LSTM with a projection; the "numpy"
-    switch keeps the NumPy kernel only, the off switch the generic path."""
+    more runs with fused compiled steps on one core (on two, its units split:
+    test_numba_split), as does an LSTM with a projection; the "numpy" switch keeps the
+    NumPy kernel only, the off switch the generic path."""
+    monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 1)
     limit = numba_layer.MAX_STEP_WORK[kind.lower()]
     hidden = 8
     batch = limit // (gates * hidden * hidden)

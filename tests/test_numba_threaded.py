@@ -149,8 +149,8 @@ def _layer_counts(model, x) -> tuple[int, int, int]:
 
 def test_which_layers_run_threaded(monkeypatch):
     """Bidirectional above the whole-loop limit: threaded, on two cores; on one core, or
-    with per-step options, a projection or one direction: fused steps; at the limit the
-    whole loop."""
+    with per-step options or a projection: fused steps; at the limit the whole loop (one
+    direction: test_numba_split)."""
     monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
     limit = numba_layer.MAX_STEP_WORK["lstm"]
     hidden = 16
@@ -160,7 +160,6 @@ def test_which_layers_run_threaded(monkeypatch):
         model = xrnn.LSTM(2, hidden, 2, bidirectional=True, seed=0)
         assert _layer_counts(model, x) == (0, 0, 2)
         assert _layer_counts(model, x[:, :batch]) == (2, 0, 0)
-        assert _layer_counts(xrnn.LSTM(2, hidden, seed=0), x) == (0, 1, 0)
         assert _layer_counts(xrnn.LSTM(2, hidden, bidirectional=True, proj_size=3, seed=0),
                              x) == (0, 1, 0)
         zoned = xrnn.LSTM(2, hidden, bidirectional=True, zoneout=0.1, seed=0).eval()

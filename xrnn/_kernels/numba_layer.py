@@ -1,4 +1,4 @@
-"""The compiled CPU path (optional, ``pip install xrnn[fast]``): Numba, three ways.
+"""The compiled CPU path (optional, ``pip install xrnn[fast]``): Numba, four ways.
 
 - **Whole loop** (:class:`_CompiledLayer`, small layers: :func:`fits`). The NumPy fast
   path (:mod:`.numpy_layer`) would spend its time on Python and on its ~10 NumPy calls
@@ -10,6 +10,9 @@
 - **A direction per thread** (:mod:`.numba_threaded`, bidirectional layers above the
   whole-loop limits): each direction's loop one compiled call, with BLAS products, the
   two on two cores.
+- **Hidden units split between two threads** (:mod:`.numba_split`, one-direction layers
+  above the limits without a tape): each thread its half of the units' product and
+  gates, the two meeting once a step.
 - **Fused steps** (:class:`_FusedLayer`, every other layer, and layers with per-step
   options): the NumPy kernel's loop and BLAS products, with each step's elementwise work
   (8-14 NumPy calls) one compiled call per direction.
@@ -343,20 +346,25 @@ def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
 # call replaces 8-14 NumPy calls and passes over memory.
 
 @_jit
-def _elman_step(z, gx, bias, h_out, activation):
-    """``h_out = activation(z + gx + bias)`` (codes of :data:`_ACTIVATION`)."""
+def _elman_row(z, x_row, bias, out, activation):
+    """One batch row: ``out = activation(z + x_row + bias)`` (codes of :data:`_ACTIVATION`)."""
     zero = z.dtype.type(0)
+    if activation == 0:
+        for j in range(z.size):
+            out[j] = tanh(z[j] + x_row[j] + bias[j])
+    elif activation == 1:
+        for j in range(z.size):
+            out[j] = max(z[j] + x_row[j] + bias[j], zero)
+    else:
+        for j in range(z.size):
+            out[j] = z[j] + x_row[j] + bias[j]
+
+
+@_jit
+def _elman_step(z, gx, bias, h_out, activation):
+    """``h_out = activation(z + gx + bias)``, row by row."""
     for b in range(z.shape[0]):
-        zr, xr, out = z[b], gx[b], h_out[b]
-        if activation == 0:
-            for j in range(zr.size):
-                out[j] = tanh(zr[j] + xr[j] + bias[j])
-        elif activation == 1:
-            for j in range(zr.size):
-                out[j] = max(zr[j] + xr[j] + bias[j], zero)
-        else:
-            for j in range(zr.size):
-                out[j] = zr[j] + xr[j] + bias[j]
+        _elman_row(z[b], gx[b], bias, h_out[b], activation)
 
 
 @_jit
@@ -551,27 +559,33 @@ class _FusedLayer(_Compiled):
 
 
 #: How many layers ran their whole loop compiled (``layers_run``), with fused steps
-#: (``fused_layers_run``) or a direction per thread (``threaded_layers_run``) in this
-#: process: tests read them to see which path ran.
+#: (``fused_layers_run``), a direction per thread (``threaded_layers_run``) or their units
+#: split between two threads (``split_layers_run``; it counts a layer built for it that
+#: ran the fused steps off the main thread) in this process: tests read them.
 layers_run = 0
 fused_layers_run = 0
 threaded_layers_run = 0
+split_layers_run = 0
 
 
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
               keep: bool, active=None, hooks=None):
     """One layer: its whole loop compiled where it :func:`fits` and has no per-step
     ``hooks``; a bidirectional layer above that with a direction per thread where
-    :func:`.numba_threaded.threads` says so; else the NumPy kernel's loop with fused
-    compiled steps. The interface of
+    :func:`.numba_threaded.threads` says so, a one-direction layer without a tape with
+    its units split between two threads where :func:`.numba_split.splits` says so; else
+    the NumPy kernel's loop with fused compiled steps. The interface of
     :func:`xrnn._kernels.numpy_layer.run_layer`: ``(output, finals, backward or None)``."""
-    global layers_run, fused_layers_run, threaded_layers_run
+    global layers_run, fused_layers_run, threaded_layers_run, split_layers_run
     if hooks is None and fits(x, weights, cell):
         layers_run += 1
         layer = _CompiledLayer(x, states, weights, cell, keep, active)
     elif numba_threaded.threads(weights, hooks):  # (above the limits: not fits)
         threaded_layers_run += 1
         layer = numba_threaded._ThreadedLayer(x, states, weights, cell, keep, active)
+    elif numba_split.splits(weights, cell, keep, hooks):
+        split_layers_run += 1
+        layer = numba_split._SplitLayer(x, states, weights, cell, keep, active)
     else:
         fused_layers_run += 1
         layer = _FusedLayer(x, states, weights, cell, keep, active, hooks)
@@ -579,5 +593,5 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     return layer.output(active), layer.finals(), (layer if keep else None)
 
 
-from . import numba_threaded  # noqa: E402  (bidirectional layers on two threads; it
-# subclasses this module's layer, so it comes after it)
+from . import numba_split, numba_threaded  # noqa: E402  (layers on two threads; they
+# subclass this module's layers, so they come after them)

@@ -1,0 +1,178 @@
+"""One-direction layers with their hidden units split between two threads
+(``xrnn._kernels.numba_split``), against the generic driver at 1e-12 in float64; where
+the path is chosen, and what happens off the main thread or when a half fails.
+Skipped as a whole when numba is not installed (CI installs it)."""
+
+from __future__ import annotations
+
+import faulthandler
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba", reason="numba not installed (pip install xrnn[fast])")
+
+import xrnn  # noqa: E402
+from xrnn import _kernels  # noqa: E402
+from xrnn._kernels import blas, numba_layer, numba_split, numba_threaded, numpy_layer  # noqa: E402
+from xrnn.testing import assert_close  # noqa: E402
+
+from .conftest import numpy_leg_only  # noqa: E402
+
+pytestmark = [numpy_leg_only, pytest.mark.skipif(
+    not blas.AVAILABLE, reason="NumPy's BLAS is not scipy-openblas64 (the split path is off)")]
+
+CASES = [("RNN", {"nonlinearity": n}) for n in ("tanh", "relu", "identity")] + [
+    ("LSTM", {}), ("GRU", {})]
+T, I = 6, 4
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Every layer above a zero whole-loop limit, on two cores whatever this machine's."""
+    monkeypatch.setattr(numba_layer, "MAX_STEP_WORK", dict.fromkeys(("rnn", "lstm", "gru"), 0))
+    monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
+
+
+def _forward(model, x, kernels, *state, **call):
+    """Output and final states under ``no_grad``, and how many layers took the split path."""
+    before = numba_layer.split_layers_run
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad(), _kernels.kernels_enabled(kernels):
+        output, finals = model(x, *state, **call)
+    finals = finals if isinstance(finals, tuple) else (finals,)
+    return [np.asarray(output), *map(np.asarray, finals)], numba_layer.split_layers_run - before
+
+
+def _compare(rng, kind, options, num_layers, batch, hidden, *, dtype=np.float64,
+             tolerance=1e-12, given_state=True, **call):
+    model = getattr(xrnn, kind)(I, hidden, num_layers, dtype=np.dtype(dtype).name, seed=3,
+                                **options).eval()
+    x = rng.standard_normal((T, batch, I)).astype(dtype)
+    state = ()
+    if given_state:
+        h0 = rng.standard_normal((num_layers, batch, hidden)).astype(dtype)
+        state = ((h0, np.cos(h0)) if kind == "LSTM" else h0,)
+    generic, none = _forward(model, x, False, *state, **call)
+    for _ in range(2):  # twice: the second reuses the workspace's buffers
+        fast, ran = _forward(model, x, True, *state, **call)
+        assert (ran, none) == (num_layers, 0)
+        for got, want in zip(fast, generic):
+            assert got.dtype == dtype
+            assert_close(got, want, rtol=tolerance, atol=tolerance)
+
+
+#: hidden 7: halves of 3 and 4 units; batch 1 and 5: BLAS's gemv and gemm
+GRID = list(itertools.product(range(len(CASES)), [1, 2], [1, 5], [6, 7], [False, True],
+                              [False, True]))
+LENGTHS = [2, T, 1, 4, 3]
+
+
+@pytest.mark.parametrize("case, num_layers, batch, hidden, bias, with_lengths", GRID,
+                         ids=[f"{CASES[c][0]}{CASES[c][1] or ''}-{L}-B{b}-H{h}-{bias}-{n}"
+                              for c, L, b, h, bias, n in GRID])
+def test_split_layers_match_generic_path(rng, split, case, num_layers, batch, hidden, bias,
+                                         with_lengths):
+    """Output and final states; lengths leave padded steps' states alone."""
+    kind, options = CASES[case]
+    lengths = (LENGTHS[:batch] if batch > 1 else [3]) if with_lengths else None
+    _compare(rng, kind, {**options, "bias": bias}, num_layers, batch, hidden, lengths=lengths)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_split_float32_zero_state_and_chunks(rng, split, monkeypatch, kind):
+    """float32 (compiled separately: sgemm and sgemv), no initial state, and the input
+    projection by chunks of two steps (a partial last chunk)."""
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 2 * 5 * gates * 8)
+    _compare(rng, kind, {}, 2, 5, 8, dtype=np.float32, tolerance=1e-5, given_state=False,
+             lengths=[T, 4, 2, 1, 5])
+
+
+def _counts(model, x) -> tuple[int, int, int, int]:
+    """(whole loop, fused steps, threaded, split) layers run by one forward under
+    ``no_grad``, and by one forward with a tape."""
+    names = ("layers_run", "fused_layers_run", "threaded_layers_run", "split_layers_run")
+    before = [getattr(numba_layer, name) for name in names]
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
+        model(x)
+    return tuple(getattr(numba_layer, name) - b for name, b in zip(names, before))
+
+
+def test_which_layers_split(monkeypatch):
+    """One direction above the whole-loop limit without a tape: split, on two cores; with
+    a tape, per-step options, a projection, one unit, or on one core: fused steps;
+    bidirectional: a direction per thread; at the limit the whole loop."""
+    monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
+    hidden = 16
+    batch = numba_layer.MAX_STEP_WORK["lstm"] // (4 * hidden * hidden)
+    x = np.ones((3, batch + 1, 2), dtype=np.float32)
+    with xrnn.backend.use_backend("numpy"):
+        model = xrnn.LSTM(2, hidden, 2, seed=0)
+        assert _counts(model, x) == (0, 0, 0, 2)
+        assert _counts(model, x[:, :batch]) == (2, 0, 0, 0)
+        before = numba_layer.fused_layers_run
+        model(x)  # a tape (training): fused steps
+        assert numba_layer.fused_layers_run == before + 2
+        assert _counts(xrnn.LSTM(2, hidden, bidirectional=True, seed=0), x) == (0, 0, 1, 0)
+        assert _counts(xrnn.LSTM(2, hidden, proj_size=3, seed=0), x) == (0, 1, 0, 0)
+        assert _counts(xrnn.LSTM(2, hidden, zoneout=0.1, seed=0).eval(), x) == (0, 1, 0, 0)
+        wide = np.ones((3, 1 << 17, 2), dtype=np.float32)
+        assert _counts(xrnn.RNN(2, 1, seed=0), wide) == (0, 1, 0, 0)  # one unit
+        monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 1)
+        assert _counts(model, x) == (0, 2, 0, 0)
+
+
+def test_from_other_threads_the_split_layer_takes_fused_steps(rng, split, monkeypatch):
+    """Off the main thread BLAS stays on its threads (NumPy's OpenBLAS ignores the setting
+    there) and the two halves cannot run at once: the layer's fused steps run instead, on
+    the calling thread, with the generic path's results."""
+    calls = []
+    real = numba_threaded._on_two_threads
+    monkeypatch.setattr(numba_threaded, "_on_two_threads",
+                        lambda task, parallel=True: calls.append(parallel) or real(task, parallel))
+    model = xrnn.GRU(I, 8, seed=1, dtype="float64").eval()
+    x = rng.standard_normal((T, 3, I))
+    generic, _ = _forward(model, x, False)
+    main, _ = _forward(model, x, True)
+    assert calls == [True]
+    other = []
+    thread = threading.Thread(target=lambda: other.append(_forward(model, x, True)))
+    thread.start()
+    thread.join()
+    fast, ran = other[0]
+    assert ran == 1 and calls == [True]  # built as a split layer, ran the fused steps
+    for results in (main, fast):
+        for got, want in zip(results, generic):
+            assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_wait_returns_when_the_step_is_done_or_on_abort():
+    counters = np.zeros(numba_split._ABORT + 1, dtype=np.int64)
+    slot = numba_split._DONE[1]
+    counters[slot] = 5
+    assert numba_split._wait(counters, slot, 5)
+    counters[numba_split._ABORT] = 1
+    assert not numba_split._wait(counters, slot, 6)
+
+
+def test_a_failing_half_stops_the_other_and_raises(rng, split, monkeypatch):
+    """When one half raises, the other stops waiting for it (the abort flag) and the
+    caller gets the exception instead of a hang (a watchdog ends the process after 120 s
+    if it does hang)."""
+    real = numba_split._half_forward
+
+    def failing(code, half, *args):
+        if half == 1:
+            raise RuntimeError("half 1 failed")
+        return real(code, half, *args)
+
+    monkeypatch.setattr(numba_split, "_half_forward", failing)
+    model = xrnn.LSTM(I, 8, seed=0, dtype="float64").eval()
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        with pytest.raises(RuntimeError, match="half 1 failed"):
+            _forward(model, rng.standard_normal((T, 3, I)), True)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
