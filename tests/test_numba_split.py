@@ -176,3 +176,16 @@ def test_a_failing_half_stops_the_other_and_raises(rng, split, monkeypatch):
             _forward(model, rng.standard_normal((T, 3, I)), True)
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.mark.parametrize("module", ["numba_split", "numba_threaded", "numba_layer",
+                                    "numba_layernorm"])
+def test_each_compiled_module_imports_first(module):
+    """In a fresh interpreter, any of the compiled kernel's modules imports before the
+    others (they import each other; a name taken from a half-imported module failed)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import xrnn._kernels.{module}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -51,6 +51,8 @@ from .workspace import scratch
 MAX_STEP_WORK = {"rnn": 1 << 16, "lstm": 1 << 18, "gru": 1 << 18}
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
+#: The other cells' codes, for the loops that take the cell as an argument.
+_LSTM, _GRU = 3, 4
 KINDS = (*_ACTIVATION, "lstm", "gru")
 
 #: "contract" lets LLVM fuse multiply-adds (FMA); "arcp" and "nsz" let it rewrite

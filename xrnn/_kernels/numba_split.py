@@ -31,9 +31,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import blas, numba_threaded
-from .numba_layer import (_ACTIVATION, _FusedLayer, _elman_row, _gru_cell, _jit, _lstm_cell,
-                          one_blas_thread, steps_inactive)
-from .numba_threaded import _GRU, _LSTM
+from .numba_layer import (_ACTIVATION, _GRU, _LSTM, _FusedLayer, _elman_row, _gru_cell, _jit,
+                          _lstm_cell, one_blas_thread, steps_inactive)
 from .workspace import scratch
 
 binding.add_symbol("xrnn_sched_yield",

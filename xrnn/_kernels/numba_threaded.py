@@ -33,11 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import blas
-from .numba_layer import (_ACTIVATION, _Compiled, _elman_step, _gru_row_back, _gru_step, _jit,
-                          _lstm_row_back, _lstm_step, one_blas_thread, steps_inactive)
-
-#: Cell codes of the compiled loops (the Elman activations keep theirs).
-_LSTM, _GRU = 3, 4
+from .numba_layer import (_ACTIVATION, _GRU, _LSTM, _Compiled, _elman_step, _gru_row_back,
+                          _gru_step, _jit, _lstm_row_back, _lstm_step, one_blas_thread,
+                          steps_inactive)
 
 
 def usable_cores() -> int:
