@@ -123,7 +123,7 @@ class _Layer:
         self.x_steps = [x]
         if directions == 2:
             self.x_steps.append(self._buffer(x.shape, "x_steps"))
-            np.copyto(self.x_steps[1], x[::-1])
+            self._reverse_input()
         self.gx_bias = self.b_hn = None  # b_hn: GRU, the n block of b_hh, (D, 1, H)
         if self.has_bias:
             self.gx_bias = [rows(w.b_ih) + rows(w.b_hh) for w in weights]
@@ -170,6 +170,10 @@ class _Layer:
                                      for d in range(directions)])
             self.inactive = ~steps_active
         self._init_hooks(hooks or [NO_HOOKS] * directions)
+
+    def _reverse_input(self) -> None:
+        """The reverse direction's input in its step order: ``x_steps[1] = x[::-1]``."""
+        np.copyto(self.x_steps[1], self.x_steps[0][::-1])
 
     def _buffer(self, shape, name: str | None = None):
         """An uninitialised array of the layer's dtype. With a tape, one of the
