@@ -59,6 +59,37 @@ def test_numba_kernel_matches_generic_path(rng, case, num_layers, bidirectional,
              [2, T, 1] if with_lengths else None)
 
 
+DOT_GRID = list(itertools.product(range(len(CASES)), [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("case, bidirectional, with_lengths", DOT_GRID,
+                         ids=[f"{CASES[c][0]}{CASES[c][1] or ''}-{d}-{n}"
+                              for c, d, n in DOT_GRID])
+def test_whole_loop_dot_products_match_generic_path(rng, monkeypatch, case, bidirectional,
+                                                    with_lengths):
+    """The whole loop's product as dot products with ``W_hh``'s own rows (forced here for
+    every size, batch and cell; by default from 128 units, at most 2 rows)."""
+    monkeypatch.setattr(numba_layer, "DOT_HIDDEN", 1)
+    monkeypatch.setattr(numba_layer, "DOT_BATCH", B)
+    monkeypatch.setattr(numba_layer, "DOT_KINDS", numba_layer.KINDS)
+    kind, options = CASES[case]
+    _compare(rng, kind, options, 2, bidirectional, True, [2, T, 1] if with_lengths else None)
+
+
+def test_whole_loop_dot_products_float32(rng):
+    """At the default sizes: an LSTM of 128 units, batch 1 (float32, 1e-5)."""
+    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+    with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
+        model = xrnn.LSTM(I, 128, seed=0)
+        before = numba_layer.layers_run
+        fast, (h_fast, c_fast) = model(x)
+        assert numba_layer.layers_run == before + 1
+        with _kernels.kernels_enabled(False):
+            generic, (h_generic, c_generic) = model(x)
+    for got, want in ((fast, generic), (h_fast, h_generic), (c_fast, c_generic)):
+        assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 def test_numba_kernel_zero_initial_state_and_missing_final_gradients(rng, kind):
     """No initial state, and no gradient for h_n (LSTM: for h_n only, c_n has one)."""
@@ -122,6 +153,7 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
         "_ln_lstm_step", "_ln_lstm_back", "_ln_gru_step", "_normalise_row_backward")]
     f4 = numba.float32
     products = {"_accumulate": (f4[::1], f4[::1], f4[:, ::1]),  # _product only calls it
+                "_dots": (f4[::1], f4[::1], f4[::1], f4[:, ::1]),  # (and this)
                 # called from compiled code only: no signature of their own when their
                 # callers come from Numba's cache
                 "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6,

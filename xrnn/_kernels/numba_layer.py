@@ -49,6 +49,15 @@ from .workspace import scratch
 #: NumPy kernel's with fused compiled steps (:class:`_FusedLayer`), whose products are
 #: BLAS's (blocked, threaded). Measured in benchmarks/NOTES.md (issue 13).
 MAX_STEP_WORK = {"rnn": 1 << 16, "lstm": 1 << 18, "gru": 1 << 18}
+#: From this size of h on, at most :data:`DOT_BATCH` rows and for these cells, the whole
+#: loop's product takes dot products with the rows of ``W_hh`` itself; else it adds up
+#: rows of a transposed copy made per call. (1, 128) x (128, 512): 3.13 us against
+#: 3.54 us plus the copy, 51 us a call. A/B forward, (100,1,64,128,1,1): LSTM 0.76x, RNN
+#: 0.95x, GRU 1.02-1.08x; LSTM (100,2,64,128,1,1) 0.93x, (100,4,64,128,1,1) 1.07x; at 64
+#: units the two are within 5% (NOTES.md, issue 13, sixth pass).
+DOT_HIDDEN = 128
+DOT_BATCH = 2
+DOT_KINDS = ("lstm", "rnn_tanh", "rnn_relu", "rnn_identity")
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
 #: The other cells' codes, for the loops that take the cell as an argument.
@@ -105,7 +114,8 @@ def one_blas_thread() -> Iterator[bool]:
 
 
 # compiled loops ---------------------------------------------------------------------------
-# Shapes as in numpy_layer: gx (D, chunk, B, GH); w_t (D, P, GH); h (D, T+1, B, P);
+# Shapes as in numpy_layer: gx (D, chunk, B, GH); w_t (D, P, GH), or W_hh itself (D, GH, P)
+# where not ``transposed``; h (D, T+1, B, P);
 # c (D, T+1, B, H); taped buffers (D, T or 1, B, ·); inactive (D, T, B).
 # Every constant is made in the arrays' dtype (``one = z.dtype.type(1)``): a Python float
 # literal would turn float32 arithmetic into float64. Inner loops run over units, are
@@ -128,15 +138,44 @@ def _accumulate(out, coef, rows):
             out[j] += ck * rk[j]
 
 
-@_jit
-def _product(z, bias, h_row, w_t):
-    """``z = bias + h_row w_t``."""
-    z[:] = bias
-    _accumulate(z, h_row, w_t)
+@numba.njit(cache=True, nogil=True, error_model="numpy",
+            fastmath={"contract", "arcp", "nsz", "reassoc"})
+def _dots(z, bias, h_row, w):
+    """``z = bias + w h_row`` (w (W, K)): four rows' dot products at a time, each summed
+    in any order ("reassoc", so that LLVM vectorises the sums)."""
+    width, size = w.shape
+    rest = width - width % 4
+    for j in range(0, rest, 4):
+        r0, r1, r2, r3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+        s0 = s1 = s2 = s3 = z.dtype.type(0)
+        for k in range(size):
+            hk = h_row[k]
+            s0 += r0[k] * hk
+            s1 += r1[k] * hk
+            s2 += r2[k] * hk
+            s3 += r3[k] * hk
+        z[j], z[j + 1], z[j + 2], z[j + 3] = (s0 + bias[j], s1 + bias[j + 1], s2 + bias[j + 2],
+                                              s3 + bias[j + 3])
+    for j in range(rest, width):
+        total, row = z.dtype.type(0), w[j]
+        for k in range(size):
+            total += row[k] * h_row[k]
+        z[j] = total + bias[j]
 
 
 @_jit
-def _elman_forward(gx, start, count, w_t, bias, h, inactive, activation):
+def _product(z, bias, h_row, w, transposed):
+    """``z = bias + h_row W^T``: ``w`` is ``W^T`` (K, W) if ``transposed``, else ``W``
+    itself (W, K), read by rows either way (:data:`DOT_HIDDEN`)."""
+    if transposed:
+        z[:] = bias
+        _accumulate(z, h_row, w)
+    else:
+        _dots(z, bias, h_row, w)
+
+
+@_jit
+def _elman_forward(gx, start, count, w_t, transposed, bias, h, inactive, activation):
     directions, _, batch, width = gx.shape
     z = np.empty(width, dtype=gx.dtype)
     zero = z.dtype.type(0)
@@ -147,7 +186,7 @@ def _elman_forward(gx, start, count, w_t, bias, h, inactive, activation):
                 if inactive[d, s, b]:
                     out[:] = h[d, s, b]
                     continue
-                _product(z, bias[d], h[d, s, b], w_t[d])
+                _product(z, bias[d], h[d, s, b], w_t[d], transposed)
                 x_row = gx[d, s - start, b]
                 if activation == 0:
                     for j in range(width):
@@ -186,7 +225,7 @@ def _lstm_cell(z, c_old, c_new, gates, t_row, h_new):
 
 
 @_jit
-def _lstm_forward(gx, start, count, w_t, bias, h, c, a, tanh_c, inactive):
+def _lstm_forward(gx, start, count, w_t, transposed, bias, h, c, a, tanh_c, inactive):
     directions, _, batch, width = gx.shape
     taped = a.shape[1]
     z = np.empty(width, dtype=gx.dtype)
@@ -198,7 +237,7 @@ def _lstm_forward(gx, start, count, w_t, bias, h, c, a, tanh_c, inactive):
                     h[d, s + 1, b] = h[d, s, b]
                     c[d, s + 1, b] = c[d, s, b]
                     continue
-                _product(z, bias[d], h[d, s, b], w_t[d])
+                _product(z, bias[d], h[d, s, b], w_t[d], transposed)
                 x_row = gx[d, s - start, b]
                 for j in range(width):
                     z[j] += x_row[j]
@@ -223,7 +262,7 @@ def _gru_cell(hh, x_row, x_bias, h_old, gates, h_new):
 
 
 @_jit
-def _gru_forward(gx, start, count, w_t, x_bias, hh_bias, h, a, gh, inactive):
+def _gru_forward(gx, start, count, w_t, transposed, x_bias, hh_bias, h, a, gh, inactive):
     directions, _, batch, width = gx.shape
     taped = a.shape[1]
     for s in range(start, start + count):
@@ -234,7 +273,7 @@ def _gru_forward(gx, start, count, w_t, x_bias, hh_bias, h, a, gh, inactive):
                     h[d, s + 1, b] = h[d, s, b]
                     continue
                 hh = gh[d, k, b]
-                _product(hh, hh_bias[d], h[d, s, b], w_t[d])
+                _product(hh, hh_bias[d], h[d, s, b], w_t[d], transposed)
                 _gru_cell(hh, gx[d, s - start, b], x_bias[d], h[d, s, b], a[d, k, b],
                           h[d, s + 1, b])
 
@@ -472,9 +511,16 @@ class _CompiledLayer(_Compiled):
 
     def __init__(self, x, states, weights, cell, keep, active):
         super().__init__(x, states, weights, cell, keep, active)
-        rows = scratch("w_hh_rows", self.w_hh_t.shape, self.dtype)  # the compiled product
-        rows[...] = self.w_hh_t  # reads rows (only the forward: the backward reads W_hh)
-        self.w_hh_t = rows
+        # the forward's product reads rows: of W_hh itself (dot products) from DOT_HIDDEN
+        # units, else of a transposed copy (only the forward: the backward reads W_hh)
+        self.transposed = not (self.P >= DOT_HIDDEN and self.batch <= DOT_BATCH
+                               and self.kind in DOT_KINDS)
+        if self.transposed:
+            rows = scratch("w_hh_rows", self.w_hh_t.shape, self.dtype)
+            rows[...] = self.w_hh_t
+            self.w_hh_t = rows
+        else:
+            self.w_hh_t = np.ascontiguousarray(self.w_hh_stack)
         self.steps_inactive = steps_inactive(self)
 
     def forward(self):
@@ -486,7 +532,7 @@ class _CompiledLayer(_Compiled):
         for start in range(0, self.steps, chunk):
             self._project(start)
             count = min(chunk, self.steps - start)
-            args = (self.gx, start, count, self.w_hh_t, self.x_bias)
+            args = (self.gx, start, count, self.w_hh_t, self.transposed, self.x_bias)
             if self.kind == "lstm":
                 _lstm_forward(*args, self.h, self.c, self.a, self.tanh_c, self.steps_inactive)
             elif self.kind == "gru":
