@@ -18,7 +18,7 @@ from xrnn._kernels import numba_layer, numba_split, numba_threaded, numpy_layer 
 from xrnn.testing import assert_close  # noqa: E402
 
 from .conftest import (compare_kernel_with_generic, move_layernorm_weights,  # noqa: E402
-                       run_with_xrnn_kernels)
+                       numpy_leg_only, run_with_xrnn_kernels)
 
 CASES = [("RNN", {"nonlinearity": n}) for n in ("tanh", "relu", "identity")] + [
     ("LSTM", {}), ("GRU", {})]
@@ -117,6 +117,7 @@ def test_numba_kernel_float32_and_dropout(rng, kind):
         final_grads=(False, False), tolerance=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::numba.core.errors.NumbaIRAssumptionWarning")
 def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
     """The float32 specialisation of every compiled loop and fused step types no value as
     float64 (a Python float literal next to a float32 promotes the gate arithmetic to
@@ -354,3 +355,27 @@ def test_float32_saturation_and_nan_as_generic_path(rng, monkeypatch, kind, limi
     assert np.array_equal(np.isnan(fast), np.isnan(generic))
     assert np.isnan(fast[:, 0]).any() and not np.isnan(fast[:, 1:]).any()
     assert_close(np.nan_to_num(fast), np.nan_to_num(generic), rtol=0, atol=1e-6)
+
+
+_FIRST_COMPILE = """
+import numpy as np, xrnn
+with xrnn.use_backend("numpy"):
+    xrnn.LSTM(3, 4, seed=0)(xrnn.asarray(np.zeros((2, 1, 3)), dtype="float32"))
+"""
+
+
+@numpy_leg_only
+def test_a_first_compile_asks_for_no_numba_bug_report(tmp_path):
+    """On an empty Numba cache, compiling the LSTM's whole loop printed six of Numba's
+    pedantic ``NumbaIRAssumptionWarning``s (variables of the always-inlined exp and tanh
+    "not in scope", "please report"); numba_math silences that message, and only it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XRNN_KERNELS", "PYTHONWARNINGS")}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", _FIRST_COMPILE], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Warning" not in done.stderr, done.stderr[-2000:]
