@@ -60,8 +60,9 @@ DOT_BATCH = 2
 DOT_KINDS = ("lstm", "rnn_tanh", "rnn_relu", "rnn_identity")
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
-#: The other cells' codes, for the loops that take the cell as an argument.
+#: The other cells' codes, for the loops that take the cell as an argument; every code.
 _LSTM, _GRU = 3, 4
+_CODES = {**_ACTIVATION, "lstm": _LSTM, "gru": _GRU}
 KINDS = (*_ACTIVATION, "lstm", "gru")
 
 #: "contract" lets LLVM fuse multiply-adds (FMA); "arcp" and "nsz" let it rewrite
@@ -466,6 +467,7 @@ class _Compiled(numpy_layer._Layer):
 
     def __init__(self, x, states, weights, cell, keep, active, hooks=None):
         super().__init__(x, states, weights, cell, keep, active, hooks)
+        self.code = _CODES[self.kind]  # (the loops that take the cell as an argument)
         self.x_bias = self.hh_bias = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
         if self.has_bias:
             gru = self.kind == "gru"

@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import blas, numba_threaded
-from .numba_layer import (_ACTIVATION, _GRU, _LSTM, _FusedLayer, _elman_row, _gru_cell, _jit,
+from .numba_layer import (_GRU, _LSTM, _FusedLayer, _elman_row, _gru_cell, _jit,
                           _lstm_cell, one_blas_thread, steps_inactive)
 from .workspace import scratch
 
@@ -126,8 +126,6 @@ class _SplitLayer(_FusedLayer):
 
     def __init__(self, x, states, weights, cell, keep, active):
         super().__init__(x, states, weights, cell, keep, active)
-        self.code = _LSTM if self.kind == "lstm" else _GRU if self.kind == "gru" else \
-            _ACTIVATION[self.kind]
         self.steps_inactive = steps_inactive(self)[0]
         hidden, gates, batch, dtype = self.H, self.gates, self.batch, self.dtype
         self.halves = ((0, hidden // 2), (hidden // 2, hidden))

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import blas
-from .numba_layer import (_ACTIVATION, _GRU, _LSTM, _Compiled, _elman_step, _gru_row_back,
+from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_step, _gru_row_back,
                           _gru_step, _jit, _lstm_row_back, _lstm_step, one_blas_thread,
                           steps_inactive)
 
@@ -162,8 +162,6 @@ class _ThreadedLayer(_Compiled):
 
     def __init__(self, x, states, weights, cell, keep, active):
         super().__init__(x, states, weights, cell, keep, active)
-        self.code = _LSTM if self.kind == "lstm" else _GRU if self.kind == "gru" else \
-            _ACTIVATION[self.kind]
         self.steps_inactive = steps_inactive(self)
         unused = np.empty((self.D, 1, 1, 1), dtype=self.dtype)  # a cell's unused buffers
         self.c_or_unused = unused if self.c is None else self.c
