@@ -210,27 +210,31 @@ def move_layernorm_weights(model):
     return model
 
 
-def compare_forward_without_tape(build, x, *, counter, num_layers, **call) -> None:
-    """Under ``no_grad`` (``keep=False``: one step's buffers, reused) the NumPy kernels
-    (``kernels_enabled("numpy")``, counted by ``counter``, a ``(module, attribute)`` pair)
-    give the generic path's output and final states (1e-12); ``build()`` as in
-    :func:`compare_kernel_with_generic`, already in the wanted mode."""
+def compare_forward_without_tape(build, x, *, counter, num_layers, kernels="numpy",
+                                 tolerance=1e-12, state=(), **call) -> None:
+    """Under ``no_grad`` (``keep=False``: one step's buffers, reused) the kernels
+    (``kernels_enabled(kernels)``: the NumPy kernels by default, counted by ``counter``, a
+    ``(module, attribute)`` pair) give the generic path's output and final states, in
+    ``x``'s dtype, within ``tolerance``; ``build()`` as in
+    :func:`compare_kernel_with_generic`, already in the wanted mode; ``state`` the
+    positional initial state, if any."""
     from xrnn import _kernels
 
     module, attribute = counter
     results = []
     with backend.use_backend("numpy"), xrnn.no_grad():
-        for kernels in ("numpy", False):
+        for enabled in (kernels, False):
             model = build()
             before = getattr(module, attribute)
-            with _kernels.kernels_enabled(kernels):
-                output, finals = model(x, **call)
+            with _kernels.kernels_enabled(enabled):
+                output, finals = model(x, *state, **call)
             finals = finals if isinstance(finals, tuple) else (finals,)
             results.append(([output, *finals], getattr(module, attribute) - before))
     (fast, ran), (generic, none) = results
     assert (ran, none) == (num_layers, 0)
     for got, want in zip(fast, generic):
-        assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert got.dtype == x.dtype
+        assert_close(got, want, rtol=tolerance, atol=tolerance)
 
 
 def reset_steps(rng, steps: int, batch: int) -> np.ndarray:

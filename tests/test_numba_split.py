@@ -19,7 +19,7 @@ from xrnn import _kernels  # noqa: E402
 from xrnn._kernels import blas, numba_layer, numba_split, numba_threaded, numpy_layer  # noqa: E402
 from xrnn.testing import assert_close  # noqa: E402
 
-from .conftest import numpy_leg_only  # noqa: E402
+from .conftest import compare_forward_without_tape, numpy_leg_only  # noqa: E402
 
 pytestmark = [numpy_leg_only, pytest.mark.skipif(
     not blas.AVAILABLE, reason="NumPy's BLAS is not scipy-openblas64 (the split path is off)")]
@@ -47,20 +47,17 @@ def _forward(model, x, kernels, *state, **call):
 
 def _compare(rng, kind, options, num_layers, batch, hidden, *, dtype=np.float64,
              tolerance=1e-12, given_state=True, **call):
-    model = getattr(xrnn, kind)(I, hidden, num_layers, dtype=np.dtype(dtype).name, seed=3,
-                                **options).eval()
     x = rng.standard_normal((T, batch, I)).astype(dtype)
     state = ()
     if given_state:
         h0 = rng.standard_normal((num_layers, batch, hidden)).astype(dtype)
         state = ((h0, np.cos(h0)) if kind == "LSTM" else h0,)
-    generic, none = _forward(model, x, False, *state, **call)
     for _ in range(2):  # twice: the second reuses the workspace's buffers
-        fast, ran = _forward(model, x, True, *state, **call)
-        assert (ran, none) == (num_layers, 0)
-        for got, want in zip(fast, generic):
-            assert got.dtype == dtype
-            assert_close(got, want, rtol=tolerance, atol=tolerance)
+        compare_forward_without_tape(
+            lambda: getattr(xrnn, kind)(I, hidden, num_layers, dtype=np.dtype(dtype).name,
+                                        seed=3, **options).eval(),
+            x, counter=(numba_layer, "split_layers_run"), num_layers=num_layers, kernels=True,
+            tolerance=tolerance, state=state, **call)
 
 
 #: hidden 7: halves of 3 and 4 units; batch 1 and 5: BLAS's gemv and gemm
