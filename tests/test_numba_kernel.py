@@ -130,9 +130,12 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
     x = np.ones((2, 1, 2), dtype=np.float32)
     monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
     with xrnn.backend.use_backend("numpy"):
-        # every loop, then every fused step, then every threaded loop gets float32
-        for limit, bidirectional in ((1 << 20, False), (0, False), (0, True)):
+        # every loop, then every fused step, every split loop, every threaded loop gets
+        # float32
+        for limit, bidirectional, split in ((1 << 20, False, False), (0, False, False),
+                                            (0, False, True), (0, True, False)):
             _set_limits(monkeypatch, limit)
+            monkeypatch.setattr(numba_split, "MIN_WORK", 0 if split else 1 << 62)
             for kind, norm in itertools.product(("RNN", "LSTM", "GRU"), (False, True)):
                 if norm and kind == "RNN":
                     continue
@@ -140,14 +143,12 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
                                             **({"layer_norm": True} if norm else {}))
                 output, _ = model(x)
                 model.backward(np.ones(output.shape, dtype=np.float32))
-                with xrnn.no_grad():  # one direction above the limits: the split path
-                    model(x)
     from xrnn._kernels import numba_layernorm
 
     loops = ["_elman_forward", "_elman_backward", "_lstm_forward", "_lstm_backward",
              "_gru_backward", "_lstm_step", "_gru_step", "_tanh_back",
              "_lstm_row_back", "_gru_row_back", "numba_threaded._direction_backward",
-             "numba_split._half_forward"]
+             "numba_split._half_forward", "numba_split._half_backward"]
     # (_gru_forward, _elman_step, _lstm_back, _gru_back, numba_threaded._direction_forward:
     # calls only)
     loops += [f"numba_layernorm.{name}" for name in (  # (_ln_gru_back only calls others)

@@ -1,7 +1,7 @@
 """One-direction layers with their hidden units split between two threads
-(``xrnn._kernels.numba_split``), against the generic driver at 1e-12 in float64; where
-the path is chosen, and what happens off the main thread or when a half fails.
-Skipped as a whole when numba is not installed (CI installs it)."""
+(``xrnn._kernels.numba_split``), forward and backward, against the generic driver at
+1e-12 in float64; where the path is chosen, and what happens off the main thread or
+when a half fails. Skipped as a whole when numba is not installed (CI installs it)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from xrnn import _kernels  # noqa: E402
 from xrnn._kernels import blas, numba_layer, numba_split, numba_threaded, numpy_layer  # noqa: E402
 from xrnn.testing import assert_close  # noqa: E402
 
-from .conftest import compare_forward_without_tape, numpy_leg_only  # noqa: E402
+from .conftest import (compare_forward_without_tape, compare_kernel_with_generic,  # noqa: E402
+                       numpy_leg_only)
 
 pytestmark = [numpy_leg_only, pytest.mark.skipif(
     not blas.AVAILABLE, reason="NumPy's BLAS is not scipy-openblas64 (the split path is off)")]
@@ -31,18 +32,11 @@ T, I = 6, 4
 
 @pytest.fixture
 def split(monkeypatch):
-    """Every layer above a zero whole-loop limit, on two cores whatever this machine's."""
+    """Every layer above a zero whole-loop limit and a zero least work for the split, on
+    two cores whatever this machine's."""
     monkeypatch.setattr(numba_layer, "MAX_STEP_WORK", dict.fromkeys(("rnn", "lstm", "gru"), 0))
+    monkeypatch.setattr(numba_split, "MIN_WORK", 0)
     monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
-
-
-def _forward(model, x, kernels, *state, **call):
-    """Output and final states under ``no_grad``, and how many layers took the split path."""
-    before = numba_layer.split_layers_run
-    with xrnn.backend.use_backend("numpy"), xrnn.no_grad(), _kernels.kernels_enabled(kernels):
-        output, finals = model(x, *state, **call)
-    finals = finals if isinstance(finals, tuple) else (finals,)
-    return [np.asarray(output), *map(np.asarray, finals)], numba_layer.split_layers_run - before
 
 
 def _compare(rng, kind, options, num_layers, batch, hidden, *, dtype=np.float64,
@@ -77,6 +71,42 @@ def test_split_layers_match_generic_path(rng, split, case, num_layers, batch, hi
     _compare(rng, kind, {**options, "bias": bias}, num_layers, batch, hidden, lengths=lengths)
 
 
+@pytest.mark.parametrize("case, num_layers, batch, hidden, bias, with_lengths", GRID,
+                         ids=[f"{CASES[c][0]}{CASES[c][1] or ''}-{L}-B{b}-H{h}-{bias}-{n}"
+                              for c, L, b, h, bias, n in GRID])
+def test_split_training_matches_generic_path(rng, split, case, num_layers, batch, hidden,
+                                             bias, with_lengths):
+    """With a tape: output, final states and every gradient (input, initial states,
+    weights and biases, back in PyTorch's row order); padded steps pass the gradient
+    through."""
+    kind, options = CASES[case]
+    lengths = (LENGTHS[:batch] if batch > 1 else [3]) if with_lengths else None
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, hidden, num_layers, bias=bias, dtype="float64",
+                                    seed=3, **options),
+        rng.standard_normal((T, batch, I)), kernels=True,
+        counter=(numba_layer, "split_layers_run"), num_layers=num_layers, lengths=lengths)
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+def test_split_training_float32_dropout_chunks_missing_gradients(rng, split, monkeypatch,
+                                                                 kind):
+    """float32 with training-mode dropout between layers (the same masks on both paths),
+    no initial state, no gradient for h_n, and the input projection by chunks of two
+    steps; one step (T = 1: the input's gradient is one half's)."""
+    gates = {"RNN": 1, "GRU": 3, "LSTM": 4}[kind]
+    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 2 * 5 * gates * 8)
+
+    def build():
+        return getattr(xrnn, kind)(I, 8, 3, dropout=0.5, dtype="float32", seed=3)
+
+    x = rng.standard_normal((T, 5, I)).astype(np.float32)
+    for steps in (T, 1):
+        compare_kernel_with_generic(build, x[:steps], kernels=True, tolerance=1e-5,
+                                    counter=(numba_layer, "split_layers_run"), num_layers=3,
+                                    given_state=False, final_grads=(False, True))
+
+
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 def test_split_float32_zero_state_and_chunks(rng, split, monkeypatch, kind):
     """float32 (compiled separately: sgemm and sgemv), no initial state, and the input
@@ -98,20 +128,26 @@ def _counts(model, x) -> tuple[int, int, int, int]:
 
 
 def test_which_layers_split(monkeypatch):
-    """One direction above the whole-loop limit without a tape: split, on two cores; with
-    a tape, per-step options, a projection, one unit, or on one core: fused steps;
-    bidirectional: a direction per thread; at the limit the whole loop."""
+    """One direction above the whole-loop limit, with or without a tape, with at least
+    MIN_WORK multiply-adds: split, on two cores; per-step options, a projection, one
+    unit, less work, or on one core: fused steps; bidirectional: a direction per
+    thread; at the limit the whole loop."""
     monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
     hidden = 16
     batch = numba_layer.MAX_STEP_WORK["lstm"] // (4 * hidden * hidden)
     x = np.ones((3, batch + 1, 2), dtype=np.float32)
+    work = 3 * (batch + 1) * 4 * hidden * (2 + hidden)  # the first layer's
+    monkeypatch.setattr(numba_split, "MIN_WORK", work + 1)
+    with xrnn.backend.use_backend("numpy"):
+        assert _counts(xrnn.LSTM(2, hidden, seed=0), x) == (0, 1, 0, 0)
+    monkeypatch.setattr(numba_split, "MIN_WORK", work)
     with xrnn.backend.use_backend("numpy"):
         model = xrnn.LSTM(2, hidden, 2, seed=0)
         assert _counts(model, x) == (0, 0, 0, 2)
         assert _counts(model, x[:, :batch]) == (2, 0, 0, 0)
-        before = numba_layer.fused_layers_run
-        model(x)  # a tape (training): fused steps
-        assert numba_layer.fused_layers_run == before + 2
+        before = numba_layer.split_layers_run
+        model(x)  # a tape (training)
+        assert numba_layer.split_layers_run == before + 2
         assert _counts(xrnn.LSTM(2, hidden, bidirectional=True, seed=0), x) == (0, 0, 1, 0)
         assert _counts(xrnn.LSTM(2, hidden, proj_size=3, seed=0), x) == (0, 1, 0, 0)
         assert _counts(xrnn.LSTM(2, hidden, zoneout=0.1, seed=0).eval(), x) == (0, 1, 0, 0)
@@ -121,27 +157,34 @@ def test_which_layers_split(monkeypatch):
         assert _counts(model, x) == (0, 2, 0, 0)
 
 
-def test_from_other_threads_the_split_layer_takes_fused_steps(rng, split, monkeypatch):
+def test_from_other_threads_layers_take_fused_steps(rng, split):
     """Off the main thread BLAS stays on its threads (NumPy's OpenBLAS ignores the setting
-    there) and the two halves cannot run at once: the layer's fused steps run instead, on
-    the calling thread, with the generic path's results."""
-    calls = []
-    real = numba_threaded._on_two_threads
-    monkeypatch.setattr(numba_threaded, "_on_two_threads",
-                        lambda task, parallel=True: calls.append(parallel) or real(task, parallel))
-    model = xrnn.GRU(I, 8, seed=1, dtype="float64").eval()
+    there), so the layer is not split: it runs the fused steps, with the generic path's
+    results, forward and backward."""
+    model = xrnn.GRU(I, 8, seed=1, dtype="float64")
     x = rng.standard_normal((T, 3, I))
-    generic, _ = _forward(model, x, False)
-    main, _ = _forward(model, x, True)
-    assert calls == [True]
-    other = []
-    thread = threading.Thread(target=lambda: other.append(_forward(model, x, True)))
-    thread.start()
-    thread.join()
-    fast, ran = other[0]
-    assert ran == 1 and calls == [True]  # built as a split layer, ran the fused steps
-    for results in (main, fast):
-        for got, want in zip(results, generic):
+    counts = []
+
+    def train():
+        before = [numba_layer.split_layers_run, numba_layer.fused_layers_run]
+        model.zero_grad()
+        output, _ = model(x)
+        grad_x = model.backward(np.cos(output))
+        counts.append([numba_layer.split_layers_run - before[0],
+                       numba_layer.fused_layers_run - before[1]])
+        return [output, grad_x] + [p.grad for p in model.parameters()]
+
+    with xrnn.backend.use_backend("numpy"):
+        with _kernels.kernels_enabled(False):
+            generic = train()
+        main = train()
+        other = []
+        thread = threading.Thread(target=lambda: other.append(train()))
+        thread.start()
+        thread.join()
+    assert counts[1:] == [[1, 0], [0, 1]]
+    for results in (main, other[0]):
+        for got, want in zip(results, generic, strict=True):
             assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -154,23 +197,29 @@ def test_wait_returns_when_the_step_is_done_or_on_abort():
     assert not numba_split._wait(counters, slot, 6)
 
 
-def test_a_failing_half_stops_the_other_and_raises(rng, split, monkeypatch):
-    """When one half raises, the other stops waiting for it (the abort flag) and the
-    caller gets the exception instead of a hang (a watchdog ends the process after 120 s
-    if it does hang)."""
-    real = numba_split._half_forward
+@pytest.mark.parametrize("loop", ["_half_forward", "_half_backward"])
+@pytest.mark.parametrize("failing_half", [0, 1])
+def test_a_failing_half_stops_the_other_and_raises(rng, split, monkeypatch, loop,
+                                                   failing_half):
+    """When one half raises, forward or backward, the other stops waiting for it (the
+    abort flag) and the caller gets the exception instead of a hang (a watchdog ends
+    the process after 120 s if it does hang)."""
+    real = getattr(numba_split, loop)
 
     def failing(code, half, *args):
-        if half == 1:
-            raise RuntimeError("half 1 failed")
+        if half == failing_half:
+            raise RuntimeError(f"half {half} failed")
         return real(code, half, *args)
 
-    monkeypatch.setattr(numba_split, "_half_forward", failing)
-    model = xrnn.LSTM(I, 8, seed=0, dtype="float64").eval()
+    monkeypatch.setattr(numba_split, loop, failing)
+    model = xrnn.LSTM(I, 8, seed=0, dtype="float64")
+    x = rng.standard_normal((T, 3, I))
     faulthandler.dump_traceback_later(120, exit=True)
     try:
-        with pytest.raises(RuntimeError, match="half 1 failed"):
-            _forward(model, rng.standard_normal((T, 3, I)), True)
+        with xrnn.backend.use_backend("numpy"), pytest.raises(
+                RuntimeError, match=f"half {failing_half} failed"):
+            output, _ = model(x)
+            model.backward(np.ones_like(output))
     finally:
         faulthandler.cancel_dump_traceback_later()
 

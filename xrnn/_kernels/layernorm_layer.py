@@ -254,7 +254,7 @@ class _NormLayer(numpy_layer._Layer):
         _normalise_backward(d_gates, self.ih_hat, self.ih_rstd, means, d_ih)
         grad_x, grad_states, grads = super()._gradients(
             d_ih, dz_all if lstm else dgh_all, dh_all, dh, dc)
-        rows = self._rows  # back from kernel order to PyTorch's
+        rows = self._rows_back
         for d, g in enumerate(grads):
             ln = [rows(v[d]) if j < 4 else v[d] for j, v in enumerate(grad_ln)]
             biases = (ln[1], ln[3]) if self.has_bias else (None, None)

@@ -11,8 +11,8 @@
   whole-loop limits): each direction's loop one compiled call, with BLAS products, the
   two on two cores.
 - **Hidden units split between two threads** (:mod:`.numba_split`, one-direction layers
-  above the limits without a tape): each thread its half of the units' product and
-  gates, the two meeting once a step.
+  above the limits): each thread its half of the units' product and gates, forward and
+  backward, the two meeting once a step.
 - **Fused steps** (:class:`_FusedLayer`, every other layer, and layers with per-step
   options): the NumPy kernel's loop and BLAS products, with each step's elementwise work
   (8-14 NumPy calls) one compiled call per direction.
@@ -471,10 +471,10 @@ class _Compiled(numpy_layer._Layer):
         self.x_bias = self.hh_bias = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
         if self.has_bias:
             gru = self.kind == "gru"
-            self.x_bias = (np.stack([w.b_ih for w in weights]) if gru
+            self.x_bias = (np.stack([self._rows(w.b_ih) for w in weights]) if gru
                            else np.stack(self.gx_bias))
             if gru:
-                self.hh_bias = np.stack([w.b_hh for w in weights])
+                self.hh_bias = np.stack([self._rows(w.b_hh) for w in weights])
         self.gx_bias = None  # (what _project would add)
 
     def _backward_start(self, grad_output, grad_finals):
@@ -622,8 +622,8 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
               keep: bool, active=None, hooks=None):
     """One layer: its whole loop compiled where it :func:`fits` and has no per-step
     ``hooks``; a bidirectional layer above that with a direction per thread where
-    :func:`.numba_threaded.threads` says so, a one-direction layer without a tape with
-    its units split between two threads where :func:`.numba_split.splits` says so; else
+    :func:`.numba_threaded.threads` says so, a one-direction layer with its units split
+    between two threads where :func:`.numba_split.splits` says so; else
     the NumPy kernel's loop with fused compiled steps. The interface of
     :func:`xrnn._kernels.numpy_layer.run_layer`: ``(output, finals, backward or None)``."""
     global layers_run, fused_layers_run, threaded_layers_run, split_layers_run
@@ -633,7 +633,7 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     elif numba_threaded.threads(weights, hooks):  # (above the limits: not fits)
         threaded_layers_run += 1
         layer = numba_threaded._ThreadedLayer(x, states, weights, cell, keep, active)
-    elif numba_split.splits(weights, cell, keep, hooks):
+    elif numba_split.splits(x, weights, cell, hooks):
         split_layers_run += 1
         layer = numba_split._SplitLayer(x, states, weights, cell, keep, active)
     else:

@@ -10,19 +10,26 @@ written its half of ``h[s]``. The wait is a spin on a counter per core (atomic l
 and stores, :func:`_load_acquire`, :func:`_store_release`), not a lock: a step lasts
 microseconds to milliseconds, and a thread woken by the kernel would take longer.
 
-The product costs what OpenBLAS's own two threads cost on the whole (each core packs
-half of ``W_hh``), and the gates, which ran on one core after the product, run on both.
-Each half's weight rows are gathered into a copy per call (its gates' rows, contiguous),
-and its input projection is its own product.
+The backward mirrors it: each core computes its units' gate gradients from their
+columns of dh and dc, waits until the other has written its own for the step, then its
+units' columns of the product that takes them all back to h (``dz W_hh[:, units]``).
+After the loop each core makes its gate rows of the weights' gradients and the input's
+gradient for half the steps, so that no product runs on BLAS's threads.
 
-Used without a tape (inference: the backward stays the fused steps'), for layers above
-the whole-loop limits, from the main thread with BLAS on one thread (as for
-:mod:`.numba_threaded`); measured in benchmarks/NOTES.md (issue 13, sixth pass).
+The products cost what OpenBLAS's own two threads cost on the whole (each core packs
+half of ``W_hh``), and the gates, which ran on one core after the product, run on both.
+The layer's gate rows are in half-major order (:class:`_SplitLayer`), so each half's
+rows of the weights, of the taped activations and of the gate gradients are one block.
+
+Used for one-direction layers above the whole-loop limits, from the main thread with
+BLAS on one thread (as for :mod:`.numba_threaded`); measured in benchmarks/NOTES.md
+(issue 13, sixth and seventh passes).
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
 
 import numpy as np
 from llvmlite import binding
@@ -30,10 +37,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ..functional.weights import LayerWeights
 from . import blas, numba_threaded
-from .numba_layer import (_GRU, _LSTM, _FusedLayer, _elman_row, _gru_cell, _jit,
-                          _lstm_cell, one_blas_thread, steps_inactive)
-from .workspace import scratch
+from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row, _gru_cell, _gru_row_back, _jit,
+                          _lstm_cell, _lstm_row_back, one_blas_thread, steps_inactive)
 
 binding.add_symbol("xrnn_sched_yield",
                    ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value)
@@ -84,15 +91,20 @@ def _wait(counters, slot, step):
 
 @_jit
 def _half_forward(code, half, lo, hi, gx, start, count, w_hh, x_bias, hh_bias, h, c, a,
-                  tanh_c, z, inactive, counters):
+                  tanh_c, gh, z, inactive, counters):
     """Steps ``start`` to ``start + count`` of units ``lo:hi``: ``gx`` (chunk, B, G*n)
-    their input projection, ``w_hh`` (G*n, P) and the biases (G*n,) their gate rows
-    (gate-major: i, f, g, o of these units); ``h`` (T+1, B, P) and ``c`` (T+1, B, H)
-    the shared states; ``a`` (B, G*n), ``tanh_c`` (B, n), ``z`` (B, G*n) this half's
-    scratch; ``inactive`` (T, B). Returns False if the other half aborted."""
-    other = _DONE[1 - half]
-    mine = _DONE[half]
+    their input projection, ``w_hh`` (G*n, P) and the biases (G*n,) their gate rows (the
+    layer's rows ``G*lo:G*hi``: i, f, g, o of these units); the layer's ``h`` (T+1, B, P),
+    ``c`` (T+1, B, H), taped ``a``, ``gh`` (T or 1, B, G*H) and ``tanh_c`` (T or 1, B,
+    H), of which this half writes its units' columns; ``z`` (B, G*n) scratch;
+    ``inactive`` (T, B). Unused buffers of a cell may be any 3-d array. Returns False if
+    the other half aborted."""
+    other, mine = _DONE[1 - half], _DONE[half]
+    taped, width = a.shape[0], z.shape[1]
+    first = width // (hi - lo) * lo
+    cols = slice(first, first + width)
     for s in range(start, start + count):
+        k = s if taped > 1 else 0
         if not _wait(counters, other, s):
             return False
         blas.matmul(h[s], w_hh, True, z)
@@ -106,84 +118,215 @@ def _half_forward(code, half, lo, hi, gx, start, count, w_hh, x_bias, hh_bias, h
                 continue
             zr, xr = z[b], x_rows[b]
             if code == _LSTM:
-                for j in range(zr.size):
+                for j in range(width):
                     zr[j] += xr[j] + x_bias[j]
-                _lstm_cell(zr, c[s, b, lo:hi], c[s + 1, b, lo:hi], a[b], tanh_c[b], out)
+                _lstm_cell(zr, c[s, b, lo:hi], c[s + 1, b, lo:hi], a[k, b, cols],
+                           tanh_c[k, b, lo:hi], out)
             elif code == _GRU:
-                for j in range(zr.size):
-                    zr[j] += hh_bias[j]
-                _gru_cell(zr, xr, x_bias, h[s, b, lo:hi], a[b], out)
+                hh = gh[k, b, cols]  # (the backward reads it)
+                for j in range(width):
+                    hh[j] = zr[j] + hh_bias[j]
+                _gru_cell(hh, xr, x_bias, h[s, b, lo:hi], a[k, b, cols], out)
             else:
                 _elman_row(zr, xr, x_bias, out, code)
         _store_release(counters, mine, s + 1)
     return True
 
 
+@_jit
+def _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, h, c, a, tanh_c, gh,
+                   dz_all, dgh_all, back, inactive, counters):
+    """BPTT of units ``lo:hi``: ``grad_steps`` (T, B, P) the outputs' gradients; ``dh``
+    (B, P) and ``dc`` (B, H) the final states', which become the initial states' (this
+    half its units' columns); fills its columns ``G*lo:G*hi`` of ``dz_all`` and
+    ``dgh_all`` (T, B, G*H; one array but for the GRU); ``w_cols`` (G*H, n) its units'
+    columns of ``W_hh``; ``back`` (B, n) scratch; the tape as :func:`_half_forward`
+    wrote it. Each step waits for the other half's gate gradients before the product
+    that takes them back to h. Returns False if the other half aborted."""
+    other, mine = _DONE[1 - half], _DONE[half]
+    steps, batch = grad_steps.shape[0], grad_steps.shape[1]
+    width = w_cols.shape[0] // dh.shape[1] * (hi - lo)
+    first = width // (hi - lo) * lo
+    cols = slice(first, first + width)
+    one, zero = dh.dtype.type(1), dh.dtype.type(0)
+    for s in range(steps - 1, -1, -1):
+        for b in range(batch):
+            row, grad = dh[b, lo:hi], grad_steps[s, b, lo:hi]
+            for p in range(row.size):
+                row[p] += grad[p]
+            dz, dgh = dz_all[s, b, cols], dgh_all[s, b, cols]
+            if inactive[s, b]:  # a padded step passes the gradient through
+                dz[:] = zero
+                dgh[:] = zero
+            elif code == _LSTM:
+                _lstm_row_back(a[s, b, cols], tanh_c[s, b, lo:hi], c[s, b, lo:hi], row,
+                               dc[b, lo:hi], dz)
+            elif code == _GRU:  # row becomes dh z, the path that does not go through W_hh
+                _gru_row_back(a[s, b, cols], gh[s, b, cols], h[s, b, lo:hi], row, dz, dgh,
+                              row)
+            else:
+                out = h[s + 1, b, lo:hi]
+                for p in range(row.size):
+                    if code == 0:
+                        dz[p] = (one - out[p] * out[p]) * row[p]
+                    elif code == 1:
+                        dz[p] = row[p] if out[p] > zero else zero
+                    else:
+                        dz[p] = row[p]
+        done = steps - s
+        _store_release(counters, mine, done)
+        if not _wait(counters, other, done):
+            return False
+        blas.matmul(dgh_all[s], w_cols, False, back)
+        for b in range(batch):
+            if inactive[s, b]:
+                continue
+            row, product = dh[b, lo:hi], back[b]
+            if code == _GRU:
+                for p in range(row.size):
+                    row[p] += product[p]
+            else:
+                row[:] = product
+    return True
 
-class _SplitLayer(_FusedLayer):
-    """A one-direction layer without a tape, its hidden units in two halves on two
-    threads (module docstring); the fused steps where BLAS cannot go to one thread."""
+
+class _SplitLayer(_Compiled):
+    """A one-direction layer, its hidden units in two halves on two threads (module
+    docstring). Its gate rows are in half-major order: the first half's units' i, f, g,
+    o rows, then the second's (:meth:`_rows`), so that each half's rows of the weights,
+    of the tape's activations and of the gate gradients are one contiguous block."""
 
     def __init__(self, x, states, weights, cell, keep, active):
+        gates, hidden = cell.gates, weights[0].w_hh.shape[0] // cell.gates
+        self.halves = ((0, hidden // 2), (hidden // 2, hidden))
+        self.order = np.concatenate([np.arange(g * hidden + lo, g * hidden + hi)
+                                     for lo, hi in self.halves for g in range(gates)])
+        self.order_back = np.argsort(self.order)
         super().__init__(x, states, weights, cell, keep, active)
         self.steps_inactive = steps_inactive(self)[0]
-        hidden, gates, batch, dtype = self.H, self.gates, self.batch, self.dtype
-        self.halves = ((0, hidden // 2), (hidden // 2, hidden))
-        chunk = self.gx.shape[1]
+        unused = np.empty((1, 1, 1), dtype=self.dtype)  # a cell's unused buffers
+        self.c_or_unused = unused if self.c is None else self.c[0]
+        self.tanh_c_or_unused = unused if self.tanh_c is None else self.tanh_c[0]
+        self.gh_or_unused = unused if self.gh is None else self.gh[0]
+        # each half's share of the input projection's and the product's buffers
+        chunk, batch = self.gx.shape[1], self.batch
+        self.gx_half, self.z_half = [], []
+        for lo, hi in self.halves:
+            first, last = gates * lo, gates * hi
+            self.gx_half.append(self.gx.reshape(-1)[chunk * batch * first:chunk * batch * last]
+                                .reshape(chunk, batch, last - first))
+            self.z_half.append(self.z.reshape(-1)[batch * first:batch * last]
+                               .reshape(batch, last - first))
 
-        def rows(a, lo, hi):  # the gate rows of units lo:hi, gate-major
-            return a.reshape(gates, hidden, -1)[:, lo:hi].reshape(gates * (hi - lo), -1)
+    def _rows(self, a):
+        """Gate rows in half-major order (class docstring)."""
+        return None if a is None else np.take(a, self.order, axis=0)
 
-        self.w_hh_half, self.w_ih_half, self.x_bias_half, self.hh_bias_half = [], [], [], []
-        self.gx_half, self.z_half, self.a_half, self.tanh_c_half = [], [], [], []
-        for t, (lo, hi) in enumerate(self.halves):
-            width = gates * (hi - lo)
-            w_hh = scratch(f"split_w_hh{t}", (width, self.P), dtype)
-            w_hh[...] = rows(self.w_hh_stack[0], lo, hi)
-            w_ih = scratch(f"split_w_ih{t}", (width, x.shape[2]), dtype)
-            w_ih[...] = rows(self.w_ih[0], lo, hi)
-            self.w_hh_half.append(w_hh)
-            self.w_ih_half.append(w_ih)
-            self.x_bias_half.append(rows(self.x_bias[0], lo, hi).reshape(-1).copy())
-            self.hh_bias_half.append(rows(self.hh_bias[0], lo, hi).reshape(-1).copy())
-            self.gx_half.append(scratch(f"split_gx{t}", (chunk, batch, width), dtype))
-            self.z_half.append(np.empty((batch, width), dtype))
-            self.a_half.append(np.empty((batch, width), dtype))
-            self.tanh_c_half.append(np.empty((batch, hi - lo), dtype))
-        self.c_or_unused = np.empty((1, 1, 1), dtype) if self.c is None else self.c[0]
-        self.counters = np.zeros(_ABORT + 1, dtype=np.int64)
+    def _rows_back(self, a):
+        return None if a is None else np.take(a, self.order_back, axis=0)
 
     def forward(self):
-        with one_blas_thread() as single:
-            if single:
-                numba_threaded._on_two_threads(self._forward_half)
-                return
-        super().forward()
+        counters = np.zeros(_ABORT + 1, dtype=np.int64)
+        with one_blas_thread():  # (on the main thread, where the setting takes: splits)
+            numba_threaded._on_two_threads(lambda t: self._forward_half(t, counters))
 
-    def _forward_half(self, t: int) -> None:
+    def _forward_half(self, t: int, counters) -> None:
         try:
             lo, hi = self.halves[t]
-            gx, x = self.gx_half[t], self.x_steps[0]
+            rows = slice(self.gates * lo, self.gates * hi)
+            gx, x, w_ih = self.gx_half[t], self.x_steps[0], self.w_ih[0][rows]
             chunk = gx.shape[0]
             for start in range(0, self.steps, chunk):
                 count = min(chunk, self.steps - start)
-                rows = count * self.batch
-                np.matmul(x[start:start + count].reshape(rows, -1), self.w_ih_half[t].T,
-                          out=gx[:count].reshape(rows, -1))
-                if not _half_forward(self.code, t, lo, hi, gx, start, count, self.w_hh_half[t],
-                                     self.x_bias_half[t], self.hh_bias_half[t], self.h[0],
-                                     self.c_or_unused, self.a_half[t], self.tanh_c_half[t],
-                                     self.z_half[t], self.steps_inactive, self.counters):
+                flat = count * self.batch
+                np.matmul(x[start:start + count].reshape(flat, -1), w_ih.T,
+                          out=gx[:count].reshape(flat, -1))
+                if not _half_forward(self.code, t, lo, hi, gx, start, count,
+                                     self.w_hh_stack[0, rows], self.x_bias[0, rows],
+                                     self.hh_bias[0, rows], self.h[0], self.c_or_unused,
+                                     self.a[0], self.tanh_c_or_unused, self.gh_or_unused,
+                                     self.z_half[t], self.steps_inactive, counters):
                     return
         except BaseException:
-            self.counters[_ABORT] = 1  # the other half stops waiting for this one
+            counters[_ABORT] = 1  # the other half stops waiting for this one
             raise
 
+    def backward(self, grad_output, grad_finals):
+        """BPTT (:func:`_half_backward`), then the gradients batched over time, all on the
+        halves' threads with BLAS on one thread: each half its gate rows of the weights'
+        gradients, and the input's gradient for half the steps. (On BLAS's two threads,
+        the weight gradients left OpenBLAS's second thread spinning for about 100 ms
+        after them, which slowed the next forward's halves: NOTES.md, issue 13, seventh
+        pass.) Returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
+        grad_steps, dh, dc = self._backward_start(grad_output, grad_finals)
+        steps, batch, width, dtype = self.steps, self.batch, self.gx.shape[-1], self.dtype
+        dz_all = self._buffer((1, steps, batch, width))
+        dgh_all = self._buffer(dz_all.shape) if self.kind == "gru" else dz_all
+        x = self.x_steps[0]
+        grad_x = np.empty(x.shape, dtype)
+        grad_w_ih = np.empty(self.w_ih[0].shape, dtype)
+        grad_w_hh = np.empty(self.w_hh_stack[0].shape, dtype)
+        grad_b_ih = grad_b_hh = None
+        if self.has_bias:
+            grad_b_ih = np.empty(width, dtype)
+            grad_b_hh = np.empty(width, dtype) if dgh_all is not dz_all else grad_b_ih
+        counters = np.zeros(_ABORT + 1, dtype=np.int64)
 
-def splits(weights, cell, keep: bool, hooks) -> bool:
+        def half(t: int) -> None:
+            try:
+                lo, hi = self.halves[t]
+                w_cols = np.ascontiguousarray(self.w_hh_stack[0][:, lo:hi])
+                back = np.empty((batch, hi - lo), dtype=dtype)
+                if not _half_backward(self.code, t, lo, hi, grad_steps[0], dh[0],
+                                      dh[0] if dc is None else dc[0], w_cols, self.h[0],
+                                      self.c_or_unused, self.a[0], self.tanh_c_or_unused,
+                                      self.gh_or_unused, dz_all[0], dgh_all[0], back,
+                                      self.steps_inactive, counters):
+                    return
+                # both halves' gate gradients are complete (the loop's last wait)
+                rows = slice(self.gates * lo, self.gates * hi)
+                dz = dz_all[0].reshape(steps * batch, width)
+                dgh = dgh_all[0].reshape(steps * batch, width)
+                h_prev = self._product_input(0).reshape(steps * batch, self.P)
+                np.matmul(dz[:, rows].T, x.reshape(steps * batch, -1), out=grad_w_ih[rows])
+                np.matmul(dgh[:, rows].T, h_prev, out=grad_w_hh[rows])
+                if grad_b_ih is not None:
+                    np.sum(dz[:, rows], axis=0, out=grad_b_ih[rows])
+                    if grad_b_hh is not grad_b_ih:
+                        np.sum(dgh[:, rows], axis=0, out=grad_b_hh[rows])
+                first, last = t * steps // 2, (t + 1) * steps // 2
+                np.matmul(dz_all[0, first:last].reshape(-1, width), self.w_ih[0],
+                          out=grad_x[first:last].reshape(-1, x.shape[2]))
+            except BaseException:
+                counters[_ABORT] = 1
+                raise
+
+        with one_blas_thread():
+            numba_threaded._on_two_threads(half)
+        rows = self._rows_back
+        weights = LayerWeights(rows(grad_w_ih), rows(grad_w_hh), rows(grad_b_ih),
+                               None if grad_b_hh is None else rows(grad_b_hh))
+        return self._combine([(grad_x, weights)], dh, dc)
+
+
+#: The fewest multiply-adds of a layer call's products (``T * B * G*H * (I + P)``) for
+#: which its units split between two threads: below it the fused steps were as fast or
+#: faster (forward and training, all three cells: 59-236 M multiply-adds 0.93-1.57x the
+#: fused steps' time but two rows, 315 M and more 0.63-0.97x but two, 1.03 and 1.08x;
+#: NOTES.md, issue 13, seventh pass).
+MIN_WORK = 1 << 28
+
+
+def splits(x, weights, cell, hooks) -> bool:
     """Whether a layer above the whole-loop limits runs its hidden units in two halves
-    on two threads: one direction of two units or more, no tape, no per-step hooks or
-    projection, two cores or more."""
-    return (len(weights) == 1 and not keep and hooks is None and weights[0].w_hr is None
-            and weights[0].w_hh.shape[0] >= 2 * cell.gates and blas.AVAILABLE
-            and numba_threaded.usable_cores() >= 2)
+    on two threads: one direction of two units or more, no per-step hooks or projection,
+    at least :data:`MIN_WORK`, two cores or more, called from the main thread (the only
+    one whose BLAS setting NumPy's OpenBLAS takes: elsewhere the halves' products would
+    each run on BLAS's threads, and the fused steps run instead)."""
+    w_hh = weights[0].w_hh
+    if len(weights) != 1 or hooks is not None or weights[0].w_hr is not None:
+        return False
+    work = x.shape[0] * x.shape[1] * w_hh.shape[0] * (x.shape[2] + w_hh.shape[1])
+    return (w_hh.shape[0] >= 2 * cell.gates and work >= MIN_WORK and blas.AVAILABLE
+            and numba_threaded.usable_cores() >= 2
+            and threading.current_thread() is threading.main_thread())

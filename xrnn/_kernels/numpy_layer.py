@@ -191,6 +191,11 @@ class _Layer:
         order = self.ORDER.get(self.kind)
         return a if a is None or order is None else _blocks(a, order, self.gates, axis=0)
 
+    def _rows_back(self, a):
+        """A gradient's rows (along axis 0) from kernel order back to PyTorch's (here
+        :meth:`_rows` itself: its orders are their own inverses)."""
+        return self._rows(a)
+
     def _init_hooks(self, hooks: Sequence[StepHooks]) -> None:
         """The per-step options (one :class:`StepHooks` per direction, original time
         positions) in step order, and the buffers they need.
@@ -562,15 +567,17 @@ class _Layer:
         """Direction ``d``'s share: ``(grad_x in its step order, its LayerWeights)``, the
         weight gradients batched over all steps (PyTorch's gate order)."""
         _, steps, batch, gh = dz_all.shape
-        rows = self._rows  # back from kernel order to PyTorch's
+        rows = self._rows_back
         dz = dz_all[d].reshape(steps * batch, gh)
         dgh = dgh_all[d].reshape(steps * batch, gh)
         x = self.x_steps[d]
         h_prev = self._product_input(d).reshape(steps * batch, self.P)
+        b_ih = b_hh = None
+        if self.has_bias:  # (one sum where the two are the same array: all cells but GRU)
+            b_ih = rows(dz.sum(axis=0))
+            b_hh = b_ih.copy() if dgh_all is dz_all else rows(dgh.sum(axis=0))
         return (dz @ self.w_ih[d]).reshape(x.shape), LayerWeights(
-            rows(dz.T @ x.reshape(steps * batch, -1)), rows(dgh.T @ h_prev),
-            rows(dz.sum(axis=0)) if self.has_bias else None,
-            rows(dgh.sum(axis=0)) if self.has_bias else None,
+            rows(dz.T @ x.reshape(steps * batch, -1)), rows(dgh.T @ h_prev), b_ih, b_hh,
             None if dh_all is None else
             dh_all[d].reshape(steps * batch, self.P).T
             @ self.m[d].reshape(steps * batch, self.H))
