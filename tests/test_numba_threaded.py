@@ -190,6 +190,45 @@ def test_blas_matmul_is_numpys(rng, dtype, rows, inner, columns, transpose_b):
     assert (padded[0] == 7).all() and (padded[-1] == 7).all()
 
 
+def test_two_threads_of_ours_end_openblas_workers_only_when_no_other_thread_runs(monkeypatch):
+    """``cores_for_two_threads`` ends OpenBLAS's workers (which spin for ~0.1 s after a
+    threaded product) when BLAS went to one thread and no Python thread but the main
+    one and the direction pool's is alive; never while another thread could be calling
+    BLAS."""
+    stopped = []
+    monkeypatch.setattr(blas, "stop_workers", lambda: stopped.append(True))
+    numba_threaded._on_two_threads(lambda d: d)  # (the pool's thread exists)
+    with numba_threaded.cores_for_two_threads() as single:
+        pass
+    assert stopped == ([True] if single else [])
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        with numba_threaded.cores_for_two_threads():
+            pass
+    finally:
+        release.set()
+        other.join()
+    assert stopped == ([True] if single else [])
+
+
+def test_products_after_openblas_workers_ended_are_right(rng):
+    """After :func:`blas.stop_workers`, NumPy's threaded products start the workers again
+    and agree with a product made before; ``blas.matmul`` too."""
+    a = rng.standard_normal((300, 400))
+    b = rng.standard_normal((400, 500))
+    before = a @ b
+    with numba_layer.one_blas_thread():
+        blas.stop_workers()
+        single = np.empty((300, 500))
+        blas.matmul(a, b, False, single)
+    np.testing.assert_array_equal(a @ b, before)
+    blas.stop_workers()  # (also safe with BLAS on its threads, none of them busy)
+    np.testing.assert_array_equal(a @ b, before)
+    assert_close(single, before, rtol=1e-12, atol=1e-12)
+
+
 def test_blas_matmul_refuses_mismatched_shapes():
     a, b = np.ones((2, 3)), np.ones((4, 3))
     with pytest.raises(ValueError, match="shapes of a, b and out do not match"):

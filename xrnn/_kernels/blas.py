@@ -25,8 +25,9 @@ _SYMBOLS = {"xrnn_sgemm": "scipy_cblas_sgemm64_", "xrnn_dgemm": "scipy_cblas_dge
             "xrnn_sgemv": "scipy_cblas_sgemv64_", "xrnn_dgemv": "scipy_cblas_dgemv64_"}
 
 
-def _register() -> bool:
-    """Register NumPy's CBLAS functions with LLVM; False when a symbol is missing."""
+def _register() -> tuple[bool, object]:
+    """Register NumPy's CBLAS functions with LLVM; False when a symbol is missing. And
+    OpenBLAS's ``blas_thread_shutdown_``, or None."""
     try:
         from numpy._core import _multiarray_umath as extension
     except ImportError:  # NumPy 1.x
@@ -36,14 +37,25 @@ def _register() -> bool:
         addresses = {name: ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value
                      for name, symbol in _SYMBOLS.items()}
     except (OSError, AttributeError):
-        return False
+        return False, None
     for name, address in addresses.items():
         binding.add_symbol(name, address)
-    return True
+    return True, getattr(library, "blas_thread_shutdown_", None)
 
 
 #: Whether NumPy's BLAS was found (and :func:`matmul` may run).
-AVAILABLE = _register()
+AVAILABLE, _shutdown = _register()
+
+
+def stop_workers() -> None:
+    """End OpenBLAS's worker threads now (it starts them again on its next call on more
+    than one thread). After a product on its threads they spin for about 0.1 s before
+    they sleep (OpenBLAS's ``THREAD_TIMEOUT``), taking a core from any other thread that
+    needs one. Safe whenever no other thread can be calling BLAS (OpenBLAS calls it
+    itself before a fork); setting BLAS's thread count starts them again, so a caller
+    that wants them gone sets one thread first."""
+    if _shutdown is not None:
+        _shutdown()
 
 _i32, _i64, _ptr = types.int32, types.int64, types.voidptr
 

@@ -40,7 +40,7 @@ from numba.extending import intrinsic
 from ..functional.weights import LayerWeights
 from . import blas, numba_threaded
 from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row, _gru_cell, _gru_row_back, _jit,
-                          _lstm_cell, _lstm_row_back, one_blas_thread, steps_inactive)
+                          _lstm_cell, _lstm_row_back, steps_inactive)
 
 binding.add_symbol("xrnn_sched_yield",
                    ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value)
@@ -227,7 +227,7 @@ class _SplitLayer(_Compiled):
 
     def forward(self):
         counters = np.zeros(_ABORT + 1, dtype=np.int64)
-        with one_blas_thread():  # (on the main thread, where the setting takes: splits)
+        with numba_threaded.cores_for_two_threads():  # (on the main thread: splits)
             numba_threaded._on_two_threads(lambda t: self._forward_half(t, counters))
 
     def _forward_half(self, t: int, counters) -> None:
@@ -301,7 +301,7 @@ class _SplitLayer(_Compiled):
                 counters[_ABORT] = 1
                 raise
 
-        with one_blas_thread():
+        with numba_threaded.cores_for_two_threads():
             numba_threaded._on_two_threads(half)
         rows = self._rows_back
         weights = LayerWeights(rows(grad_w_ih), rows(grad_w_hh), rows(grad_b_ih),

@@ -26,8 +26,10 @@ benchmarks/NOTES.md (issue 13, fifth pass).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -46,6 +48,7 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+_POOL_NAME = "xrnn-direction"
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -70,7 +73,7 @@ def _on_two_threads(task, parallel: bool = True):
         return [task(0), task(1)]
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xrnn-direction")
+            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_POOL_NAME)
     other = _pool.submit(task, 1)
     try:
         first = task(0)
@@ -79,11 +82,27 @@ def _on_two_threads(task, parallel: bool = True):
     return [first, second]
 
 
+@contextlib.contextmanager
+def cores_for_two_threads() -> Iterator[bool]:
+    """BLAS on one thread (:func:`.numba_layer.one_blas_thread`: yields whether that
+    took), and OpenBLAS's worker threads ended (:func:`.blas.stop_workers`) when no
+    Python thread but the main one and the direction pool's can be calling BLAS: after
+    a product on BLAS's threads its worker spins on a core for about 0.1 s, and a layer
+    on two threads of ours right after it took up to 2.3x as long (NOTES.md, issue 13,
+    seventh pass)."""
+    with one_blas_thread() as single:
+        if single and all(thread is threading.main_thread()
+                          or thread.name.startswith(_POOL_NAME)
+                          for thread in threading.enumerate()):
+            blas.stop_workers()
+        yield single
+
+
 def each_direction(task):
     """``[task(0), task(1)]`` with BLAS on one thread: on two threads where that setting
     took (the main thread), else one after the other on the calling thread, where BLAS's
     own threads share the cores already."""
-    with one_blas_thread() as single:
+    with cores_for_two_threads() as single:
         return _on_two_threads(task, parallel=single)
 
 
