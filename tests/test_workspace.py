@@ -199,3 +199,32 @@ def test_tape_arrays_are_kept_up_to_the_cap(monkeypatch):
     assert workspace.tape(big, np.float64) is not a  # another dtype
     workspace.release()
     assert workspace.held_bytes() == 0
+
+
+def test_tape_arrays_of_new_shapes_take_the_place_of_the_oldest(monkeypatch):
+    """At the cap, arrays of the shapes given back longest ago make room for new ones
+    (a smaller model trained after a larger one reuses its own tape); arrays of a shape
+    given back in the same call are not freed for each other, and what does not fit is
+    freed."""
+    workspace.release()
+    size = workspace.MIN_TAPE_BYTES // 4
+    one, two, three = [(shape, np.float32) for shape in ((size,), (size // 2, 2), (2, size // 2))]
+    monkeypatch.setattr(workspace, "MAX_TAPE_BYTES", 3 * size * 4)  # three arrays
+    a = workspace.tape(*one)
+    workspace.give_back([a])
+    b = [workspace.tape(*two) for _ in range(2)]
+    workspace.give_back(b)
+    assert workspace.held_bytes() == 3 * a.nbytes  # full
+    c = workspace.tape(*three)
+    workspace.give_back([c])  # the oldest shape's array makes room
+    assert workspace.tape(*one) is not a
+    assert workspace.tape(*three) is c
+    workspace.give_back([c])
+    d = [np.empty(*three) for _ in range(2)]
+    workspace.give_back(d)  # shape two's arrays go, not c
+    kept = [workspace.tape(*three) for _ in range(3)]
+    assert {id(x) for x in kept} == {id(x) for x in [c, *d]}
+    assert workspace.tape(*two) is not b[0] and workspace.held_bytes() == 0
+    workspace.give_back([np.empty(*one) for _ in range(4)])
+    assert workspace.held_bytes() == 3 * a.nbytes  # the fourth is freed
+    workspace.release()

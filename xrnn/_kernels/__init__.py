@@ -5,8 +5,8 @@
 the same results to floating-point rounding. On NumPy that is the compiled kernel when
 Numba is installed (``pip install xrnn[fast]``): :mod:`.numba_layer` (the whole loop
 compiled for small layers; above, bidirectional layers a direction per core,
-:mod:`.numba_threaded`, one-direction layers without a tape their hidden units split
-between two cores, :mod:`.numba_split`, else fused compiled steps) and :mod:`.numba_layernorm`
+:mod:`.numba_threaded`, large one-direction layers their hidden units split between
+two cores, :mod:`.numba_split`, else fused compiled steps) and :mod:`.numba_layernorm`
 (LayerNorm cells); else the NumPy kernel: :mod:`.numpy_layer` and
 :mod:`.layernorm_layer`. All take the per-step hooks. ``XRNN_KERNELS=0`` in the
 environment, or ``with kernels_enabled(False):``, forces the generic path;
@@ -73,7 +73,8 @@ def cpu_path() -> str:
         directions = "from the main thread"
     return (f"numba {compiled.numba.__version__}: whole loop compiled for small layers "
             f"(B*G*H*P <= {limits}); above, bidirectional layers a direction per core "
-            f"and one-direction inference its hidden units split between two cores "
+            f"and one-direction layers from {compiled.numba_split.MIN_WORK:.2g} "
+            f"multiply-adds a call their hidden units split between two cores "
             f"({directions}), else fused compiled steps, as with per-step options and "
             "for LayerNorm cells")
 

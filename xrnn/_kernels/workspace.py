@@ -20,7 +20,8 @@ to its backward, so it cannot be scratch; but the next training step needs the s
 arrays again. :func:`tape` hands out an array that a finished backward gave back with
 :func:`give_back` (same shape and dtype), else a fresh one: page faults were a quarter
 of a (100, 32, 64, 128, 2, 2) LSTM training step (NOTES.md). A thread keeps at most
-:data:`MAX_TAPE_BYTES` of them. :func:`release` frees this thread's buffers, both kinds.
+:data:`MAX_TAPE_BYTES` of them, the newest shapes first. :func:`release` frees this
+thread's buffers, both kinds.
 """
 
 from __future__ import annotations
@@ -70,12 +71,26 @@ def tape(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 def give_back(arrays) -> None:
     """Keep ``arrays`` (from :func:`tape`; nothing may read them any more) for the next
-    :func:`tape` call of this thread, up to :data:`MAX_TAPE_BYTES`; the rest are freed."""
-    tapes = _local.__dict__.setdefault("tapes", {})
+    :func:`tape` calls of this thread, up to :data:`MAX_TAPE_BYTES`: to make room, the
+    arrays of the shapes given back longest ago are freed first (a thread whose shapes
+    change keeps the newest: with the old shapes kept instead, every training step of a
+    model run after a larger one paid its tape's page faults again, NOTES.md, issue 13,
+    seventh pass); what still does not fit is freed."""
+    tapes = _local.__dict__.setdefault("tapes", {})  # (shape, dtype) -> arrays, oldest first
     held = _local.__dict__.setdefault("tape_bytes", 0)
-    for a in arrays:
-        if MIN_TAPE_BYTES <= a.nbytes and held + a.nbytes <= MAX_TAPE_BYTES:
-            tapes.setdefault((a.shape, a.dtype), []).append(a)
+    kept = [a for a in arrays if a.nbytes >= MIN_TAPE_BYTES]
+    keys = {(a.shape, a.dtype) for a in kept}
+    needed = held + sum(a.nbytes for a in kept) - MAX_TAPE_BYTES
+    for key in [key for key in tapes if key not in keys]:
+        if needed <= 0:
+            break
+        freed = sum(a.nbytes for a in tapes.pop(key))
+        held, needed = held - freed, needed - freed
+    for a in kept:
+        if held + a.nbytes <= MAX_TAPE_BYTES:
+            key = (a.shape, a.dtype)
+            tapes[key] = tapes.pop(key, [])  # (now the newest)
+            tapes[key].append(a)
             held += a.nbytes
     _local.tape_bytes = held
 
