@@ -159,7 +159,8 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
                 # called from compiled code only: no signature of their own when their
                 # callers come from Numba's cache
                 "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6,
-                "_elman_row": (*(f4[::1],) * 4, numba.int64)}
+                "_elman_row": (*(f4[::1],) * 4, numba.int64),
+                "_elman_row_back": (*(f4[::1],) * 3, numba.int64)}
     typed = {}
     for name in loops + list(products):
         module = {"numba_layernorm": numba_layernorm, "numba_threaded": numba_threaded,

@@ -314,9 +314,24 @@ def _gru_row_back(gates, hh, h_old, row, dz, dgh, direct):
 
 
 @_jit
+def _elman_row_back(out, row, dz, activation):
+    """One batch row of an Elman cell's backward: ``dz`` from ``row`` (dh) and ``out``
+    (the cell's new h), for the activation's code (:data:`_ACTIVATION`)."""
+    one, zero = dz.dtype.type(1), dz.dtype.type(0)
+    if activation == 0:
+        for p in range(dz.size):
+            dz[p] = (one - out[p] * out[p]) * row[p]
+    elif activation == 1:
+        for p in range(dz.size):
+            dz[p] = row[p] if out[p] > zero else zero
+    else:
+        dz[:] = row
+
+
+@_jit
 def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
     directions, steps, batch, width = dz_all.shape
-    one, zero = dh.dtype.type(1), dh.dtype.type(0)
+    zero = dh.dtype.type(0)
     for s in range(steps - 1, -1, -1):
         for d in range(directions):
             for b in range(batch):
@@ -327,15 +342,7 @@ def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
                 if inactive[d, s, b]:  # a padded step passes the gradient through
                     dz[:] = zero
                     continue
-                out = h[d, s + 1, b]
-                if activation == 0:
-                    for p in range(width):
-                        dz[p] = (one - out[p] * out[p]) * row[p]
-                elif activation == 1:
-                    for p in range(width):
-                        dz[p] = row[p] if out[p] > zero else zero
-                else:
-                    dz[:] = row
+                _elman_row_back(h[d, s + 1, b], row, dz, activation)
                 row[:] = zero
                 _accumulate(row, dz, w[d])
 

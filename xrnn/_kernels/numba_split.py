@@ -39,8 +39,8 @@ from numba.extending import intrinsic
 
 from ..functional.weights import LayerWeights
 from . import blas, numba_threaded
-from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row, _gru_cell, _gru_row_back, _jit,
-                          _lstm_cell, _lstm_row_back, steps_inactive)
+from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row, _elman_row_back, _gru_cell,
+                          _gru_row_back, _jit, _lstm_cell, _lstm_row_back, steps_inactive)
 
 binding.add_symbol("xrnn_sched_yield",
                    ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value)
@@ -148,7 +148,7 @@ def _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, h, c, a, tanh
     width = w_cols.shape[0] // dh.shape[1] * (hi - lo)
     first = width // (hi - lo) * lo
     cols = slice(first, first + width)
-    one, zero = dh.dtype.type(1), dh.dtype.type(0)
+    zero = dh.dtype.type(0)
     for s in range(steps - 1, -1, -1):
         for b in range(batch):
             row, grad = dh[b, lo:hi], grad_steps[s, b, lo:hi]
@@ -165,14 +165,7 @@ def _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, h, c, a, tanh
                 _gru_row_back(a[s, b, cols], gh[s, b, cols], h[s, b, lo:hi], row, dz, dgh,
                               row)
             else:
-                out = h[s + 1, b, lo:hi]
-                for p in range(row.size):
-                    if code == 0:
-                        dz[p] = (one - out[p] * out[p]) * row[p]
-                    elif code == 1:
-                        dz[p] = row[p] if out[p] > zero else zero
-                    else:
-                        dz[p] = row[p]
+                _elman_row_back(h[s + 1, b, lo:hi], row, dz, code)
         done = steps - s
         _store_release(counters, mine, done)
         if not _wait(counters, other, done):

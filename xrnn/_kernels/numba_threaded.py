@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import blas
-from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_step, _gru_row_back,
+from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row_back, _elman_step, _gru_row_back,
                           _gru_step, _jit, _lstm_row_back, _lstm_step, one_blas_thread,
                           steps_inactive)
 
@@ -140,7 +140,7 @@ def _direction_backward(code, grad_steps, dh, dc, w_hh, h, c, a, tanh_c, gh, dz_
     gradients; ``dh`` (B, P) and ``dc`` (B, H) the final states', which become the
     initial states'; fills ``dz_all`` and ``dgh_all`` (T, B, G*H; the same array but for
     the GRU); ``w_hh`` (G*H, P); ``back`` (B, P) scratch."""
-    one, zero = dh.dtype.type(1), dh.dtype.type(0)
+    zero = dh.dtype.type(0)
     batch, width = dh.shape
     for s in range(grad_steps.shape[0] - 1, -1, -1):
         dz, dgh = dz_all[s], dgh_all[s]
@@ -156,14 +156,7 @@ def _direction_backward(code, grad_steps, dh, dc, w_hh, h, c, a, tanh_c, gh, dz_
             elif code == _GRU:  # row becomes dh z, the path that does not go through W_hh
                 _gru_row_back(a[s, b], gh[s, b], h[s, b], row, dz[b], dgh[b], row)
             else:
-                out, dzb = h[s + 1, b], dz[b]
-                for p in range(width):
-                    if code == 0:
-                        dzb[p] = (one - out[p] * out[p]) * row[p]
-                    elif code == 1:
-                        dzb[p] = row[p] if out[p] > zero else zero
-                    else:
-                        dzb[p] = row[p]
+                _elman_row_back(h[s + 1, b], row, dz[b], code)
         blas.matmul(dgh, w_hh, False, back)
         for b in range(batch):
             if inactive[s, b]:
