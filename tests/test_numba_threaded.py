@@ -197,20 +197,14 @@ def test_two_threads_of_ours_end_openblas_workers_only_when_no_other_thread_runs
     BLAS."""
     stopped = []
     monkeypatch.setattr(blas, "stop_workers", lambda: stopped.append(True))
-    numba_threaded._on_two_threads(lambda d: d)  # (the pool's thread exists)
-    with numba_threaded.cores_for_two_threads() as single:
-        pass
-    assert stopped == ([True] if single else [])
-    release = threading.Event()
-    other = threading.Thread(target=release.wait)
-    other.start()
-    try:
-        with numba_threaded.cores_for_two_threads():
+    pool = threading.Thread(name=f"{numba_threaded._POOL_NAME}_0")  # (never started)
+    other = threading.Thread(name="a user's")
+    for alive in ([threading.main_thread(), pool], [threading.main_thread(), pool, other]):
+        # (the threads alive, as earlier tests of the session may have left some)
+        monkeypatch.setattr(threading, "enumerate", lambda alive=alive: alive)
+        with numba_threaded.cores_for_two_threads() as single:
             pass
-    finally:
-        release.set()
-        other.join()
-    assert stopped == ([True] if single else [])
+        assert stopped == ([True] if single else [])
 
 
 def test_products_after_openblas_workers_ended_are_right(rng):
