@@ -303,10 +303,11 @@ class _SplitLayer(_Compiled):
 
 
 #: The fewest multiply-adds of a layer call's products (``T * B * G*H * (I + P)``) for
-#: which its units split between two threads: below it the fused steps were as fast or
-#: faster (forward and training, all three cells: 59-236 M multiply-adds 0.93-1.57x the
-#: fused steps' time but two rows, 315 M and more 0.63-0.97x but two, 1.03 and 1.08x;
-#: NOTES.md, issue 13, seventh pass).
+#: which its units split between two threads: below it the fused steps were mostly as
+#: fast or faster (forward and training, all three cells: from 39 M to 157 M
+#: multiply-adds the split took 0.74-1.57x the fused steps' time, over 1 in 11 of 17
+#: cases; from 315 M on 0.63-0.97x but two, 1.03 and 1.08x; NOTES.md, issue 13, seventh
+#: pass).
 MIN_WORK = 1 << 28
 
 
