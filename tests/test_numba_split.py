@@ -88,6 +88,18 @@ def test_split_training_matches_generic_path(rng, split, case, num_layers, batch
         counter=(numba_layer, "split_layers_run"), num_layers=num_layers, lengths=lengths)
 
 
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0] + str(c[1] or "") for c in CASES])
+def test_split_training_with_dot_products_matches_generic_path(rng, split, case):
+    """Three rows of ``DOTS_INNER`` units: each half's forward products are dot products
+    (:func:`blas._rows_dots`); output, final states and every gradient, padded steps
+    too."""
+    kind, options = CASES[case]
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, blas.DOTS_INNER, dtype="float64", seed=3, **options),
+        rng.standard_normal((T, 3, I)), kernels=True,
+        counter=(numba_layer, "split_layers_run"), num_layers=1, lengths=[2, T, 4])
+
+
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 def test_split_training_float32_dropout_chunks_missing_gradients(rng, split, monkeypatch,
                                                                  kind):

@@ -190,6 +190,46 @@ def test_blas_matmul_is_numpys(rng, dtype, rows, inner, columns, transpose_b):
     assert (padded[0] == 7).all() and (padded[-1] == 7).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [2, 3, 5, blas.DOTS_ROWS, blas.DOTS_ROWS + 1])
+@pytest.mark.parametrize("columns", [1, 4, 7, 9])
+def test_blas_matmul_dot_products(rng, dtype, rows, columns):
+    """From 2 to ``DOTS_ROWS`` rows of at least ``DOTS_INNER``, ``blas.matmul`` with
+    ``transpose_b`` is :func:`blas._rows_dots` (its results, bit for bit), which gives
+    ``a @ b.T`` for odd rows and columns not a multiple of four; above, BLAS's."""
+    inner = blas.DOTS_INNER + 3
+    a = rng.standard_normal((rows, inner)).astype(dtype)
+    b = rng.standard_normal((columns, inner)).astype(dtype)
+    padded = np.full((rows + 2, columns), 7.0, dtype=dtype)
+    out, dots = padded[1:-1], np.empty((rows, columns), dtype=dtype)
+    blas.matmul(a, b, True, out)
+    blas._rows_dots(a, b, dots)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    assert_close(out, a @ b.T, rtol=tolerance, atol=tolerance)
+    assert_close(dots, a @ b.T, rtol=tolerance, atol=tolerance)
+    assert (padded[0] == 7).all() and (padded[-1] == 7).all()
+    if rows <= blas.DOTS_ROWS:
+        np.testing.assert_array_equal(out, dots)
+    short = np.empty((rows, columns), dtype=dtype)  # fewer columns of a: BLAS's
+    blas.matmul(a[:, :blas.DOTS_INNER - 1].copy(), b[:, :blas.DOTS_INNER - 1].copy(), True,
+                short)
+    assert_close(short, a[:, :blas.DOTS_INNER - 1] @ b[:, :blas.DOTS_INNER - 1].T,
+                 rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0] + str(c[1] or "") for c in CASES])
+def test_threaded_layers_with_dot_products_match_generic_path(rng, threaded, case):
+    """Three rows of ``DOTS_INNER`` units: each direction's products are dot products
+    (:func:`blas._rows_dots`); outputs, final states and every gradient, padded steps
+    too."""
+    kind, options = CASES[case]
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, blas.DOTS_INNER, bidirectional=True, dtype="float64",
+                                    seed=3, **options),
+        rng.standard_normal((T, 3, I)), kernels=True,
+        counter=(numba_layer, "threaded_layers_run"), num_layers=1, lengths=[2, T, 4])
+
+
 def test_two_threads_of_ours_end_openblas_workers_only_when_no_other_thread_runs(monkeypatch):
     """``cores_for_two_threads`` ends OpenBLAS's workers (which spin for ~0.1 s after a
     threaded product) when BLAS went to one thread and no Python thread but the main

@@ -77,13 +77,71 @@ _sgemv, _dgemv = _gemv("xrnn_sgemv", types.float32), _gemv("xrnn_dgemv", types.f
 #: Below this many rows, :func:`matmul` is a matrix-vector product per row: OpenBLAS's
 #: sgemm with 2 or 3 rows took 2.4-5x as long as that (NOTES.md, issue 13, fifth pass).
 GEMV_ROWS = 4
+#: From 2 to :data:`DOTS_ROWS` rows and from :data:`DOTS_INNER` columns of ``a`` on,
+#: :func:`matmul` with ``transpose_b`` takes dot products of ``b``'s rows itself
+#: (:func:`_rows_dots`) instead of calling BLAS, which packs ``b`` on every call and
+#: whose kernels are made for many rows. Single thread, float32, (M, K) x (K, N):
+#: (4, 512) x (512, 2048) 148 us against 315 us, (16, 256) x (256, 512) 60 against
+#: 72; (32, 256) x (256, 512) 132 against 120, (16, 64) x (64, 256) 11 against 9
+#: (NOTES.md, issue 13, eighth pass).
+DOTS_ROWS, DOTS_INNER = 16, 256
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", boundscheck=False,
+            fastmath={"contract", "arcp", "nsz", "reassoc"})
+def _rows_dots(a, b, out):
+    """``out = a @ b.T`` (a (M, K), b (N, K)) as dot products: four rows of ``b`` against
+    two of ``a`` in one pass over K, eight sums that LLVM vectorises ("reassoc": each
+    summed in any order). Each row of ``b`` is read once per two rows of ``a``."""
+    rows, inner = a.shape
+    width = b.shape[0]
+    zero = out.dtype.type(0)
+    pairs, quads = rows - rows % 2, width - width % 4
+    for j in range(0, quads, 4):
+        b0, b1, b2, b3 = b[j], b[j + 1], b[j + 2], b[j + 3]
+        for r in range(0, pairs, 2):
+            x, y = a[r], a[r + 1]
+            x0 = x1 = x2 = x3 = y0 = y1 = y2 = y3 = zero
+            for k in range(inner):
+                xk, yk = x[k], y[k]
+                x0 += b0[k] * xk
+                x1 += b1[k] * xk
+                x2 += b2[k] * xk
+                x3 += b3[k] * xk
+                y0 += b0[k] * yk
+                y1 += b1[k] * yk
+                y2 += b2[k] * yk
+                y3 += b3[k] * yk
+            out[r, j], out[r, j + 1], out[r, j + 2], out[r, j + 3] = x0, x1, x2, x3
+            out[r + 1, j], out[r + 1, j + 1], out[r + 1, j + 2], out[r + 1, j + 3] = (
+                y0, y1, y2, y3)
+        if pairs < rows:
+            x = a[pairs]
+            x0 = x1 = x2 = x3 = zero
+            for k in range(inner):
+                xk = x[k]
+                x0 += b0[k] * xk
+                x1 += b1[k] * xk
+                x2 += b2[k] * xk
+                x3 += b3[k] * xk
+            out[pairs, j], out[pairs, j + 1], out[pairs, j + 2], out[pairs, j + 3] = (
+                x0, x1, x2, x3)
+    for j in range(quads, width):
+        row = b[j]
+        for r in range(rows):
+            x, total = a[r], zero
+            for k in range(inner):
+                total += row[k] * x[k]
+            out[r, j] = total
 
 
 @numba.njit(cache=True, nogil=True)
 def matmul(a, b, transpose_b, out):
     """``out = a @ (b.T if transpose_b else b)``: ``a`` (M, K), ``b`` (K, N), or (N, K)
     with ``transpose_b``, ``out`` (M, N), all C-contiguous, float32 or float64, one
-    dtype. A matrix-vector product per row when M < :data:`GEMV_ROWS`."""
+    dtype. With ``transpose_b``, dot products (:func:`_rows_dots`) for 2 to
+    :data:`DOTS_ROWS` rows of at least :data:`DOTS_INNER`; else a matrix-vector product
+    per row when M < :data:`GEMV_ROWS`."""
     rows, inner = a.shape
     columns = out.shape[1]
     single = out.itemsize == 4
@@ -91,6 +149,9 @@ def matmul(a, b, transpose_b, out):
     if (b.shape[1] if transpose_b else b.shape[0]) != inner or out.shape[0] != rows or (
             b.shape[0] if transpose_b else b.shape[1]) != columns:
         raise ValueError("blas.matmul: the shapes of a, b and out do not match")
+    if transpose_b and 2 <= rows <= DOTS_ROWS and inner >= DOTS_INNER:
+        _rows_dots(a, b, out)
+        return
     if rows < GEMV_ROWS:  # out[r]^T = b a[r]^T, or b^T a[r]^T
         trans = _NO_TRANS if transpose_b else _TRANS
         for r in range(rows):
