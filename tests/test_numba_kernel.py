@@ -14,7 +14,7 @@ pytest.importorskip("numba", reason="numba not installed (pip install xrnn[fast]
 
 import xrnn  # noqa: E402
 from xrnn import _kernels  # noqa: E402
-from xrnn._kernels import numba_layer, numba_split, numba_threaded, numpy_layer  # noqa: E402
+from xrnn._kernels import blas, numba_layer, numba_split, numba_threaded, numpy_layer  # noqa: E402
 from xrnn.testing import assert_close  # noqa: E402
 
 from .conftest import (compare_kernel_with_generic, move_layernorm_weights,  # noqa: E402
@@ -160,11 +160,12 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
                 # callers come from Numba's cache
                 "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6,
                 "_elman_row": (*(f4[::1],) * 4, numba.int64),
-                "_elman_row_back": (*(f4[::1],) * 3, numba.int64)}
+                "_elman_row_back": (*(f4[::1],) * 3, numba.int64),
+                "blas._rows_dots": (f4[:, ::1],) * 3}
     typed = {}
     for name in loops + list(products):
         module = {"numba_layernorm": numba_layernorm, "numba_threaded": numba_threaded,
-                  "numba_split": numba_split}.get(
+                  "numba_split": numba_split, "blas": blas}.get(
             name.split(".")[0], numba_layer)
         function = getattr(module, name.split(".")[-1])
         fresh = numba.njit(function.py_func)
