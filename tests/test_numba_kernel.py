@@ -240,6 +240,32 @@ def test_fused_steps_match_generic_path(rng, monkeypatch, case, num_layers, bidi
              [2, T, 1] if with_lengths else None, counter="fused_layers_run")
 
 
+@pytest.mark.parametrize("kind, options", [
+    ("RNN", {}), ("LSTM", {}), ("GRU", {}), ("LSTM", {"zoneout": 0.2}),
+    ("GRU", {"recurrent_dropout": 0.3}), ("LSTM", {"proj_size": blas.DOTS_INNER})])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fused_steps_with_dot_products_match_generic_path(rng, monkeypatch, kind, options,
+                                                          bidirectional):
+    """Three rows of ``DOTS_INNER`` values of h (``FUSED_DOTS_BATCH`` or fewer): the fused
+    steps' products are dot products (``blas.matmul``), with per-step options and a
+    projection too; at 1e-12 against the generic path, padded steps included."""
+    assert 3 <= numba_layer.FUSED_DOTS_BATCH
+    _set_limits(monkeypatch, 0)
+    monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 1)
+    hidden = blas.DOTS_INNER + (2 if "proj_size" in options else 0)
+    calls = []  # (the fused steps call blas.matmul only for these products)
+    matmul = blas.matmul
+    monkeypatch.setattr(blas, "matmul", lambda *a: calls.append(a[0].shape) or matmul(*a))
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, hidden, bidirectional=bidirectional, dtype="float64",
+                                    seed=3, **options),
+        rng.standard_normal((T, 3, I)), kernels=True,
+        counter=(numba_layer, "fused_layers_run"), num_layers=1, lengths=[2, T, 4])
+    # every step's product, each direction's, in the forward and the training run
+    assert calls.count((3, hidden if "proj_size" not in options else blas.DOTS_INNER)) == (
+        2 * T * (2 if bidirectional else 1))
+
+
 def test_kernels_enabled_rejects_other_values():
     with pytest.raises(ValueError, match="True, False or 'numpy', got 'numba'"):
         with _kernels.kernels_enabled("numba"):

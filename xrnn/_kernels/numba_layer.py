@@ -40,7 +40,7 @@ import threadpoolctl
 
 from ..functional.cells import Cell
 from ..functional.weights import LayerWeights
-from . import numpy_layer
+from . import blas, numpy_layer
 from .numba_math import exp, tanh
 from .workspace import scratch
 
@@ -58,6 +58,12 @@ MAX_STEP_WORK = {"rnn": 1 << 16, "lstm": 1 << 18, "gru": 1 << 18}
 DOT_HIDDEN = 128
 DOT_BATCH = 2
 DOT_KINDS = ("lstm", "rnn_tanh", "rnn_relu", "rnn_identity")
+#: Up to this many rows (from 2, and :data:`.blas.DOTS_INNER` columns of h on), the fused
+#: steps' recurrent products are dot products on one thread (:func:`.blas.matmul`), not
+#: NumPy's ``matmul`` on BLAS's threads: (4, 256) x (256, 1024) 44 us against 81,
+#: (4, 512) x (512, 2048) 160 against 289; at 8 rows 69 against 60, 284 against 223
+#: (NOTES.md, issue 13, eighth pass).
+FUSED_DOTS_BATCH = 4
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
 #: The other cells' codes, for the loops that take the cell as an argument; every code.
@@ -576,7 +582,25 @@ class _CompiledLayer(_Compiled):
 class _FusedLayer(_Compiled):
     """The NumPy kernel's layer (its loop, BLAS products, hooks and tape) with each step's
     elementwise work, forward and backward, in one compiled call per direction: for
-    layers above the limits, where the products need BLAS's blocking and threads."""
+    layers above the limits, where the products need BLAS's blocking and threads. At 2 to
+    :data:`FUSED_DOTS_BATCH` rows the forward's products are dot products instead
+    (:func:`.blas.matmul`, one thread)."""
+
+    def __init__(self, x, states, weights, cell, keep, active, hooks=None):
+        super().__init__(x, states, weights, cell, keep, active, hooks)
+        rows = np.swapaxes(self.w_hh_t, 1, 2)  # (D, G*H, P): W_hh's rows (scaled), as made
+        self.w_hh_rows = rows if (
+            blas.AVAILABLE and 2 <= self.batch <= FUSED_DOTS_BATCH
+            and self.P >= blas.DOTS_INNER and rows.flags.c_contiguous) else None
+
+    def _hh_product(self, h_prev, h_in, out):
+        h = h_prev if h_in is None else h_in
+        if self.w_hh_rows is None or not all(h[d].flags.c_contiguous and out[d].flags.c_contiguous
+                                             for d in range(self.D)):
+            return super()._hh_product(h_prev, h_in, out)
+        for d in range(self.D):
+            blas.matmul(h[d], self.w_hh_rows[d], True, out[d])
+        return out
 
     def _step_elman(self, gx, s, k, h_prev, h_out, h_in=None):
         z = self._hh_product(h_prev, h_in, self.z)
