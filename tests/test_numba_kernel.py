@@ -161,7 +161,7 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
                 "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6,
                 "_elman_row": (*(f4[::1],) * 4, numba.int64),
                 "_elman_row_back": (*(f4[::1],) * 3, numba.int64),
-                "blas._rows_dots": (f4[:, ::1],) * 3}
+                "blas._rows_dots": (f4[:, ::1],) * 3, "blas._rows_axpy": (f4[:, ::1],) * 3}
     typed = {}
     for name in loops + list(products):
         module = {"numba_layernorm": numba_layernorm, "numba_threaded": numba_threaded,
@@ -246,24 +246,30 @@ def test_fused_steps_match_generic_path(rng, monkeypatch, case, num_layers, bidi
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_fused_steps_with_dot_products_match_generic_path(rng, monkeypatch, kind, options,
                                                           bidirectional):
-    """Three rows of ``DOTS_INNER`` values of h (``FUSED_DOTS_BATCH`` or fewer): the fused
-    steps' products are dot products (``blas.matmul``), with per-step options and a
-    projection too; at 1e-12 against the generic path, padded steps included."""
-    assert 3 <= numba_layer.FUSED_DOTS_BATCH
+    """Three rows of ``DOTS_INNER`` values of h (``FUSED_ONE_THREAD_BATCH`` or fewer): the
+    fused steps' products are ``blas.matmul``'s, forward (dot products) and backward (sums
+    of rows), with per-step options and a projection too; at 1e-12 against the generic
+    path, padded steps included."""
+    assert 3 <= numba_layer.FUSED_ONE_THREAD_BATCH
     _set_limits(monkeypatch, 0)
     monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 1)
     hidden = blas.DOTS_INNER + (2 if "proj_size" in options else 0)
     calls = []  # (the fused steps call blas.matmul only for these products)
     matmul = blas.matmul
-    monkeypatch.setattr(blas, "matmul", lambda *a: calls.append(a[0].shape) or matmul(*a))
+    monkeypatch.setattr(blas, "matmul",
+                        lambda *a: calls.append((a[0].shape, a[2])) or matmul(*a))
     compare_kernel_with_generic(
         lambda: getattr(xrnn, kind)(I, hidden, bidirectional=bidirectional, dtype="float64",
                                     seed=3, **options),
         rng.standard_normal((T, 3, I)), kernels=True,
         counter=(numba_layer, "fused_layers_run"), num_layers=1, lengths=[2, T, 4])
-    # every step's product, each direction's, in the forward and the training run
-    assert calls.count((3, hidden if "proj_size" not in options else blas.DOTS_INNER)) == (
-        2 * T * (2 if bidirectional else 1))
+    # every step's product, each direction's: in the forward and the training run, and
+    # in the backward
+    gates = {"RNN": 1, "LSTM": 4, "GRU": 3}[kind]
+    directions = 2 if bidirectional else 1
+    size = hidden if "proj_size" not in options else blas.DOTS_INNER
+    assert calls.count(((3, size), True)) == 2 * T * directions
+    assert calls.count(((3, gates * hidden), False)) == T * directions
 
 
 def test_kernels_enabled_rejects_other_values():

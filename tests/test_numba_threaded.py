@@ -217,6 +217,27 @@ def test_blas_matmul_dot_products(rng, dtype, rows, columns):
                  rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [2, 3, blas.AXPY_ROWS, blas.AXPY_ROWS + 1])
+@pytest.mark.parametrize("inner", [1, 4, 9, 258])
+def test_blas_matmul_row_sums(rng, dtype, rows, inner):
+    """From 2 to ``AXPY_ROWS`` rows, ``blas.matmul`` without ``transpose_b`` is
+    :func:`blas._rows_axpy` (its results, bit for bit), which gives ``a @ b`` for an odd
+    row and inner sizes not a multiple of four; above, BLAS's."""
+    a = rng.standard_normal((rows, inner)).astype(dtype)
+    b = rng.standard_normal((inner, 11)).astype(dtype)
+    padded = np.full((rows + 2, 11), 7.0, dtype=dtype)
+    out, sums = padded[1:-1], np.empty((rows, 11), dtype=dtype)
+    blas.matmul(a, b, False, out)
+    blas._rows_axpy(a, b, sums)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    assert_close(out, a @ b, rtol=tolerance, atol=tolerance)
+    assert_close(sums, a @ b, rtol=tolerance, atol=tolerance)
+    assert (padded[0] == 7).all() and (padded[-1] == 7).all()
+    if rows <= blas.AXPY_ROWS:
+        np.testing.assert_array_equal(out, sums)
+
+
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0] + str(c[1] or "") for c in CASES])
 def test_threaded_layers_with_dot_products_match_generic_path(rng, threaded, case):
     """Three rows of ``DOTS_INNER`` units: each direction's products are dot products

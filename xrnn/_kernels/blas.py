@@ -85,6 +85,11 @@ GEMV_ROWS = 4
 #: 72; (32, 256) x (256, 512) 132 against 120, (16, 64) x (64, 256) 11 against 9
 #: (NOTES.md, issue 13, eighth pass).
 DOTS_ROWS, DOTS_INNER = 16, 256
+#: From 2 to this many rows, :func:`matmul` without ``transpose_b`` adds up ``b``'s rows
+#: itself (:func:`_rows_axpy`): single thread, float32, (2, 2048) x (2048, 512) 87 us
+#: against 125 (a gemv per row), (4, 2048) x (2048, 512) 164 against 221 (sgemm); at 8
+#: rows 446 against 333 (NOTES.md, issue 13, eighth pass).
+AXPY_ROWS = 4
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", boundscheck=False,
@@ -135,13 +140,56 @@ def _rows_dots(a, b, out):
             out[r, j] = total
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", boundscheck=False,
+            fastmath={"contract", "arcp", "nsz"})
+def _rows_axpy(a, b, out):
+    """``out = a @ b`` (a (M, K), b (K, N)) as sums of ``b``'s rows: four rows, scaled
+    by two rows of ``a``, added into two rows of ``out`` in one pass over N (vectorised
+    along N). Each row of ``b`` is read once per two rows of ``a``."""
+    rows, inner = a.shape
+    width = b.shape[1]
+    zero = out.dtype.type(0)
+    quads = inner - inner % 4
+    for r in range(0, rows - rows % 2, 2):
+        x, y, ox, oy = a[r], a[r + 1], out[r], out[r + 1]
+        for j in range(width):
+            ox[j] = zero
+            oy[j] = zero
+        for k in range(0, quads, 4):
+            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+            x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]
+            y0, y1, y2, y3 = y[k], y[k + 1], y[k + 2], y[k + 3]
+            for j in range(width):
+                ox[j] += x0 * b0[j] + x1 * b1[j] + x2 * b2[j] + x3 * b3[j]
+                oy[j] += y0 * b0[j] + y1 * b1[j] + y2 * b2[j] + y3 * b3[j]
+        for k in range(quads, inner):
+            bk, xk, yk = b[k], x[k], y[k]
+            for j in range(width):
+                ox[j] += xk * bk[j]
+                oy[j] += yk * bk[j]
+    if rows % 2:  # the last row alone
+        x, ox = a[rows - 1], out[rows - 1]
+        for j in range(width):
+            ox[j] = zero
+        for k in range(0, quads, 4):
+            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
+            x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]
+            for j in range(width):
+                ox[j] += x0 * b0[j] + x1 * b1[j] + x2 * b2[j] + x3 * b3[j]
+        for k in range(quads, inner):
+            bk, xk = b[k], x[k]
+            for j in range(width):
+                ox[j] += xk * bk[j]
+
+
 @numba.njit(cache=True, nogil=True)
 def matmul(a, b, transpose_b, out):
     """``out = a @ (b.T if transpose_b else b)``: ``a`` (M, K), ``b`` (K, N), or (N, K)
     with ``transpose_b``, ``out`` (M, N), all C-contiguous, float32 or float64, one
     dtype. With ``transpose_b``, dot products (:func:`_rows_dots`) for 2 to
-    :data:`DOTS_ROWS` rows of at least :data:`DOTS_INNER`; else a matrix-vector product
-    per row when M < :data:`GEMV_ROWS`."""
+    :data:`DOTS_ROWS` rows of at least :data:`DOTS_INNER`; without, sums of ``b``'s rows
+    (:func:`_rows_axpy`) for 2 to :data:`AXPY_ROWS` rows; else BLAS: a matrix-vector
+    product per row when M < :data:`GEMV_ROWS`, else gemm."""
     rows, inner = a.shape
     columns = out.shape[1]
     single = out.itemsize == 4
@@ -151,6 +199,9 @@ def matmul(a, b, transpose_b, out):
         raise ValueError("blas.matmul: the shapes of a, b and out do not match")
     if transpose_b and 2 <= rows <= DOTS_ROWS and inner >= DOTS_INNER:
         _rows_dots(a, b, out)
+        return
+    if not transpose_b and 2 <= rows <= AXPY_ROWS:
+        _rows_axpy(a, b, out)
         return
     if rows < GEMV_ROWS:  # out[r]^T = b a[r]^T, or b^T a[r]^T
         trans = _NO_TRANS if transpose_b else _TRANS

@@ -58,12 +58,14 @@ MAX_STEP_WORK = {"rnn": 1 << 16, "lstm": 1 << 18, "gru": 1 << 18}
 DOT_HIDDEN = 128
 DOT_BATCH = 2
 DOT_KINDS = ("lstm", "rnn_tanh", "rnn_relu", "rnn_identity")
-#: Up to this many rows (from 2, and :data:`.blas.DOTS_INNER` columns of h on), the fused
-#: steps' recurrent products are dot products on one thread (:func:`.blas.matmul`), not
-#: NumPy's ``matmul`` on BLAS's threads: (4, 256) x (256, 1024) 44 us against 81,
-#: (4, 512) x (512, 2048) 160 against 289; at 8 rows 69 against 60, 284 against 223
-#: (NOTES.md, issue 13, eighth pass).
-FUSED_DOTS_BATCH = 4
+#: From 2 to this many rows, the fused steps' recurrent products are compiled ones on one
+#: thread (:func:`.blas.matmul`: the forward's dot products from
+#: :data:`.blas.DOTS_INNER` values of h on, the backward's sums of rows), not NumPy's
+#: ``matmul`` on BLAS's threads. Forward: (4, 256) x (256, 1024) 44 us against 81,
+#: (4, 512) x (512, 2048) 160 against 289, but at 8 rows 69 against 60, 284 against
+#: 223; backward: (2, 2048) x (2048, 512) 110 against 249, (4, 2048) x (2048, 512) 181
+#: against 250 (NOTES.md, issue 13, eighth pass).
+FUSED_ONE_THREAD_BATCH = 4
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
 #: The other cells' codes, for the loops that take the cell as an argument; every code.
@@ -579,28 +581,39 @@ class _CompiledLayer(_Compiled):
         return self._gradients(dz_all, dgh_all, None, dh, dc)
 
 
+def _blocks_contiguous(*arrays) -> bool:
+    """Whether each direction's block of every (D, ...) array is C-contiguous."""
+    return all(a[d].flags.c_contiguous for a in arrays for d in range(a.shape[0]))
+
+
 class _FusedLayer(_Compiled):
     """The NumPy kernel's layer (its loop, BLAS products, hooks and tape) with each step's
     elementwise work, forward and backward, in one compiled call per direction: for
     layers above the limits, where the products need BLAS's blocking and threads. At 2 to
-    :data:`FUSED_DOTS_BATCH` rows the forward's products are dot products instead
-    (:func:`.blas.matmul`, one thread)."""
+    :data:`FUSED_ONE_THREAD_BATCH` rows the recurrent products are compiled ones on one
+    thread instead (:func:`.blas.matmul`): the forward's dot products from
+    :data:`.blas.DOTS_INNER` values of h, the backward's sums of rows."""
 
     def __init__(self, x, states, weights, cell, keep, active, hooks=None):
         super().__init__(x, states, weights, cell, keep, active, hooks)
+        self.one_thread = blas.AVAILABLE and 2 <= self.batch <= FUSED_ONE_THREAD_BATCH
         rows = np.swapaxes(self.w_hh_t, 1, 2)  # (D, G*H, P): W_hh's rows (scaled), as made
-        self.w_hh_rows = rows if (
-            blas.AVAILABLE and 2 <= self.batch <= FUSED_DOTS_BATCH
-            and self.P >= blas.DOTS_INNER and rows.flags.c_contiguous) else None
+        self.w_hh_rows = rows if (self.one_thread and self.P >= blas.DOTS_INNER
+                                  and rows.flags.c_contiguous) else None
 
     def _hh_product(self, h_prev, h_in, out):
         h = h_prev if h_in is None else h_in
-        if self.w_hh_rows is None or not all(h[d].flags.c_contiguous and out[d].flags.c_contiguous
-                                             for d in range(self.D)):
+        if self.w_hh_rows is None or not _blocks_contiguous(h, out):
             return super()._hh_product(h_prev, h_in, out)
         for d in range(self.D):
             blas.matmul(h[d], self.w_hh_rows[d], True, out[d])
         return out
+
+    def _hh_product_back(self, dgh, dh):
+        if not (self.one_thread and _blocks_contiguous(dgh, dh, self.w_hh_stack)):
+            return super()._hh_product_back(dgh, dh)
+        for d in range(self.D):
+            blas.matmul(dgh[d], self.w_hh_stack[d], False, dh[d])
 
     def _step_elman(self, gx, s, k, h_prev, h_out, h_in=None):
         z = self._hh_product(h_prev, h_in, self.z)

@@ -302,6 +302,11 @@ class _Layer:
         np.multiply(grad, keep, out=kept)
         grad *= passed
 
+    def _hh_product_back(self, dgh, dh):
+        """``dh`` (D, B, P) = ``dgh W_hh`` (``dgh`` (D, B, G*H)): the step's gates'
+        gradients back to h."""
+        np.matmul(dgh, self.w_hh_stack, out=dh)
+
     def _hh_product(self, h_prev, h_in, out):
         """``out`` (D, B, G*H) = ``h W_hh^T`` (kernel layout), ``h`` the product's input:
         ``h_in`` if given, else ``h_prev``. (At B = 1, a gemv per direction was 18%
@@ -460,7 +465,7 @@ class _Layer:
                     np.copyto(dh_all[:, s], 0.0, where=self.inactive[:, s])
                 if dgh is not dz:
                     np.copyto(dgh, 0.0, where=self.inactive[:, s])
-            np.matmul(dgh, self.w_hh_stack, out=dh)
+            self._hh_product_back(dgh, dh)
             if self.h_mask is not None:
                 dh *= self.h_mask
             if direct is not None:
