@@ -76,9 +76,29 @@ def test_whole_loop_dot_products_match_generic_path(rng, monkeypatch, case, bidi
     _compare(rng, kind, options, 2, bidirectional, True, [2, T, 1] if with_lengths else None)
 
 
-def test_whole_loop_dot_products_float32(rng):
-    """At the default sizes: an LSTM of 128 units, batch 1 (float32, 1e-5)."""
-    x = rng.standard_normal((T, 1, I)).astype(np.float32)
+@pytest.mark.parametrize("case, bidirectional, with_lengths", DOT_GRID,
+                         ids=[f"{CASES[c][0]}{CASES[c][1] or ''}-{d}-{n}"
+                              for c, d, n in DOT_GRID])
+def test_whole_loop_batch_dot_products_match_generic_path(rng, monkeypatch, case,
+                                                          bidirectional, with_lengths):
+    """The whole loop's product for all rows of a step at once, four rows at a time
+    (forced here for every size; by default from 4 rows and 64 units): seven rows (four,
+    then three left over) of seven units (an odd number of gate rows for the RNN)."""
+    monkeypatch.setattr(numba_layer, "BATCH_DOT_HIDDEN", 1)
+    monkeypatch.setattr(numba_layer, "BATCH_DOT_BATCH", 1)
+    kind, options = CASES[case]
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, 7, 2, bidirectional=bidirectional, dtype="float64",
+                                    seed=3, **options),
+        rng.standard_normal((T, 7, I)), kernels=True, counter=(numba_layer, "layers_run"),
+        num_layers=2, lengths=[2, T, 1, 4, 3, T, 2] if with_lengths else None)
+
+
+@pytest.mark.parametrize("batch", [1, numba_layer.BATCH_DOT_BATCH])
+def test_whole_loop_dot_products_float32(rng, batch):
+    """At the default sizes: an LSTM of 128 units, batch 1 (a row at a time) and 4 (four
+    rows at once) (float32, 1e-5)."""
+    x = rng.standard_normal((T, batch, I)).astype(np.float32)
     with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
         model = xrnn.LSTM(I, 128, seed=0)
         before = numba_layer.layers_run
@@ -156,6 +176,7 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
     f4 = numba.float32
     products = {"_accumulate": (f4[::1], f4[::1], f4[:, ::1]),  # _product only calls it
                 "_dots": (f4[::1], f4[::1], f4[::1], f4[:, ::1]),  # (and this)
+                "_batch_dots": (f4[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1]),
                 # called from compiled code only: no signature of their own when their
                 # callers come from Numba's cache
                 "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6,
