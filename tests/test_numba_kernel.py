@@ -81,9 +81,10 @@ def test_whole_loop_dot_products_match_generic_path(rng, monkeypatch, case, bidi
                               for c, d, n in DOT_GRID])
 def test_whole_loop_batch_dot_products_match_generic_path(rng, monkeypatch, case,
                                                           bidirectional, with_lengths):
-    """The whole loop's product for all rows of a step at once, four rows at a time
-    (forced here for every size; by default from 4 rows and 64 units): seven rows (four,
-    then three left over) of seven units (an odd number of gate rows for the RNN)."""
+    """The whole loop's product for all rows of a step at once, four rows at a time,
+    forward and backward (forced here for every size; by default from 4 rows and 64
+    units): seven rows (four, then three left over) of seven units (an odd number of gate
+    rows for the RNN)."""
     monkeypatch.setattr(numba_layer, "BATCH_DOT_HIDDEN", 1)
     monkeypatch.setattr(numba_layer, "BATCH_DOT_BATCH", 1)
     kind, options = CASES[case]
@@ -177,6 +178,9 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
     products = {"_accumulate": (f4[::1], f4[::1], f4[:, ::1]),  # _product only calls it
                 "_dots": (f4[::1], f4[::1], f4[::1], f4[:, ::1]),  # (and this)
                 "_batch_dots": (f4[:, ::1], f4[::1], f4[:, ::1], f4[:, ::1]),
+                "_batch_accumulate": (f4[:, ::1],) * 3,
+                "_back_to_h": (*(f4[:, ::1],) * 3, numba.boolean[::1], numba.boolean,
+                               numba.boolean, f4[:, ::1]),
                 # called from compiled code only: no signature of their own when their
                 # callers come from Numba's cache
                 "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6,

@@ -401,7 +401,65 @@ def _elman_row_back(out, row, dz, activation):
 
 
 @_jit
-def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
+def _batch_accumulate(out, coef, rows):
+    """``out += coef @ rows`` (out (B, W), coef (B, K), rows (K, W)): for four rows of
+    ``out`` at a time, two rows of ``rows`` a pass over W (each row of ``rows`` read once
+    per four of ``out``); the rows left over by :func:`_accumulate`."""
+    batch, size = coef.shape
+    width = rows.shape[1]
+    fours, pairs = batch - batch % 4, size - size % 2
+    for b in range(0, fours, 4):
+        o0, o1, o2, o3 = out[b], out[b + 1], out[b + 2], out[b + 3]
+        c0, c1, c2, c3 = coef[b], coef[b + 1], coef[b + 2], coef[b + 3]
+        for k in range(0, pairs, 2):
+            r, q = rows[k], rows[k + 1]
+            a0, a1, a2, a3 = c0[k], c1[k], c2[k], c3[k]
+            e0, e1, e2, e3 = c0[k + 1], c1[k + 1], c2[k + 1], c3[k + 1]
+            for j in range(width):
+                rj, qj = r[j], q[j]
+                o0[j] += a0 * rj + e0 * qj
+                o1[j] += a1 * rj + e1 * qj
+                o2[j] += a2 * rj + e2 * qj
+                o3[j] += a3 * rj + e3 * qj
+        for k in range(pairs, size):
+            r = rows[k]
+            a0, a1, a2, a3 = c0[k], c1[k], c2[k], c3[k]
+            for j in range(width):
+                o0[j] += a0 * r[j]
+                o1[j] += a1 * r[j]
+                o2[j] += a2 * r[j]
+                o3[j] += a3 * r[j]
+    for b in range(fours, batch):
+        _accumulate(out[b], coef[b], rows)
+
+
+@_jit
+def _back_to_h(dh, dgh, w, inactive, batched, replace, back):
+    """One step's gate gradients back to h: each active row of ``dh`` (B, P) becomes
+    (``replace``) or gets ``dgh`` (B, G*H) @ ``w`` (G*H, P); padded rows are left alone.
+    ``batched``: all rows at once (:func:`_batch_accumulate`, into ``back`` (B, P))."""
+    zero = dh.dtype.type(0)
+    if batched:
+        back[:] = zero
+        _batch_accumulate(back, dgh, w)
+    for b in range(dh.shape[0]):
+        if inactive[b]:
+            continue
+        row = dh[b]
+        if batched:
+            if replace:
+                row[:] = back[b]
+            else:
+                for p in range(row.size):
+                    row[p] += back[b, p]
+        else:
+            if replace:
+                row[:] = zero
+            _accumulate(row, dgh[b], w)
+
+
+@_jit
+def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation, batched, back):
     directions, steps, batch, width = dz_all.shape
     zero = dh.dtype.type(0)
     for s in range(steps - 1, -1, -1):
@@ -415,12 +473,11 @@ def _elman_backward(grad_steps, dh, w, h, dz_all, inactive, activation):
                     dz[:] = zero
                     continue
                 _elman_row_back(h[d, s + 1, b], row, dz, activation)
-                row[:] = zero
-                _accumulate(row, dz, w[d])
+            _back_to_h(dh[d], dz_all[d, s], w[d], inactive[d, s], batched, True, back)
 
 
 @_jit
-def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive):
+def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive, batched, back):
     directions, steps, batch, width = dz_all.shape
     hidden = width // 4
     zero = dh.dtype.type(0)
@@ -435,12 +492,11 @@ def _lstm_backward(grad_steps, dh, dc, w, c, a, tanh_c, dz_all, inactive):
                     dz[:] = zero
                     continue
                 _lstm_row_back(a[d, s, b], tanh_c[d, s, b], c[d, s, b], row, dc_row, dz)
-                row[:] = zero
-                _accumulate(row, dz, w[d])
+            _back_to_h(dh[d], dz_all[d, s], w[d], inactive[d, s], batched, True, back)
 
 
 @_jit
-def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
+def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive, batched, back):
     directions, steps, batch, width = dz_all.shape
     hidden = width // 3
     zero = dh.dtype.type(0)
@@ -457,7 +513,7 @@ def _gru_backward(grad_steps, dh, w, h, a, gh, dz_all, dgh_all, inactive):
                     continue
                 # row becomes dh z, the path that does not go through W_hh
                 _gru_row_back(a[d, s, b], gh[d, s, b], h[d, s, b], row, dz, dgh, row)
-                _accumulate(row, dgh, w[d])
+            _back_to_h(dh[d], dgh_all[d, s], w[d], inactive[d, s], batched, False, back)
 
 
 # fused steps for larger layers -------------------------------------------------------------
@@ -637,16 +693,19 @@ class _CompiledLayer(_Compiled):
         dz_all = self._buffer((directions, steps, batch, self.gx.shape[-1]))
         dgh_all = dz_all
         w = np.ascontiguousarray(self.w_hh_stack)
+        # all rows of a step at once (_batch_accumulate) where the forward's are
+        batched = self.mode == _BATCH_DOTS
+        back = np.empty((batch, self.P), dtype=self.dtype)
         if self.kind == "lstm":
             _lstm_backward(grad_steps, dh, dc, w, self.c, self.a, self.tanh_c, dz_all,
-                           self.steps_inactive)
+                           self.steps_inactive, batched, back)
         elif self.kind == "gru":
             dgh_all = self._buffer(dz_all.shape)
             _gru_backward(grad_steps, dh, w, self.h, self.a, self.gh, dz_all, dgh_all,
-                          self.steps_inactive)
+                          self.steps_inactive, batched, back)
         else:
             _elman_backward(grad_steps, dh, w, self.h, dz_all, self.steps_inactive,
-                            _ACTIVATION[self.kind])
+                            _ACTIVATION[self.kind], batched, back)
         return self._gradients(dz_all, dgh_all, None, dh, dc)
 
 
