@@ -140,12 +140,30 @@ def _rows_dots(a, b, out):
             out[r, j] = total
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract", "arcp", "nsz"})
+def _accumulate(out, coef, rows):
+    """``out += coef @ rows`` (out (W,), coef (K,), rows (K, W)), four rows per pass over
+    ``out``."""
+    size, width = rows.shape
+    rest = size - size % 4
+    for k in range(0, rest, 4):
+        c0, c1, c2, c3 = coef[k], coef[k + 1], coef[k + 2], coef[k + 3]
+        r0, r1, r2, r3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
+        for j in range(width):
+            out[j] += c0 * r0[j] + c1 * r1[j] + c2 * r2[j] + c3 * r3[j]
+    for k in range(rest, size):
+        ck, rk = coef[k], rows[k]
+        for j in range(width):
+            out[j] += ck * rk[j]
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", boundscheck=False,
             fastmath={"contract", "arcp", "nsz"})
 def _rows_axpy(a, b, out):
     """``out = a @ b`` (a (M, K), b (K, N)) as sums of ``b``'s rows: four rows, scaled
     by two rows of ``a``, added into two rows of ``out`` in one pass over N (vectorised
-    along N). Each row of ``b`` is read once per two rows of ``a``."""
+    along N; an odd last row by :func:`_accumulate`). Each row of ``b`` is read once per
+    two rows of ``a``."""
     rows, inner = a.shape
     width = b.shape[1]
     zero = out.dtype.type(0)
@@ -168,18 +186,8 @@ def _rows_axpy(a, b, out):
                 ox[j] += xk * bk[j]
                 oy[j] += yk * bk[j]
     if rows % 2:  # the last row alone
-        x, ox = a[rows - 1], out[rows - 1]
-        for j in range(width):
-            ox[j] = zero
-        for k in range(0, quads, 4):
-            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
-            x0, x1, x2, x3 = x[k], x[k + 1], x[k + 2], x[k + 3]
-            for j in range(width):
-                ox[j] += x0 * b0[j] + x1 * b1[j] + x2 * b2[j] + x3 * b3[j]
-        for k in range(quads, inner):
-            bk, xk = b[k], x[k]
-            for j in range(width):
-                ox[j] += xk * bk[j]
+        out[rows - 1] = zero
+        _accumulate(out[rows - 1], a[rows - 1], b)
 
 
 @numba.njit(cache=True, nogil=True)

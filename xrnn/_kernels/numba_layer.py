@@ -41,6 +41,7 @@ import threadpoolctl
 from ..functional.cells import Cell
 from ..functional.weights import LayerWeights
 from . import blas, numpy_layer
+from .blas import _accumulate
 from .numba_math import exp, tanh
 from .workspace import scratch
 
@@ -136,22 +137,6 @@ def one_blas_thread() -> Iterator[bool]:
 # literal would turn float32 arithmetic into float64. Inner loops run over units, are
 # contiguous and branch-free, so LLVM vectorises the products and the gate algebra,
 # exp and tanh included in float32 (``numba_math``: polynomials, not libm calls).
-
-@_jit
-def _accumulate(out, coef, rows):
-    """``out += coef @ rows`` (rows (K, W)), four rows per pass over ``out``."""
-    size, width = rows.shape
-    rest = size - size % 4
-    for k in range(0, rest, 4):
-        c0, c1, c2, c3 = coef[k], coef[k + 1], coef[k + 2], coef[k + 3]
-        r0, r1, r2, r3 = rows[k], rows[k + 1], rows[k + 2], rows[k + 3]
-        for j in range(width):
-            out[j] += c0 * r0[j] + c1 * r1[j] + c2 * r2[j] + c3 * r3[j]
-    for k in range(rest, size):
-        ck, rk = coef[k], rows[k]
-        for j in range(width):
-            out[j] += ck * rk[j]
-
 
 @numba.njit(cache=True, nogil=True, error_model="numpy",
             fastmath={"contract", "arcp", "nsz", "reassoc"})
