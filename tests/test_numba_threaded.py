@@ -138,6 +138,21 @@ def test_threaded_layernorm_forward_matches_generic_path(rng, threaded, monkeypa
         assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_threaded_layernorm_forward_with_dot_products(rng, threaded, kind):
+    """LayerNorm cells of ``DOTS_INNER`` units at three rows: each direction's forward
+    products are dot products (:func:`blas._rows_dots`); outputs, final states and every
+    gradient, padded steps too, at 1e-12."""
+    from xrnn._kernels import numba_layernorm
+
+    compare_kernel_with_generic(
+        lambda: move_layernorm_weights(getattr(xrnn, kind)(
+            I, blas.DOTS_INNER, bidirectional=True, layer_norm=True, dtype="float64",
+            seed=4)),
+        rng.standard_normal((T, 3, I)), kernels=True,
+        counter=(numba_layernorm, "threaded_layers_run"), num_layers=1, lengths=[2, T, 4])
+
+
 def _layer_counts(model, x) -> tuple[int, int, int]:
     """(whole loop, fused steps, threaded) layers run by one forward."""
     names = ("layers_run", "fused_layers_run", "threaded_layers_run")
