@@ -13,7 +13,8 @@ import pytest
 import xrnn
 from tests.conftest import numpy_leg_only
 from xrnn import backend
-from xrnn._kernels import workspace
+from xrnn import _kernels
+from xrnn._kernels import numpy_layer, workspace
 
 pytestmark = numpy_leg_only
 
@@ -48,6 +49,67 @@ def test_results_survive_the_next_call(rng, kind, hidden, batch):
             np.testing.assert_array_equal(a, b)
         assert not any(np.array_equal(a, b) for a, b in zip(first, second))
         np.testing.assert_array_equal(_run(model, x1)[0], kept[0])
+
+
+#: (path, (hidden, batch), bidirectional): the paths as chosen for both sizes, the split
+#: (one direction, above the whole loop's limit), the NumPy kernel.
+STACK_CASES = ([("default", size, d) for size in SIZES for d in (False, True)]
+               + [("split", SIZES[1], False)]
+               + [("numpy", size, d) for size in SIZES for d in (False, True)])
+
+
+@pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("path, size, bidirectional", STACK_CASES)
+@pytest.mark.parametrize("training", [False, True])
+def test_what_passes_between_layers_never_reaches_the_caller(monkeypatch, rng, kind, path,
+                                                              size, bidirectional, training):
+    """In a stack of three layers the outputs of the lower two, and the gradients of the
+    upper two's inputs, live in reusable buffers (layers 0 and 2 share one name): the
+    output, final states and input gradient handed back are the caller's own, the next
+    call on other input leaves them as they were and gets what it gets alone. Every CPU
+    path: the compiled ones as chosen (whole loop, fused steps, a direction per core),
+    one-direction layers split between two cores, the NumPy kernel. The input projection
+    a step at a time, so that a layer writing its output where its input is would
+    overwrite steps it has yet to read."""
+    monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 1)
+    hidden, batch = size
+    if path == "split":
+        numba_split = pytest.importorskip(
+            "xrnn._kernels.numba_split", reason="numba not installed (pip install xrnn[fast])")
+        monkeypatch.setattr(numba_split, "MIN_WORK", 1)
+        from xrnn._kernels import numba_layer
+        split_before = numba_layer.split_layers_run
+
+    def step(model, x):
+        model.zero_grad()
+        out, finals = model(xrnn.asarray(x))
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        grad_x = model.backward(xrnn.asarray(np.cos(np.arange(out.size)).reshape(out.shape)
+                                             .astype("float32")))
+        return [out, *finals, grad_x] + [p.grad for p in model.parameters()]
+
+    def run(model, x):
+        if training:
+            return step(model, x)
+        return _run(model, x)
+
+    with backend.use_backend("numpy"), _kernels.kernels_enabled(
+            "numpy" if path == "numpy" else True):
+        def build():
+            return getattr(xrnn, kind)(6, hidden, 3, bidirectional=bidirectional, seed=0)
+
+        x1, x2 = (rng.standard_normal((7, batch, 6)).astype("float32") for _ in range(2))
+        alone = [np.array(a) for a in run(build(), x2)]
+        model = build()
+        first = run(model, x1)
+        kept = [np.array(a) for a in first]
+        second = run(model, x2)
+        for a, b in zip(first, kept):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(second, alone):
+            np.testing.assert_array_equal(a, b)
+    if path == "split":
+        assert numba_layer.split_layers_run - split_before == 9  # three calls of 3 layers
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])

@@ -80,7 +80,8 @@ def cpu_path() -> str:
 
 
 def layer_runner(xp, cell, dtype) -> Callable | None:
-    """The fast ``run_layer(x, states, weights, cell, *, keep, active, hooks)`` for this
+    """The fast ``run_layer(x, states, weights, cell, *, keep, active, hooks, position)``
+    (:func:`.numpy_layer.run_layer`) for this
     case, or ``None``: NumPy arrays of float32 or float64 (float16 takes the generic
     path); LayerNorm cells on their own kernels."""
     if not _enabled or not array_api_compat.is_numpy_namespace(xp):

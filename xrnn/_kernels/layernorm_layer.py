@@ -89,10 +89,11 @@ class _NormLayer(numpy_layer._Layer):
     LayerNorms added to its step, its backward and its weight gradients."""
 
     def __init__(self, x, states, weights: Sequence[LayerWeights], cell: Cell,
-                 keep: bool, active, hooks: Sequence[StepHooks] | None = None):
+                 keep: bool, active, hooks: Sequence[StepHooks] | None = None,
+                 position: tuple[int, int] = (0, 1)):
         base = BASE_KIND[cell.name]
         super().__init__(x, states, weights, dataclasses.replace(cell, name=base), keep,
-                         active, hooks)
+                         active, hooks, position)
         directions, steps, batch, dtype = self.D, self.steps, self.batch, self.dtype
         hidden, gh = self.H, self.gx.shape[-1]
         rows = self._rows  # gate blocks in kernel order
@@ -267,11 +268,12 @@ layers_run = 0
 
 
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
-              keep: bool, active=None, hooks: Sequence[StepHooks] | None = None):
+              keep: bool, active=None, hooks: Sequence[StepHooks] | None = None,
+              position: tuple[int, int] = (0, 1)):
     """One layer (all its directions) of a LayerNorm ``cell``: ``(output, finals, backward
     or None)``, the interface of :func:`xrnn._kernels.numpy_layer.run_layer`."""
     global layers_run
     layers_run += 1
-    layer = _NormLayer(x, states, weights, cell, keep, active, hooks)
+    layer = _NormLayer(x, states, weights, cell, keep, active, hooks, position)
     layer.forward()
     return layer.output(active), layer.finals(), (layer if keep else None)

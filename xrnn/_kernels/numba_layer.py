@@ -585,8 +585,8 @@ class _Compiled(numpy_layer._Layer):
 
     ORDER = SCALE = {}
 
-    def __init__(self, x, states, weights, cell, keep, active, hooks=None):
-        super().__init__(x, states, weights, cell, keep, active, hooks)
+    def __init__(self, x, states, weights, cell, keep, active, hooks=None, position=(0, 1)):
+        super().__init__(x, states, weights, cell, keep, active, hooks, position)
         self.code = _CODES[self.kind]  # (the loops that take the cell as an argument)
         self.x_bias = self.hh_bias = np.zeros((self.D, self.gx.shape[-1]), dtype=self.dtype)
         if self.has_bias:
@@ -631,8 +631,8 @@ def steps_inactive(layer) -> np.ndarray:
 class _CompiledLayer(_Compiled):
     """The NumPy kernel's layer with its forward and backward time loops compiled."""
 
-    def __init__(self, x, states, weights, cell, keep, active):
-        super().__init__(x, states, weights, cell, keep, active)
+    def __init__(self, x, states, weights, cell, keep, active, position=(0, 1)):
+        super().__init__(x, states, weights, cell, keep, active, position=position)
         # the forward's product reads rows: of W_hh itself (dot products, DOT_HIDDEN,
         # BATCH_DOT_BATCH), else of a transposed copy (only the forward: the backward
         # reads W_hh)
@@ -707,8 +707,8 @@ class _FusedLayer(_Compiled):
     thread instead (:func:`.blas.matmul`): the forward's dot products from
     :data:`.blas.DOTS_INNER` values of h, the backward's sums of rows."""
 
-    def __init__(self, x, states, weights, cell, keep, active, hooks=None):
-        super().__init__(x, states, weights, cell, keep, active, hooks)
+    def __init__(self, x, states, weights, cell, keep, active, hooks=None, position=(0, 1)):
+        super().__init__(x, states, weights, cell, keep, active, hooks, position)
         self.one_thread = blas.AVAILABLE and 2 <= self.batch <= FUSED_ONE_THREAD_BATCH
         rows = np.swapaxes(self.w_hh_t, 1, 2)  # (D, G*H, P): W_hh's rows (scaled), as made
         self.w_hh_rows = rows if (self.one_thread and self.P >= blas.DOTS_INNER
@@ -776,7 +776,7 @@ split_layers_run = 0
 
 
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
-              keep: bool, active=None, hooks=None):
+              keep: bool, active=None, hooks=None, position: tuple[int, int] = (0, 1)):
     """One layer: its whole loop compiled where it :func:`fits` and has no per-step
     ``hooks``; a bidirectional layer above that with a direction per thread where
     :func:`.numba_threaded.threads` says so, a one-direction layer with its units split
@@ -786,16 +786,16 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     global layers_run, fused_layers_run, threaded_layers_run, split_layers_run
     if hooks is None and fits(x, weights, cell):
         layers_run += 1
-        layer = _CompiledLayer(x, states, weights, cell, keep, active)
+        layer = _CompiledLayer(x, states, weights, cell, keep, active, position)
     elif numba_threaded.threads(weights, hooks):  # (above the limits: not fits)
         threaded_layers_run += 1
-        layer = numba_threaded._ThreadedLayer(x, states, weights, cell, keep, active)
+        layer = numba_threaded._ThreadedLayer(x, states, weights, cell, keep, active, position)
     elif numba_split.splits(x, weights, cell, hooks):
         split_layers_run += 1
-        layer = numba_split._SplitLayer(x, states, weights, cell, keep, active)
+        layer = numba_split._SplitLayer(x, states, weights, cell, keep, active, position)
     else:
         fused_layers_run += 1
-        layer = _FusedLayer(x, states, weights, cell, keep, active, hooks)
+        layer = _FusedLayer(x, states, weights, cell, keep, active, hooks, position)
     layer.forward()
     return layer.output(active), layer.finals(), (layer if keep else None)
 

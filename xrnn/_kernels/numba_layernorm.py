@@ -178,8 +178,8 @@ class _FusedNormLayer(layernorm_layer._NormLayer):
 
     ORDER = SCALE = {}  # PyTorch's layout
 
-    def __init__(self, x, states, weights, cell, keep, active, hooks=None):
-        super().__init__(x, states, weights, cell, keep, active, hooks)
+    def __init__(self, x, states, weights, cell, keep, active, hooks=None, position=(0, 1)):
+        super().__init__(x, states, weights, cell, keep, active, hooks, position)
         self.eps = self.dtype.type(LN_EPS)
         self.all_active = np.zeros(self.batch, dtype=np.bool_)
         # the GRU step's biases: none with the input projection (they are in gx); b_hn
@@ -283,7 +283,8 @@ threaded_layers_run = 0
 
 
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
-              keep: bool, active=None, hooks: Sequence[StepHooks] | None = None):
+              keep: bool, active=None, hooks: Sequence[StepHooks] | None = None,
+              position: tuple[int, int] = (0, 1)):
     """One LayerNorm layer with fused compiled steps, its forward a direction per core
     where :func:`.numba_threaded.threads` says so and the layer is above the plain
     cell's whole-loop limit: ``(output, finals, backward or None)``, the interface of
@@ -293,8 +294,8 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     limit = numba_layer.MAX_STEP_WORK[layernorm_layer.BASE_KIND[cell.name]]
     if numba_threaded.threads(weights, hooks) and numba_layer._step_work(x, weights) > limit:
         threaded_layers_run += 1
-        layer = _ThreadedNormLayer(x, states, weights, cell, keep, active, hooks)
+        layer = _ThreadedNormLayer(x, states, weights, cell, keep, active, hooks, position)
     else:
-        layer = _FusedNormLayer(x, states, weights, cell, keep, active, hooks)
+        layer = _FusedNormLayer(x, states, weights, cell, keep, active, hooks, position)
     layer.forward()
     return layer.output(active), layer.finals(), (layer if keep else None)

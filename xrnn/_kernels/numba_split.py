@@ -189,13 +189,13 @@ class _SplitLayer(_Compiled):
     o rows, then the second's (:meth:`_rows`), so that each half's rows of the weights,
     of the tape's activations and of the gate gradients are one contiguous block."""
 
-    def __init__(self, x, states, weights, cell, keep, active):
+    def __init__(self, x, states, weights, cell, keep, active, position=(0, 1)):
         gates, hidden = cell.gates, weights[0].w_hh.shape[0] // cell.gates
         self.halves = ((0, hidden // 2), (hidden // 2, hidden))
         self.order = np.concatenate([np.arange(g * hidden + lo, g * hidden + hi)
                                      for lo, hi in self.halves for g in range(gates)])
         self.order_back = np.argsort(self.order)
-        super().__init__(x, states, weights, cell, keep, active)
+        super().__init__(x, states, weights, cell, keep, active, position=position)
         self.steps_inactive = steps_inactive(self)[0]
         unused = np.empty((1, 1, 1), dtype=self.dtype)  # a cell's unused buffers
         self.c_or_unused = unused if self.c is None else self.c[0]
@@ -256,7 +256,7 @@ class _SplitLayer(_Compiled):
         dz_all = self._buffer((1, steps, batch, width))
         dgh_all = self._buffer(dz_all.shape) if self.kind == "gru" else dz_all
         x = self.x_steps[0]
-        grad_x = np.empty(x.shape, dtype)
+        grad_x = self._grad_input_array(0, x.shape)
         grad_w_ih = np.empty(self.w_ih[0].shape, dtype)
         grad_w_hh = np.empty(self.w_hh_stack[0].shape, dtype)
         grad_b_ih = grad_b_hh = None

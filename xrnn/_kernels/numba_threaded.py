@@ -172,8 +172,8 @@ def _direction_backward(code, grad_steps, dh, dc, w_hh, h, c, a, tanh_c, gh, dz_
 class _ThreadedLayer(_Compiled):
     """A bidirectional layer whose directions run on two threads (module docstring)."""
 
-    def __init__(self, x, states, weights, cell, keep, active):
-        super().__init__(x, states, weights, cell, keep, active)
+    def __init__(self, x, states, weights, cell, keep, active, position=(0, 1)):
+        super().__init__(x, states, weights, cell, keep, active, position=position)
         self.steps_inactive = steps_inactive(self)
         unused = np.empty((self.D, 1, 1, 1), dtype=self.dtype)  # a cell's unused buffers
         self.c_or_unused = unused if self.c is None else self.c
@@ -185,7 +185,7 @@ class _ThreadedLayer(_Compiled):
         """(on the reverse direction's own thread, at the start of its forward)"""
 
     def forward(self):
-        self.out = np.empty((self.steps, self.batch, 2 * self.P), dtype=self.dtype)
+        self.out = self._output_array((self.steps, self.batch, 2 * self.P))
         each_direction(self._forward_direction)
 
     def output(self, active):

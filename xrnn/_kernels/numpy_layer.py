@@ -76,9 +76,19 @@ class _Layer:
     SCALE: dict[str, tuple[float, ...]] = _SCALE
 
     def __init__(self, x, states, weights: Sequence[LayerWeights], cell: Cell,
-                 keep: bool, active, hooks: Sequence[StepHooks] | None = None):
+                 keep: bool, active, hooks: Sequence[StepHooks] | None = None,
+                 position: tuple[int, int] = (0, 1)):
         self.kind = cell.name
         self.keep = keep
+        # what passes between the layers of a stack lives in reusable buffers (fresh
+        # memory costs a page fault per 4 KiB: a quarter of a (100,32,64,128,2,2) RNN's
+        # time, NOTES.md, issue 13, ninth pass): the output where the next layer reads
+        # it, the input's gradient where the layer below reads it; fresh arrays where the
+        # caller gets them. Two names per kind, alternating, so that a layer's input and
+        # output are never the same buffer.
+        layer, layers = position
+        self.output_buffer = f"output{layer % 2}" if layer < layers - 1 else None
+        self.grad_input_buffer = f"grad_input{layer % 2}" if layer > 0 else None
         self.gates = gates = cell.gates
         steps, batch, _ = x.shape
         self.D = directions = len(weights)
@@ -141,7 +151,7 @@ class _Layer:
         # one direction without a tape: the output is a view of the states (a fresh array,
         # no copy); else the output and the final states are copied out of them
         self.h_is_output = directions == 1 and not keep
-        self.h = (np.empty((1, steps + 1, batch, self.P), dtype=dtype) if self.h_is_output
+        self.h = (self._output_array((1, steps + 1, batch, self.P)) if self.h_is_output
                   else self._buffer((directions, steps + 1, batch, self.P), "h"))
         self.h[:, 0] = states[0]
         # what the backward reads, by step: ``h_before[:, s]`` the h entering step s,
@@ -184,6 +194,24 @@ class _Layer:
             self._tape.append(a)
             return a
         return np.empty(shape, self.dtype) if name is None else scratch(name, shape, self.dtype)
+
+    def _output_array(self, shape):
+        """An uninitialised array for the output (or the states it is a view of): a fresh
+        one for the caller, else the layer's output buffer (a tape array with a tape: the
+        next layer's backward reads it as its input)."""
+        if self.output_buffer is None:
+            return np.empty(shape, self.dtype)
+        return self._buffer(shape, self.output_buffer)
+
+    def _grad_input_array(self, direction: int, shape):
+        """An uninitialised array for a direction's share of the input's gradient: the
+        reverse direction's is added to the forward one's and dropped (scratch); the
+        forward one's is fresh for the caller, else the layer's gradient buffer."""
+        if direction == 1:
+            return scratch("grad_input_reverse", shape, self.dtype)
+        if self.grad_input_buffer is None:
+            return np.empty(shape, self.dtype)
+        return scratch(self.grad_input_buffer, shape, self.dtype)
 
     def _rows(self, a):
         """A weight's or bias's gate blocks (along axis 0) in kernel order, or back to
@@ -382,7 +410,7 @@ class _Layer:
         if self.h_is_output and active is None:
             return self.h[0, 1:]
         steps, batch = self.steps, self.batch
-        out = np.empty((steps, batch, self.D * self.P), dtype=self.h.dtype)
+        out = self._output_array((steps, batch, self.D * self.P))
         out[..., :self.P] = self.h[0, 1:]
         if self.D == 2:
             out[..., self.P:] = self.h[1, :0:-1]
@@ -581,7 +609,9 @@ class _Layer:
         if self.has_bias:  # (one sum where the two are the same array: all cells but GRU)
             b_ih = rows(dz.sum(axis=0))
             b_hh = b_ih.copy() if dgh_all is dz_all else rows(dgh.sum(axis=0))
-        return (dz @ self.w_ih[d]).reshape(x.shape), LayerWeights(
+        grad_x = self._grad_input_array(d, x.shape)
+        np.matmul(dz, self.w_ih[d], out=grad_x.reshape(steps * batch, -1))
+        return grad_x, LayerWeights(
             rows(dz.T @ x.reshape(steps * batch, -1)), rows(dgh.T @ h_prev), b_ih, b_hh,
             None if dh_all is None else
             dh_all[d].reshape(steps * batch, self.P).T
@@ -602,7 +632,8 @@ layers_run = 0
 
 
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
-              keep: bool, active=None, hooks: Sequence[StepHooks] | None = None):
+              keep: bool, active=None, hooks: Sequence[StepHooks] | None = None,
+              position: tuple[int, int] = (0, 1)):
     """One layer (all its directions) of ``cell``: ``(output, finals, backward or None)``.
 
     ``x`` (T, B, I); ``states`` each (D, B, ·); ``weights`` one :class:`LayerWeights` per
@@ -610,10 +641,14 @@ def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell:
     :class:`~xrnn.functional.recurrence.StepHooks` per direction (reset, recurrent dropout,
     zoneout), as the generic path's ``run_layer``. ``backward(grad_output, grad_finals)
     -> (grad_x, grad_states, grad_weights)`` (``None`` entries mean zero) is the layer;
-    ``backward.release()`` gives its tape's arrays to the next forward.
+    ``backward.release()`` gives its tape's arrays to the next forward. ``position``
+    ``(layer, num_layers)``: where the layer is in its stack. An output that another
+    layer reads, and an input's gradient that another layer's backward reads, are
+    reusable buffers, valid until the next call (the output, with a tape, until
+    ``release``).
     """
     global layers_run
     layers_run += 1
-    layer = _Layer(x, states, weights, cell, keep, active, hooks)
+    layer = _Layer(x, states, weights, cell, keep, active, hooks, position)
     layer.forward()
     return layer.output(active), layer.finals(), (layer if keep else None)

@@ -6,7 +6,8 @@ the 2-core benchmark VM that is about 3 us a page (0.75 ms per MiB): a (200, 64,
 and glibc gives blocks that large back to the system when they are freed, so every call
 paid the faults again (benchmarks/NOTES.md, issue 13). The buffers that no caller sees
 after the call (the input projection's chunk; without a tape the states by step and
-the reversed input) come from here instead: one flat buffer per name, dtype and thread,
+the reversed input; the outputs and input gradients that pass between the layers of a
+stack) come from here instead: one flat buffer per name, dtype and thread,
 grown to the largest size asked for and reused.
 
 A layer uses its buffers only while its own forward runs (its output and final states

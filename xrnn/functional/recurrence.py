@@ -303,6 +303,7 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
         if fast is not None:
             output, final, backward = fast(layer_input, layer_states, layer_weights, cell,
                                            keep=keep, active=active,
+                                           position=(layer, num_layers),
                                            **({"hooks": hooks} if hooked else {}))
         else:
             output, final, backward = run_layer(xp, layer_input, layer_states, layer_weights,
