@@ -592,7 +592,7 @@ class _Compiled(numpy_layer._Layer):
         if self.has_bias:
             gru = self.kind == "gru"
             self.x_bias = (np.stack([self._rows(w.b_ih) for w in weights]) if gru
-                           else np.stack(self.gx_bias))
+                           else self.gx_bias)
             if gru:
                 self.hh_bias = np.stack([self._rows(w.b_hh) for w in weights])
         self.gx_bias = None  # (what _project would add)

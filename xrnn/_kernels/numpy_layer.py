@@ -134,10 +134,12 @@ class _Layer:
         if directions == 2:
             self.x_steps.append(self._buffer(x.shape, "x_steps"))
             self._reverse_input()
+        # (D, G*H) the biases that go with x W_ih^T
         self.gx_bias = self.b_hn = None  # b_hn: GRU, the n block of b_hh, (D, 1, H)
         if self.has_bias:
-            self.gx_bias = [rows(w.b_ih) + rows(w.b_hh) for w in weights]
+            self.gx_bias = np.empty((directions, gh), dtype=dtype)
             for bias, w in zip(self.gx_bias, weights):
+                np.add(rows(w.b_ih), rows(w.b_hh), out=bias)
                 if self.kind == "gru":  # b_hn stays inside r * (h W_hn^T + b_hn)
                     bias[2 * hidden:] = rows(w.b_ih)[2 * hidden:]
                 if self.scale is not None:

@@ -281,8 +281,8 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
     ``xrnn._kernels`` where one fits, else on :func:`run_layer`.
     """
     directions = 2 if bidirectional else 1
-    # The one place a kernel is chosen (every kernel takes per-step hooks; they are
-    # passed only when on, so that small plain layers can run their whole loop compiled).
+    # The one place a kernel is chosen (every kernel takes per-step hooks; they are made
+    # only when on, so that small plain layers can run their whole loop compiled).
     hooked = reset is not None or zoneout > 0.0 or (training and recurrent_dropout > 0.0)
     fast = layer_runner(xp, cell, x.dtype)
     starts = None if reset is None else (
@@ -299,12 +299,11 @@ def run_layers(xp, x, states: State, weights: Sequence[LayerWeights], cell: Cell
             w_masks = [dropout_mask(w.w_hh, weight_dropout, generator) for w in layer_weights]
             layer_weights = [w._replace(w_hh=w.w_hh * m) for w, m in zip(layer_weights, w_masks)]
         hooks = [_hooks(layer_states, d, x.shape[0], starts, training, recurrent_dropout,
-                        zoneout, generator) for d in range(directions)]
+                        zoneout, generator) for d in range(directions)] if hooked else None
         if fast is not None:
             output, final, backward = fast(layer_input, layer_states, layer_weights, cell,
-                                           keep=keep, active=active,
-                                           position=(layer, num_layers),
-                                           **({"hooks": hooks} if hooked else {}))
+                                           keep=keep, active=active, hooks=hooks,
+                                           position=(layer, num_layers))
         else:
             output, final, backward = run_layer(xp, layer_input, layer_states, layer_weights,
                                                 cell, keep=keep, active=active, hooks=hooks)

@@ -82,13 +82,31 @@ def _likely_hidden_size(w_ih: Any, w_hh: Any, gates: int, proj: bool) -> int:
     """H as most of layer 0's weight dimensions say it is, so that the error names the
     one weight whose shape is off rather than the ones that agree with each other."""
     votes = [w_hh.shape[0] // gates, w_ih.shape[0] // gates] + ([] if proj else [w_hh.shape[-1]])
+    if votes.count(votes[0]) == len(votes):  # (the usual case, without a Counter's cost)
+        return votes[0]
     return Counter(votes).most_common(1)[0][0]
 
 
 # Made once per configuration: every forward groups its weights (NOTES.md, issue 13).
 _names = functools.lru_cache(maxsize=64)(
     lambda *config: tuple(parameter_names(*config)))
-_shapes = functools.lru_cache(maxsize=64)(parameter_shapes)  # read-only dicts
+_shapes = functools.lru_cache(maxsize=64)(  # the shapes in flat order
+    lambda *config: tuple(parameter_shapes(*config).values()))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(names: tuple[str, ...], groups: int) -> tuple[tuple[dict[str, int], tuple[int, ...]],
+                                                          ...]:
+    """Per layer and direction: {LayerWeights field: flat index} and the flat indices of
+    its LayerNorm arrays."""
+    per_group = len(names) // groups
+    layout = []
+    for start in range(0, len(names), per_group):
+        members = range(start, start + per_group)
+        layout.append(({_FIELDS[names[i][:names[i].index("_l")]]: i for i in members
+                        if not names[i].startswith("ln_")},
+                       tuple(i for i in members if names[i].startswith("ln_"))))
+    return tuple(layout)
 
 
 def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num_layers: int,
@@ -120,19 +138,15 @@ def group_weights(weights: Sequence[Any] | Mapping[str, Any], *, gates: int, num
     input_size = flat[0].shape[-1] if len(flat[0].shape) == 2 else -1
     expected = _shapes(input_size, hidden_size, gates, num_layers, bidirectional, bias,
                        proj_size, norms)
-    for name, array in zip(names, flat):
-        if tuple(array.shape) != expected[name]:
-            raise ValueError(f"weight {name} has shape {tuple(array.shape)}; expected "
-                             f"{expected[name]} (gates={gates}, hidden_size={hidden_size}, "
-                             f"input_size={input_size})")
-    per_group = len(names) // (num_layers * (2 if bidirectional else 1))
-    groups = []
-    for start in range(0, len(flat), per_group):
-        named = dict(zip(names[start:start + per_group], flat[start:start + per_group]))
-        ln = tuple(a for n, a in named.items() if n.startswith("ln_")) or None
-        groups.append(LayerWeights(**{_FIELDS[n[:n.index("_l")]]: a for n, a in named.items()
-                                      if not n.startswith("ln_")}, ln=ln))
-    return groups
+    shapes = [tuple(array.shape) for array in flat]
+    if shapes != list(expected):
+        name, shape, want = next(item for item in zip(names, shapes, expected)
+                                 if item[1] != item[2])
+        raise ValueError(f"weight {name} has shape {shape}; expected {want} (gates={gates}, "
+                         f"hidden_size={hidden_size}, input_size={input_size})")
+    layout = _layout(names, num_layers * (2 if bidirectional else 1))
+    return [LayerWeights(**{field: flat[i] for field, i in fields.items()},
+                         ln=tuple(flat[i] for i in ln) or None) for fields, ln in layout]
 
 
 _FIELDS = {"weight_ih": "w_ih", "weight_hh": "w_hh", "bias_ih": "b_ih", "bias_hh": "b_hh",
