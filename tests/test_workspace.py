@@ -61,8 +61,10 @@ STACK_CASES = ([("default", size, d) for size in SIZES for d in (False, True)]
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 @pytest.mark.parametrize("path, size, bidirectional", STACK_CASES)
 @pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("padded", [False, True])
 def test_what_passes_between_layers_never_reaches_the_caller(monkeypatch, rng, kind, path,
-                                                              size, bidirectional, training):
+                                                              size, bidirectional, training,
+                                                              padded):
     """In a stack of three layers the outputs of the lower two, and the gradients of the
     upper two's inputs, live in reusable buffers (layers 0 and 2 share one name): the
     output, final states and input gradient handed back are the caller's own, the next
@@ -70,7 +72,7 @@ def test_what_passes_between_layers_never_reaches_the_caller(monkeypatch, rng, k
     path: the compiled ones as chosen (whole loop, fused steps, a direction per core),
     one-direction layers split between two cores, the NumPy kernel. The input projection
     a step at a time, so that a layer writing its output where its input is would
-    overwrite steps it has yet to read."""
+    overwrite steps it has yet to read. With and without lengths (``padded``)."""
     monkeypatch.setattr(numpy_layer, "_CHUNK_ELEMENTS", 1)
     hidden, batch = size
     if path == "split":
@@ -80,9 +82,11 @@ def test_what_passes_between_layers_never_reaches_the_caller(monkeypatch, rng, k
         from xrnn._kernels import numba_layer
         split_before = numba_layer.split_layers_run
 
+    lengths = np.arange(batch) % 7 + 1 if padded else None
+
     def step(model, x):
         model.zero_grad()
-        out, finals = model(xrnn.asarray(x))
+        out, finals = model(xrnn.asarray(x), lengths=lengths)
         finals = finals if isinstance(finals, tuple) else (finals,)
         grad_x = model.backward(xrnn.asarray(np.cos(np.arange(out.size)).reshape(out.shape)
                                              .astype("float32")))
@@ -91,7 +95,9 @@ def test_what_passes_between_layers_never_reaches_the_caller(monkeypatch, rng, k
     def run(model, x):
         if training:
             return step(model, x)
-        return _run(model, x)
+        with xrnn.no_grad():
+            out, finals = model(xrnn.asarray(x), lengths=lengths)
+        return [out, *(finals if isinstance(finals, tuple) else (finals,))]
 
     with backend.use_backend("numpy"), _kernels.kernels_enabled(
             "numpy" if path == "numpy" else True):

@@ -150,9 +150,9 @@ class _Layer:
         self.gx = scratch("gx", (directions, chunk, batch, gh), dtype)  # never read back
 
         # states by step: h[:, s] is the state before step s, h[:, T] the final one
-        # one direction without a tape: the output is a view of the states (a fresh array,
-        # no copy); else the output and the final states are copied out of them
-        self.h_is_output = directions == 1 and not keep
+        # one direction without a tape or padding: the output is a view of the states (a
+        # fresh array, no copy); else the output and the final states are copied out of them
+        self.h_is_output = directions == 1 and not keep and active is None
         self.h = (self._output_array((1, steps + 1, batch, self.P)) if self.h_is_output
                   else self._buffer((directions, steps + 1, batch, self.P), "h"))
         self.h[:, 0] = states[0]
@@ -409,7 +409,7 @@ class _Layer:
 
     def output(self, active):
         """(T, B, D*P): each direction's outputs at their time positions, zero where padded."""
-        if self.h_is_output and active is None:
+        if self.h_is_output:
             return self.h[0, 1:]
         steps, batch = self.steps, self.batch
         out = self._output_array((steps, batch, self.D * self.P))
