@@ -38,7 +38,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..functional.weights import LayerWeights
-from . import blas, numba_threaded
+from . import blas, numba_threaded, workspace
 from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row, _elman_row_back, _gru_cell,
                           _gru_row_back, _jit, _lstm_cell, _lstm_row_back, steps_inactive)
 
@@ -183,6 +183,11 @@ def _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, h, c, a, tanh
     return True
 
 
+def _take_rows(a, order):
+    """``a[order]`` in an aligned array (:func:`.workspace.empty`)."""
+    return np.take(a, order, axis=0, out=workspace.empty((order.size, *a.shape[1:]), a.dtype))
+
+
 class _SplitLayer(_Compiled):
     """A one-direction layer, its hidden units in two halves on two threads (module
     docstring). Its gate rows are in half-major order: the first half's units' i, f, g,
@@ -212,11 +217,11 @@ class _SplitLayer(_Compiled):
                                .reshape(batch, last - first))
 
     def _rows(self, a):
-        """Gate rows in half-major order (class docstring)."""
-        return None if a is None else np.take(a, self.order, axis=0)
+        """Gate rows in half-major order (class docstring), in an aligned array."""
+        return None if a is None else _take_rows(a, self.order)
 
     def _rows_back(self, a):
-        return None if a is None else np.take(a, self.order_back, axis=0)
+        return None if a is None else _take_rows(a, self.order_back)
 
     def forward(self):
         counters = np.zeros(_ABORT + 1, dtype=np.int64)
@@ -268,7 +273,8 @@ class _SplitLayer(_Compiled):
         def half(t: int) -> None:
             try:
                 lo, hi = self.halves[t]
-                w_cols = np.ascontiguousarray(self.w_hh_stack[0][:, lo:hi])
+                w_cols = workspace.empty((self.w_hh_stack.shape[1], hi - lo), dtype)
+                w_cols[...] = self.w_hh_stack[0][:, lo:hi]
                 back = np.empty((batch, hi - lo), dtype=dtype)
                 if not _half_backward(self.code, t, lo, hi, grad_steps[0], dh[0],
                                       dh[0] if dc is None else dc[0], w_cols, self.h[0],

@@ -36,6 +36,7 @@ import numpy as np
 from ..functional.cells import Cell
 from ..functional.recurrence import NO_HOOKS, StepHooks
 from ..functional.weights import LayerWeights
+from . import workspace
 from .workspace import give_back, scratch, tape
 
 #: Kernel gate order, as indices of PyTorch's gate blocks. LSTM: i, f, o, g.
@@ -46,6 +47,11 @@ _SCALE = {"lstm": (-1.0, -1.0, -1.0, -2.0), "gru": (-1.0, -1.0, 1.0)}
 #: Size (elements) of the input-projection buffer: a chunk of steps at a time, so that a
 #: long sequence needs no (T, B, G*H) array and each chunk is still warm in cache.
 _CHUNK_ELEMENTS = 1 << 22
+#: From this many steps on, a one-direction layer whose ``W_hh`` does not start on a
+#: cache line (NumPy aligns to 16 bytes; glibc puts large blocks 16 bytes past a page)
+#: reads an aligned copy: the compiled loops' products with it ran 20-30% faster, and a
+#: copy costs about one product (NOTES.md, issue 13, tenth pass).
+ALIGN_STEPS = 8
 KINDS = ("rnn_tanh", "rnn_relu", "rnn_identity", "lstm", "gru")
 
 
@@ -107,7 +113,10 @@ class _Layer:
         # unscaled, kernel order (the parameters themselves in PyTorch's): for the backward
         self.w_ih = [rows(w.w_ih) for w in weights]
         if directions == 1:
-            self.w_hh_stack = rows(weights[0].w_hh)[None]  # (D, GH, P)
+            w_hh = rows(weights[0].w_hh)
+            if steps >= ALIGN_STEPS and not workspace.aligned(w_hh):
+                w_hh = self._copy(w_hh, "w_hh")  # (the loops read it every step)
+            self.w_hh_stack = w_hh[None]  # (D, GH, P)
         else:  # (np.stack took 24 us: a small layer's whole loop runs in 35)
             self.w_hh_stack = self._buffer((directions, gh, self.P), "w_hh")
             for d, w in enumerate(weights):
@@ -195,14 +204,22 @@ class _Layer:
             a = tape(shape, self.dtype)
             self._tape.append(a)
             return a
-        return np.empty(shape, self.dtype) if name is None else scratch(name, shape, self.dtype)
+        if name is None:
+            return workspace.empty(shape, self.dtype)
+        return scratch(name, shape, self.dtype)
+
+    def _copy(self, a, name: str):
+        """``a`` copied into :meth:`_buffer` ``name``."""
+        copy = self._buffer(a.shape, name)
+        copy[...] = a
+        return copy
 
     def _output_array(self, shape):
         """An uninitialised array for the output (or the states it is a view of): a fresh
         one for the caller, else the layer's output buffer (a tape array with a tape: the
         next layer's backward reads it as its input)."""
         if self.output_buffer is None:
-            return np.empty(shape, self.dtype)
+            return workspace.empty(shape, self.dtype)
         return self._buffer(shape, self.output_buffer)
 
     def _grad_input_array(self, direction: int, shape):
@@ -212,7 +229,7 @@ class _Layer:
         if direction == 1:
             return scratch("grad_input_reverse", shape, self.dtype)
         if self.grad_input_buffer is None:
-            return np.empty(shape, self.dtype)
+            return workspace.empty(shape, self.dtype)
         return scratch(self.grad_input_buffer, shape, self.dtype)
 
     def _rows(self, a):
