@@ -38,7 +38,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..functional.weights import LayerWeights
-from . import blas, numba_threaded, workspace
+from . import blas, numba_threaded, packed, workspace
 from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row, _elman_row_back, _gru_cell,
                           _gru_row_back, _jit, _lstm_cell, _lstm_row_back, steps_inactive)
 
@@ -90,11 +90,12 @@ def _wait(counters, slot, step):
 
 
 @_jit
-def _half_forward(code, half, lo, hi, gx, start, count, w_hh, x_bias, hh_bias, h, c, a,
-                  tanh_c, gh, z, inactive, counters):
+def _half_forward(code, half, lo, hi, gx, start, count, w_hh, panels, x_bias, hh_bias, h, c,
+                  a, tanh_c, gh, z, inactive, counters):
     """Steps ``start`` to ``start + count`` of units ``lo:hi``: ``gx`` (chunk, B, G*n)
     their input projection, ``w_hh`` (G*n, P) and the biases (G*n,) their gate rows (the
-    layer's rows ``G*lo:G*hi``: i, f, g, o of these units); the layer's ``h`` (T+1, B, P),
+    layer's rows ``G*lo:G*hi``: i, f, g, o of these units), ``panels`` those of ``w_hh``
+    (:func:`.packed.panels_for`); the layer's ``h`` (T+1, B, P),
     ``c`` (T+1, B, H), taped ``a``, ``gh`` (T or 1, B, G*H) and ``tanh_c`` (T or 1, B,
     H), of which this half writes its units' columns; ``z`` (B, G*n) scratch;
     ``inactive`` (T, B). Unused buffers of a cell may be any 3-d array. Returns False if
@@ -107,7 +108,7 @@ def _half_forward(code, half, lo, hi, gx, start, count, w_hh, x_bias, hh_bias, h
         k = s if taped > 1 else 0
         if not _wait(counters, other, s):
             return False
-        blas.matmul(h[s], w_hh, True, z)
+        packed.product(h[s], w_hh, True, panels, z)
         x_rows = gx[s - start]
         for b in range(h.shape[1]):
             out = h[s + 1, b, lo:hi]
@@ -134,15 +135,16 @@ def _half_forward(code, half, lo, hi, gx, start, count, w_hh, x_bias, hh_bias, h
 
 
 @_jit
-def _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, h, c, a, tanh_c, gh,
-                   dz_all, dgh_all, back, inactive, counters):
+def _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, panels, h, c, a, tanh_c,
+                   gh, dz_all, dgh_all, back, inactive, counters):
     """BPTT of units ``lo:hi``: ``grad_steps`` (T, B, P) the outputs' gradients; ``dh``
     (B, P) and ``dc`` (B, H) the final states', which become the initial states' (this
     half its units' columns); fills its columns ``G*lo:G*hi`` of ``dz_all`` and
     ``dgh_all`` (T, B, G*H; one array but for the GRU); ``w_cols`` (G*H, n) its units'
-    columns of ``W_hh``; ``back`` (B, n) scratch; the tape as :func:`_half_forward`
-    wrote it. Each step waits for the other half's gate gradients before the product
-    that takes them back to h. Returns False if the other half aborted."""
+    columns of ``W_hh`` and their ``panels``; ``back`` (B, n) scratch; the tape as
+    :func:`_half_forward` wrote it. Each step waits for the other half's gate gradients
+    before the product that takes them back to h. Returns False if the other half
+    aborted."""
     other, mine = _DONE[1 - half], _DONE[half]
     steps, batch = grad_steps.shape[0], grad_steps.shape[1]
     width = w_cols.shape[0] // dh.shape[1] * (hi - lo)
@@ -170,7 +172,7 @@ def _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, h, c, a, tanh
         _store_release(counters, mine, done)
         if not _wait(counters, other, done):
             return False
-        blas.matmul(dgh_all[s], w_cols, False, back)
+        packed.product(dgh_all[s], w_cols, False, panels, back)
         for b in range(batch):
             if inactive[s, b]:
                 continue
@@ -233,15 +235,17 @@ class _SplitLayer(_Compiled):
             lo, hi = self.halves[t]
             rows = slice(self.gates * lo, self.gates * hi)
             gx, x, w_ih = self.gx_half[t], self.x_steps[0], self.w_ih[0][rows]
+            w_hh = self.w_hh_stack[0, rows]
+            panels = packed.panels_for(w_hh, True, self.batch, "w_hh_panels")
             chunk = gx.shape[0]
             for start in range(0, self.steps, chunk):
                 count = min(chunk, self.steps - start)
                 flat = count * self.batch
                 np.matmul(x[start:start + count].reshape(flat, -1), w_ih.T,
                           out=gx[:count].reshape(flat, -1))
-                if not _half_forward(self.code, t, lo, hi, gx, start, count,
-                                     self.w_hh_stack[0, rows], self.x_bias[0, rows],
-                                     self.hh_bias[0, rows], self.h[0], self.c_or_unused,
+                if not _half_forward(self.code, t, lo, hi, gx, start, count, w_hh, panels,
+                                     self.x_bias[0, rows], self.hh_bias[0, rows], self.h[0],
+                                     self.c_or_unused,
                                      self.a[0], self.tanh_c_or_unused, self.gh_or_unused,
                                      self.z_half[t], self.steps_inactive, counters):
                     return
@@ -276,8 +280,9 @@ class _SplitLayer(_Compiled):
                 w_cols = workspace.empty((self.w_hh_stack.shape[1], hi - lo), dtype)
                 w_cols[...] = self.w_hh_stack[0][:, lo:hi]
                 back = np.empty((batch, hi - lo), dtype=dtype)
+                panels = packed.panels_for(w_cols, False, batch, "w_hh_panels")
                 if not _half_backward(self.code, t, lo, hi, grad_steps[0], dh[0],
-                                      dh[0] if dc is None else dc[0], w_cols, self.h[0],
+                                      dh[0] if dc is None else dc[0], w_cols, panels, self.h[0],
                                       self.c_or_unused, self.a[0], self.tanh_c_or_unused,
                                       self.gh_or_unused, dz_all[0], dgh_all[0], back,
                                       self.steps_inactive, counters):

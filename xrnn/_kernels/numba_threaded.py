@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import blas
+from . import blas, packed
 from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row_back, _elman_step, _gru_row_back,
                           _gru_step, _jit, _lstm_row_back, _lstm_step, one_blas_thread,
                           steps_inactive)
@@ -107,24 +107,25 @@ def each_direction(task):
 
 
 @_jit
-def _direction_forward(code, gx, start, count, w_hh, x_bias, hh_bias, h, c, a, tanh_c, gh,
-                       z, inactive):
+def _direction_forward(code, gx, start, count, w_hh, panels, x_bias, hh_bias, h, c, a, tanh_c,
+                       gh, z, inactive):
     """Steps ``start`` to ``start + count`` of one direction (its buffers, step order):
-    ``gx`` (chunk, B, G*H) their input projection; ``w_hh`` (G*H, P); ``h`` (T+1, B, P),
+    ``gx`` (chunk, B, G*H) their input projection; ``w_hh`` (G*H, P) and its ``panels``
+    (:func:`.packed.panels_for`); ``h`` (T+1, B, P),
     ``c`` (T+1, B, H), taped ``a``, ``tanh_c``, ``gh`` (T or 1, B, ·); ``z`` (B, G*H)
     scratch; ``inactive`` (T, B). Unused buffers of a cell may be any 3-d array."""
     taped = a.shape[0]
     for s in range(start, start + count):
         k = s if taped > 1 else 0
         if code == _LSTM:
-            blas.matmul(h[s], w_hh, True, z)
+            packed.product(h[s], w_hh, True, panels, z)
             _lstm_step(z, gx[s - start], x_bias, c[s], c[s + 1], a[k], tanh_c[k], h[s + 1])
         elif code == _GRU:
             product = gh[k]
-            blas.matmul(h[s], w_hh, True, product)
+            packed.product(h[s], w_hh, True, panels, product)
             _gru_step(product, gx[s - start], x_bias, hh_bias, h[s], a[k], h[s + 1])
         else:
-            blas.matmul(h[s], w_hh, True, z)
+            packed.product(h[s], w_hh, True, panels, z)
             _elman_step(z, gx[s - start], x_bias, h[s + 1], code)
         for b in range(h.shape[1]):  # a padded step leaves the state as it was
             if inactive[s, b]:
@@ -134,12 +135,13 @@ def _direction_forward(code, gx, start, count, w_hh, x_bias, hh_bias, h, c, a, t
 
 
 @_jit
-def _direction_backward(code, grad_steps, dh, dc, w_hh, h, c, a, tanh_c, gh, dz_all, dgh_all,
-                        back, inactive):
+def _direction_backward(code, grad_steps, dh, dc, w_hh, panels, h, c, a, tanh_c, gh, dz_all,
+                        dgh_all, back, inactive):
     """BPTT of one direction (step order): ``grad_steps`` (T, B, P) the outputs'
     gradients; ``dh`` (B, P) and ``dc`` (B, H) the final states', which become the
     initial states'; fills ``dz_all`` and ``dgh_all`` (T, B, G*H; the same array but for
-    the GRU); ``w_hh`` (G*H, P); ``back`` (B, P) scratch."""
+    the GRU); ``w_hh`` (G*H, P) and its ``panels`` (:func:`.packed.panels_for`); ``back``
+    (B, P) scratch."""
     zero = dh.dtype.type(0)
     batch, width = dh.shape
     for s in range(grad_steps.shape[0] - 1, -1, -1):
@@ -157,7 +159,7 @@ def _direction_backward(code, grad_steps, dh, dc, w_hh, h, c, a, tanh_c, gh, dz_
                 _gru_row_back(a[s, b], gh[s, b], h[s, b], row, dz[b], dgh[b], row)
             else:
                 _elman_row_back(h[s + 1, b], row, dz[b], code)
-        blas.matmul(dgh, w_hh, False, back)
+        packed.product(dgh, w_hh, False, panels, back)
         for b in range(batch):
             if inactive[s, b]:
                 continue
@@ -208,15 +210,16 @@ class _ThreadedLayer(_Compiled):
     def _loop_direction(self, d: int) -> None:
         chunk = self.gx.shape[1]
         gx, x = self.gx[d], self.x_steps[d]
+        panels = packed.panels_for(self.w_hh_stack[d], True, self.batch, "w_hh_panels")
         for start in range(0, self.steps, chunk):
             count = min(chunk, self.steps - start)
             rows = count * self.batch
             np.matmul(x[start:start + count].reshape(rows, -1), self.w_ih_t[d],
                       out=gx[:count].reshape(rows, -1))
-            _direction_forward(self.code, gx, start, count, self.w_hh_stack[d], self.x_bias[d],
-                               self.hh_bias[d], self.h[d], self.c_or_unused[d], self.a[d],
-                               self.tanh_c_or_unused[d], self.gh_or_unused[d], self.z[d],
-                               self.steps_inactive[d])
+            _direction_forward(self.code, gx, start, count, self.w_hh_stack[d], panels,
+                               self.x_bias[d], self.hh_bias[d], self.h[d], self.c_or_unused[d],
+                               self.a[d], self.tanh_c_or_unused[d], self.gh_or_unused[d],
+                               self.z[d], self.steps_inactive[d])
 
     def backward(self, grad_output, grad_finals):
         """BPTT; returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
@@ -229,8 +232,9 @@ class _ThreadedLayer(_Compiled):
         return self._combine(each_direction(self._backward_direction), self.dh, dc)
 
     def _backward_direction(self, d: int):
+        panels = packed.panels_for(self.w_hh_stack[d], False, self.batch, "w_hh_panels")
         _direction_backward(self.code, self.grad_steps[d], self.dh[d], self.dc[d],
-                            self.w_hh_stack[d], self.h[d], self.c_or_unused[d], self.a[d],
+                            self.w_hh_stack[d], panels, self.h[d], self.c_or_unused[d], self.a[d],
                             self.tanh_c_or_unused[d], self.gh_or_unused[d], self.dz_all[d],
                             self.dgh_all[d], self.back[d], self.steps_inactive[d])
         return self._direction_gradients(d, self.dz_all, self.dgh_all, None)

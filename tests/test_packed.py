@@ -1,0 +1,97 @@
+"""Products on packed panels (``xrnn._kernels.packed``), the per-step recurrent product of
+the threaded and split layers: against float64 NumPy for row counts that take every
+kernel (1 to 6 rows, and the 4 + 4 / 4 + 3 groupings), inner sizes across the K block
+and column counts with a partial last panel; the packing itself; when panels are made.
+The layers that use them are compared with the generic driver in
+test_numba_threaded.py and test_numba_split.py. Skipped when numba is not installed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba", reason="numba not installed (pip install xrnn[fast])")
+
+from xrnn._kernels import blas, packed, workspace  # noqa: E402
+
+from .conftest import numpy_leg_only  # noqa: E402
+
+pytestmark = numpy_leg_only
+
+ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 13, 14, 32]
+INNER = [0, 1, 3, 17, packed.K_BLOCK + 5]
+COLUMNS = [1, 7, 16, 17, 40]
+
+
+def _panels(w, transpose_b):
+    """``w``'s panels for ``a @ w.T`` (transpose_b, ``w`` (N, K)) or ``a @ w``."""
+    columns, inner = w.shape if transpose_b else w.shape[::-1]
+    out = np.full(packed.panels_shape(columns, inner, w.dtype), np.nan, w.dtype)
+    (packed.pack_rows if transpose_b else packed.pack_columns)(w, out)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows", ROWS)
+def test_products_match_numpy(rng, dtype, rows):
+    tolerance = 2e-6 if dtype == "float32" else 1e-13
+    for inner in INNER:
+        for columns in COLUMNS:
+            a = rng.standard_normal((rows, inner)).astype(dtype)
+            w = rng.standard_normal((columns, inner)).astype(dtype)
+            want = a.astype(np.float64) @ w.T.astype(np.float64)
+            scale = max(1.0, np.sqrt(inner))
+            for panels in (_panels(w, True), _panels(np.ascontiguousarray(w.T), False)):
+                out = np.full((rows, columns), np.nan, dtype)
+                packed.matmul(a, panels, out)
+                np.testing.assert_allclose(out, want, rtol=tolerance,
+                                           atol=tolerance * scale,
+                                           err_msg=f"({rows}, {inner}) x ({inner}, {columns})")
+
+
+def test_panels_hold_the_operand_by_columns_then_zeros(rng):
+    w = rng.standard_normal((20, 3)).astype("float32")  # a @ w.T: 20 columns, 2 panels
+    panels = _panels(w, True)
+    assert panels.shape == (2, 3, packed.PANEL[4])
+    np.testing.assert_array_equal(panels[0], w[:16].T)
+    np.testing.assert_array_equal(panels[1, :, :4], w[16:].T)
+    assert not panels[1, :, 4:].any()
+    np.testing.assert_array_equal(_panels(np.ascontiguousarray(w.T), False), panels)
+    assert packed.panels_shape(20, 3, "float64") == (3, 3, packed.PANEL[8])
+
+
+def test_mismatched_shapes_raise(rng):
+    a = rng.standard_normal((4, 5)).astype("float32")
+    panels = _panels(rng.standard_normal((16, 5)).astype("float32"), True)
+    with pytest.raises(ValueError, match="packed.matmul"):
+        packed.matmul(a, panels, np.empty((4, 17), "float32"))  # 17 columns: 2 panels
+    with pytest.raises(ValueError, match="packed.matmul"):
+        packed.matmul(a[:, :4], panels, np.empty((4, 16), "float32"))
+
+
+@pytest.mark.skipif(not blas.AVAILABLE, reason="NumPy's BLAS is not scipy-openblas64")
+@pytest.mark.parametrize("transpose_b", [True, False])
+def test_panels_are_made_between_the_row_limits(rng, transpose_b):
+    """Panels (this thread's scratch) from MIN_ROWS to MAX_ROWS rows, float32 and
+    float64; else none, and ``product`` gives BLAS's result either way."""
+    workspace.release()
+    w = rng.standard_normal((24, 10))
+    for dtype in ("float32", "float64"):
+        wd = w.astype(dtype)
+        for rows in (1, packed.MIN_ROWS - 1, packed.MIN_ROWS, packed.MAX_ROWS,
+                     packed.MAX_ROWS + 1):
+            panels = packed.panels_for(wd, transpose_b, rows, "t")
+            made = packed.MIN_ROWS <= rows <= packed.MAX_ROWS
+            columns = 24 if transpose_b else 10
+            assert panels.shape == (packed.panels_shape(columns, 34 - columns, dtype) if made
+                                    else (0, 1, 1))
+            assert panels.dtype == dtype
+            a = rng.standard_normal((rows, 10 if transpose_b else 24)).astype(dtype)
+            out = np.empty((rows, 24 if transpose_b else 10), dtype)
+            packed.product(a, wd, transpose_b, panels, out)
+            want = a @ (wd.T if transpose_b else wd)
+            tolerance = 1e-5 if dtype == "float32" else 1e-12
+            np.testing.assert_allclose(out, want, rtol=tolerance, atol=tolerance)
+    assert packed.panels_for(w.astype("float16"), True, 8, "t").shape[0] == 0
+    workspace.release()
+
