@@ -23,7 +23,7 @@ import llvmlite.ir as ir
 import numba
 import numpy as np
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import blas
 
@@ -122,8 +122,8 @@ def _make_kernel(rows: int, bits: int):
     return kernel
 
 
-_k1_32, _k2_32, _k3_32, _k4_32, _k5_32, _k6_32 = (_make_kernel(r, 32) for r in range(1, 7))
-_k1_64, _k2_64, _k3_64, _k4_64, _k5_64, _k6_64 = (_make_kernel(r, 64) for r in range(1, 7))
+#: bits -> the kernels for 1 to 6 rows
+_KERNELS = {bits: tuple(_make_kernel(rows, bits) for rows in range(1, 7)) for bits in (32, 64)}
 
 
 def panels_shape(columns: int, inner: int, dtype) -> tuple[int, int, int]:
@@ -178,37 +178,33 @@ def _group(rows, first):
     return 4 if left in (7, 8) else min(left, 6)  # 7 = 4 + 3, 8 = 4 + 4
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _kernel(a, r, take, k0, kc, panel, out, column, ldo, add):
-    """Rows ``r:r + take`` (1 to 6) of ``a`` against one panel block."""
-    lda = a.shape[1]
-    a_at = a[r, k0:].ctypes
-    o_at = out[r, column:].ctypes
-    if a.itemsize == 4:
+    """Rows ``r:r + take`` (1 to 6) of ``a`` against one panel block (compiled code only:
+    the kernels of ``a``'s dtype, chosen when it is compiled)."""
+    raise NotImplementedError("packed._kernel runs inside compiled code only")
+
+
+@overload(_kernel, jit_options={"error_model": "numpy"})
+def _kernel_overload(a, r, take, k0, kc, panel, out, column, ldo, add):
+    k1, k2, k3, k4, k5, k6 = _KERNELS[a.dtype.bitwidth]
+
+    def implementation(a, r, take, k0, kc, panel, out, column, ldo, add):
+        lda = a.shape[1]
+        a_at = a[r, k0:].ctypes
+        o_at = out[r, column:].ctypes
         if take == 6:
-            _k6_32(a_at, lda, panel, kc, o_at, ldo, add)
+            k6(a_at, lda, panel, kc, o_at, ldo, add)
         elif take == 5:
-            _k5_32(a_at, lda, panel, kc, o_at, ldo, add)
+            k5(a_at, lda, panel, kc, o_at, ldo, add)
         elif take == 4:
-            _k4_32(a_at, lda, panel, kc, o_at, ldo, add)
+            k4(a_at, lda, panel, kc, o_at, ldo, add)
         elif take == 3:
-            _k3_32(a_at, lda, panel, kc, o_at, ldo, add)
+            k3(a_at, lda, panel, kc, o_at, ldo, add)
         elif take == 2:
-            _k2_32(a_at, lda, panel, kc, o_at, ldo, add)
+            k2(a_at, lda, panel, kc, o_at, ldo, add)
         else:
-            _k1_32(a_at, lda, panel, kc, o_at, ldo, add)
-    elif take == 6:
-        _k6_64(a_at, lda, panel, kc, o_at, ldo, add)
-    elif take == 5:
-        _k5_64(a_at, lda, panel, kc, o_at, ldo, add)
-    elif take == 4:
-        _k4_64(a_at, lda, panel, kc, o_at, ldo, add)
-    elif take == 3:
-        _k3_64(a_at, lda, panel, kc, o_at, ldo, add)
-    elif take == 2:
-        _k2_64(a_at, lda, panel, kc, o_at, ldo, add)
-    else:
-        _k1_64(a_at, lda, panel, kc, o_at, ldo, add)
+            k1(a_at, lda, panel, kc, o_at, ldo, add)
+    return implementation
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
