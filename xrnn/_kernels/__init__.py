@@ -64,7 +64,7 @@ def cpu_path() -> str:
         reason = "XRNN_KERNELS=numpy" if _enabled == "numpy" else "numba not installed"
         return f"NumPy kernel ({reason})"
     limits = ", ".join(f"{k} 2^{v.bit_length() - 1}" for k, v in compiled.MAX_STEP_WORK.items())
-    threaded = compiled.numba_threaded
+    threaded, packed = compiled.numba_threaded, compiled.numba_threaded.packed
     if not threaded.blas.AVAILABLE:
         directions = "off: NumPy's BLAS is not scipy-openblas64"
     elif threaded.usable_cores() < 2:
@@ -75,8 +75,9 @@ def cpu_path() -> str:
             f"(B*G*H*P <= {limits}); above, bidirectional layers a direction per core "
             f"and one-direction layers from {compiled.numba_split.MIN_WORK:.2g} "
             f"multiply-adds a call their hidden units split between two cores "
-            f"({directions}), else fused compiled steps, as with per-step options and "
-            "for LayerNorm cells")
+            f"({directions}; at {packed.MIN_ROWS}-{packed.MAX_ROWS} batch rows each step's "
+            "product on W_hh packed once a call), else fused compiled steps, as with "
+            "per-step options and for LayerNorm cells")
 
 
 def layer_runner(xp, cell, dtype) -> Callable | None:
