@@ -27,7 +27,7 @@ def _panels(w, transpose_b):
     """``w``'s panels for ``a @ w.T`` (transpose_b, ``w`` (N, K)) or ``a @ w``."""
     columns, inner = w.shape if transpose_b else w.shape[::-1]
     out = np.full(packed.panels_shape(columns, inner, w.dtype), np.nan, w.dtype)
-    (packed.pack_rows if transpose_b else packed.pack_columns)(w, out)
+    packed.pack(w.T if transpose_b else w, out)
     return out
 
 

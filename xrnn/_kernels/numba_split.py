@@ -245,9 +245,9 @@ class _SplitLayer(_Compiled):
                           out=gx[:count].reshape(flat, -1))
                 if not _half_forward(self.code, t, lo, hi, gx, start, count, w_hh, panels,
                                      self.x_bias[0, rows], self.hh_bias[0, rows], self.h[0],
-                                     self.c_or_unused,
-                                     self.a[0], self.tanh_c_or_unused, self.gh_or_unused,
-                                     self.z_half[t], self.steps_inactive, counters):
+                                     self.c_or_unused, self.a[0], self.tanh_c_or_unused,
+                                     self.gh_or_unused, self.z_half[t], self.steps_inactive,
+                                     counters):
                     return
         except BaseException:
             counters[_ABORT] = 1  # the other half stops waiting for this one

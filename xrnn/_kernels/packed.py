@@ -4,7 +4,7 @@ A layer multiplies the same ``W_hh`` by a new ``h`` at every step. OpenBLAS pack
 ``W_hh`` into its kernel's panels again on every call, and its kernels are made for
 many rows: at 16-32 rows (a batch) it reached 57-68 GFLOP/s on one core of the
 benchmark machine, where the core's peak is about 86. Here ``W_hh`` is packed once per
-layer call (:func:`pack_rows`, :func:`pack_columns`) into panels of :data:`PANEL`
+layer call (:func:`pack`) into panels of :data:`PANEL`
 columns, each panel stored k-major, and each step's product (:func:`matmul`) runs a
 register-blocked kernel over them: six rows of ``a`` against one panel, twelve vector
 accumulators held in registers over the whole inner dimension (the classic 6 x 16
@@ -133,28 +133,10 @@ def panels_shape(columns: int, inner: int, dtype) -> tuple[int, int, int]:
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def pack_rows(w, out):
-    """Panels of ``w.T`` for ``a @ w.T`` (``w`` (N, K)): ``out[p, k, j] = w[P p + j, k]``,
-    zero past row N; ``out`` of :func:`panels_shape` ``(N, K)``."""
-    columns, inner = w.shape
-    width = out.shape[2]
-    zero = out.dtype.type(0)
-    for p in range(out.shape[0]):
-        for j in range(width):
-            n = p * width + j
-            if n < columns:
-                row = w[n]
-                for k in range(inner):
-                    out[p, k, j] = row[k]
-            else:
-                for k in range(inner):
-                    out[p, k, j] = zero
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def pack_columns(w, out):
-    """Panels of ``w`` for ``a @ w`` (``w`` (K, N)): ``out[p, k, j] = w[k, P p + j]``,
-    zero past column N; ``out`` of :func:`panels_shape` ``(N, K)``."""
+def pack(w, out):
+    """Panels of ``w`` for ``a @ w`` (``w`` (K, N), any layout: ``W.T`` for ``a @ W.T``):
+    ``out[p, k, j] = w[k, P p + j]``, zero past column N; ``out`` of
+    :func:`panels_shape` ``(N, K)``."""
     inner, columns = w.shape
     width = out.shape[2]
     zero = out.dtype.type(0)
@@ -210,8 +192,8 @@ def _kernel_overload(a, r, take, k0, kc, panel, out, column, ldo, add):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def matmul(a, panels, out):
     """``out = a @ B`` (``a`` (M, K), ``out`` (M, N)) with ``B`` (K, N) packed as
-    ``panels`` (:func:`pack_rows` of ``B.T``, or :func:`pack_columns` of ``B``), all
-    C-contiguous and of one dtype. A partial last panel goes through a small buffer."""
+    ``panels`` (:func:`pack`), all C-contiguous and of one dtype. A partial last panel
+    goes through a small buffer."""
     rows, inner = a.shape
     columns = out.shape[1]
     count, width = panels.shape[0], panels.shape[2]
@@ -267,7 +249,7 @@ def panels_for(w, transpose_b: bool, rows: int, name: str):
         return _NONE.get(dtype, _NONE[np.dtype(np.float64)])
     columns, inner = w.shape if transpose_b else w.shape[::-1]
     out = scratch(name, panels_shape(columns, inner, dtype), dtype)
-    (pack_rows if transpose_b else pack_columns)(np.ascontiguousarray(w), out)
+    pack(w.T if transpose_b else w, out)
     return out
 
 
