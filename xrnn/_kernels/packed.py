@@ -26,6 +26,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from . import blas
+from .workspace import scratch
 
 #: Columns per panel, by item size: two vectors of AVX2 (8 float32 or 4 float64).
 PANEL = {4: 16, 8: 8}
@@ -242,8 +243,6 @@ def panels_for(w, transpose_b: bool, rows: int, name: str):
     ``w.T`` (``w`` (N, K)) with ``transpose_b``, else ``w`` (K, N), packed into this
     thread's scratch ``name``; or an empty array (the products then go to BLAS) outside
     :data:`MIN_ROWS` to :data:`MAX_ROWS` rows or for a dtype without kernels."""
-    from .workspace import scratch  # (workspace imports nothing of the kernels)
-
     dtype = np.dtype(w.dtype)
     if not MIN_ROWS <= rows <= MAX_ROWS or dtype not in _NONE:
         return _NONE.get(dtype, _NONE[np.dtype(np.float64)])
