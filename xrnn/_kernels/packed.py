@@ -158,7 +158,7 @@ def _group(rows, first):
     what is left 5, 4 or 3, or 4 + 4 and 4 + 3 in place of a six (a kernel of 1 or 2 rows
     has too few accumulators to keep both FMA units busy)."""
     left = rows - first
-    return 4 if left in (7, 8) else min(left, 6)  # 7 = 4 + 3, 8 = 4 + 4
+    return 4 if left in (7, 8) else min(left, _ROWS)  # 7 = 4 + 3, 8 = 4 + 4
 
 
 def _kernel(a, r, take, k0, kc, panel, out, column, ldo, add):
@@ -202,28 +202,20 @@ def matmul(a, panels, out):
             (count - 1) * width < columns <= count * width):
         raise ValueError("packed.matmul: the shapes of a, panels and out do not match")
     full = columns // width
-    tile = np.empty((_ROWS, width), dtype=out.dtype)
+    tile = np.empty((rows, width), dtype=out.dtype)  # (the partial last panel's columns)
     for k0 in range(0, inner, K_BLOCK):
         kc = min(K_BLOCK, inner - k0)
         add = 1 if k0 > 0 else 0
-        for p in range(full):
+        for p in range(count):
             panel = panels[p, k0:].ctypes
+            target, column, ldo = (out, p * width, columns) if p < full else (tile, 0, width)
             first = 0
             while first < rows:
                 take = _group(rows, first)
-                _kernel(a, first, take, k0, kc, panel, out, p * width, columns, add)
+                _kernel(a, first, take, k0, kc, panel, target, column, ldo, add)
                 first += take
-    if full < count:  # the last columns: a whole panel into ``tile``, then copied
-        column = full * width
-        first = 0
-        while first < rows:
-            take = _group(rows, first)
-            for k0 in range(0, inner, K_BLOCK):
-                kc = min(K_BLOCK, inner - k0)
-                _kernel(a[first:first + take], 0, take, k0, kc, panels[full, k0:].ctypes,
-                        tile, 0, width, 1 if k0 > 0 else 0)
-            out[first:first + take, column:] = tile[:take, :columns - column]
-            first += take
+    if full < count:
+        out[:, full * width:] = tile[:, :columns - full * width]
     if inner == 0:
         out[...] = 0
 
