@@ -108,3 +108,81 @@ def test_benchmark_quick_repeats():
     assert [repeats(quick, m) for m in ("forward", "train")] == [(3, 3), (3, 3)]
     overridden = parse_args(["--backend", "numpy", "--quick", "--rounds", "2"])
     assert repeats(overridden, "train") == (2, 3)
+
+
+def _floors():
+    pytest.importorskip("torch", reason="the benchmark compares against torch (xrnn[parity])")
+    pytest.importorskip("numba", reason="the floors' ceilings run compiled loops (xrnn[fast])")
+    from benchmarks import floors
+    return floors
+
+
+def test_floor_bounds_from_given_ceilings():
+    """compute = the row's matrix-product FLOPs at the given GFLOP/s; stream = W_hh read
+    once a step per layer and direction (twice in training), a layer's D * W_hh split
+    over the two cores: the stream function is asked for half of it."""
+    floors = _floors()
+    from benchmarks.common import model_flops
+
+    asked = []
+
+    def stream(nbytes):
+        asked.append(nbytes)
+        return 2.0  # GB/s
+
+    shape = (10, 3, 5, 4, 2, 2)
+    for mode, passes in (("forward", 1), ("train", 2)):
+        asked.clear()
+        bound = floors.floor("lstm", mode, shape, 0.5, stream)
+        w_hh = 4 * 4 * 4 * 4  # G*H x H float32
+        assert asked == [w_hh]  # (2 directions x w_hh) / 2 cores
+        assert bound["stream_ms"] == pytest.approx(passes * 10 * 2 * 2 * w_hh / 2.0 / 1e6)
+        assert bound["compute_ms"] == pytest.approx(model_flops("lstm", shape, mode) / 0.5 / 1e6)
+        assert bound["bound"] == "compute" and bound["floor_ms"] == bound["compute_ms"]
+    slow_cache = floors.floor("rnn", "forward", (10, 1, 5, 4, 1, 1), 1e3, lambda n: 1e-3)
+    assert slow_cache["bound"] == "stream" and slow_cache["floor_ms"] == slow_cache["stream_ms"]
+
+
+def test_floors_targets_and_verdicts():
+    """0.7 x torch's time at B <= 32, 1.0 x above; a miss is 'reachable' only when the
+    target is not below the floor."""
+    floors = _floors()
+
+    def row(b, xrnn_ms, torch_ms):
+        return {"cell": "rnn", "mode": "forward", "ms": {"xrnn": xrnn_ms, "torch": torch_ms},
+                "shape": dict(T=100, B=b, I=64, H=64, L=1, D=1)}
+
+    grid = {"device": "cpu", "rows": [row(32, 6.0, 10.0), row(32, 8.0, 10.0), row(64, 9.0, 10.0),
+                                      row(64, 11.0, 10.0), row(1, 2.0, 1.0)]}
+    # 2 * 100 * B * 64 * 128 FLOPs at 1 GFLOP/s: B = 32 -> 52.4 ms, B = 64 -> 104.9 ms
+    rows = floors.evaluate(grid, 1.0, lambda nbytes: 1e3)
+    assert [r["target"] for r in rows] == [0.7, 0.7, 1.0, 1.0, 0.7]
+    assert [r["target_ms"] for r in rows] == pytest.approx([7.0, 7.0, 10.0, 10.0, 0.7])
+    assert [r["met"] for r in rows] == [True, False, True, False, False]
+    assert [r["reachable"] for r in rows] == [False, False, False, False, False]
+    fast = floors.evaluate(grid, 1e5, lambda nbytes: 1e3)
+    assert [r["reachable"] for r in fast] == [True] * 5
+    text = floors.markdown({"grid": "g.json", "command": "c", "streams": {4096: 100.0},
+                            "ceiling": {"best": 1e5, "packed": 1e5, "blas": 1.0}, "rows": fast})
+    assert "missed, reachable" in text and "| met |" in text
+
+
+def test_floors_cli_on_a_grid(tmp_path):
+    """``python -m benchmarks.floors GRID``: measures both ceilings, writes MD and JSON;
+    refuses a file that is not a CPU grid with torch's times."""
+    floors = _floors()
+    grid = {"device": "cpu", "rows": [{"cell": "lstm", "mode": "train", "ms": {
+        "xrnn": 1.0, "torch": 2.0}, "shape": dict(T=5, B=2, I=3, H=4, L=1, D=2)}]}
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(grid))
+    result = floors.main([str(path), "--output", str(tmp_path / "floors")])
+    ceiling = result["ceiling"]
+    assert ceiling["best"] == max(ceiling["packed"], ceiling["blas"]) > 0
+    assert len(result["rows"]) == 1 and result["rows"][0]["floor_ms"] > 0
+    assert min(result["streams"].values()) > 0
+    assert json.loads((tmp_path / "floors.json").read_text())["rows"] == json.loads(
+        json.dumps(result["rows"]))
+    assert "| lstm | train | 5, 2, 3, 4, 1, 2 |" in (tmp_path / "floors.md").read_text()
+    path.write_text(json.dumps({"device": "cupy", "rows": []}))
+    with pytest.raises(SystemExit):
+        floors.main([str(path)])

@@ -1,0 +1,216 @@
+"""The least time any implementation could take for each row of a CPU grid, on this machine.
+
+Issue 13 asks xrnn/torch <= 0.7 where B <= 32 and <= 1.0 elsewhere. Where a row misses,
+this says whether the target lies below what the hardware allows. Two ceilings are
+measured here, both cores running at once (one thread each, the GIL released):
+
+- **compute**: the fastest float32 matrix product measured, GFLOP/s: the packed
+  6 x 16 kernel (:mod:`xrnn._kernels.packed`) on operands held in cache, and NumPy's
+  BLAS on one square product per core; the better of the two;
+- **streaming**: the fastest read of an array of a given size, held in whichever cache
+  it fits, GB/s: a vectorised sum over it, repeated.
+
+A row's floor is the larger of two lower bounds, each ignoring all other work (gates,
+nonlinearities, copies, thread hand-offs), so the true least time is higher:
+
+- ``compute`` = the row's matrix-product FLOPs (:func:`benchmarks.common.model_flops`)
+  at the compute ceiling;
+- ``stream`` = at every step each direction of each layer multiplies by its whole
+  ``W_hh`` (G*H x H float32), which must be read from cache once a step at least (twice
+  in training: the backward multiplies by it again); a layer's ``D * W_hh`` split
+  evenly between the two cores, read at the streaming ceiling for that size.
+
+A target below its row's floor cannot be met on this machine by any implementation.
+
+    python -m benchmarks.floors benchmarks/results/cpu-eleventh-pass-grid.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as ``python benchmarks/floors.py``
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+from benchmarks.common import GATES, model_flops  # noqa: E402
+from xrnn._kernels import packed  # noqa: E402
+
+FIELDS = ("T", "B", "I", "H", "L", "D")
+ITEMSIZE = 4  # float32
+#: Targets of issue 13: xrnn/torch at most this, by batch size.
+SMALL_BATCH, SMALL_TARGET, TARGET = 32, 0.7, 1.0
+
+
+@numba.njit(nogil=True, fastmath=True)
+def _read(w, repeats):
+    """Sum every element of ``w``, ``repeats`` times (reassociated: vector
+    accumulators, so the loop runs at the rate the cache delivers)."""
+    total = np.float32(0)
+    for _ in range(repeats):
+        s = np.float32(0)
+        for j in range(w.size):
+            s += w[j]
+        total += s
+    return total
+
+
+def on_both_cores(work, tries: int = 5) -> float:
+    """Seconds for ``work(0)`` and ``work(1)`` run at once on two threads (best of
+    ``tries``)."""
+    best = float("inf")
+    for _ in range(tries):
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def compute_ceiling() -> dict[str, float]:
+    """GFLOP/s of both cores at once: packed kernel (48 x 512) @ (512 x 256) in cache,
+    and NumPy's BLAS (1024 x 1024) @ (1024 x 1024) on one thread each."""
+    rng = np.random.default_rng(0)
+    a = [rng.standard_normal((48, 512), dtype=np.float32) for _ in range(2)]
+    panels = []
+    for _ in range(2):
+        w = rng.standard_normal((512, 256), dtype=np.float32)
+        p = np.empty(packed.panels_shape(256, 512, np.float32), np.float32)
+        packed.pack(w, p)
+        panels.append(p)
+    out = [np.empty((48, 256), np.float32) for _ in range(2)]
+    calls = 400
+    packed.matmul(a[0], panels[0], out[0])
+
+    def kernel(i):
+        for _ in range(calls):
+            packed.matmul(a[i], panels[i], out[i])
+
+    n = 1024
+    sq = [rng.standard_normal((n, n), dtype=np.float32) for _ in range(2)]
+    sq_out = [np.empty((n, n), np.float32) for _ in range(2)]
+
+    def blas(i):
+        for _ in range(8):
+            np.matmul(sq[i], sq[i], out=sq_out[i])
+
+    with threadpool_limits(1):
+        blas(0)
+        kernel_rate = 2 * calls * 2 * 48 * 512 * 256 / on_both_cores(kernel) / 1e9
+        blas_rate = 2 * 8 * 2 * n**3 / on_both_cores(blas) / 1e9
+    return {"packed": kernel_rate, "blas": blas_rate, "best": max(kernel_rate, blas_rate)}
+
+
+_streams: dict[int, float] = {}
+
+
+def stream_ceiling(nbytes: int) -> float:
+    """GB/s of both cores at once, each reading its own array of ``nbytes`` again and
+    again (best of 9 tries of about 40 ms)."""
+    nbytes = max(nbytes, 4096)
+    if nbytes not in _streams:
+        arrays = [np.ones(nbytes // ITEMSIZE, np.float32) for _ in range(2)]
+        repeats = max(1, int(4e9 // nbytes))
+        _read(arrays[0], 1)
+        seconds = on_both_cores(lambda i: _read(arrays[i], repeats), tries=9)
+        _streams[nbytes] = 2 * repeats * nbytes / seconds / 1e9
+    return _streams[nbytes]
+
+
+def floor(cell: str, mode: str, shape: tuple[int, ...], gflops: float,
+          stream: Callable[[int], float] = stream_ceiling) -> dict[str, Any]:
+    """The row's two lower bounds and the larger, in milliseconds, at ``gflops`` and the
+    GB/s ``stream(bytes per core)``."""
+    t, _, _, h, layers, d = shape
+    w_hh = GATES[cell] * h * h * ITEMSIZE
+    passes = 2 if mode == "train" else 1
+    rate = stream(d * w_hh // 2)
+    stream_ms = passes * t * layers * d * w_hh / rate / 1e6
+    compute_ms = model_flops(cell, shape, mode) / gflops / 1e6
+    return {"compute_ms": compute_ms, "stream_ms": stream_ms, "stream_gbs": rate,
+            "floor_ms": max(compute_ms, stream_ms),
+            "bound": "compute" if compute_ms >= stream_ms else "stream"}
+
+
+def evaluate(grid: dict[str, Any], gflops: float,
+             stream: Callable[[int], float] = stream_ceiling) -> list[dict[str, Any]]:
+    """Each row of ``grid`` (a ``python -m benchmarks`` result) with its floor
+    (:func:`floor`), its target and whether xrnn met it."""
+    rows = []
+    for row in grid["rows"]:
+        shape = tuple(row["shape"][f] for f in FIELDS)
+        bounds = floor(row["cell"], row["mode"], shape, gflops, stream)
+        target = SMALL_TARGET if shape[1] <= SMALL_BATCH else TARGET
+        xrnn_ms, torch_ms = row["ms"]["xrnn"], row["ms"]["torch"]
+        target_ms = target * torch_ms
+        rows.append({"cell": row["cell"], "mode": row["mode"], "shape": row["shape"],
+                     **bounds, "xrnn_ms": xrnn_ms, "torch_ms": torch_ms, "target": target,
+                     "target_ms": target_ms, "met": xrnn_ms <= target_ms,
+                     "reachable": bounds["floor_ms"] <= target_ms})
+    return rows
+
+
+def _ms(v: float) -> str:
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    c = result["ceiling"]
+    lines = [f"# Floors of the grid `{result['grid']}`\n",
+             f"`{result['command']}`\n",
+             f"Compute ceiling, both cores: {c['best']:.1f} GFLOP/s (packed kernel "
+             f"{c['packed']:.1f}, BLAS {c['blas']:.1f}). Streaming ceilings, both cores, "
+             "GB/s by bytes per core: " + ", ".join(
+                 f"{k / 1024:.0f} KiB {v:.0f}" for k, v in sorted(result["streams"].items()))
+             + ".\n",
+             "| cell | mode | T, B, I, H, L, D | compute floor ms | stream floor ms | "
+             "floor ms | xrnn ms | torch ms | target ms | xrnn / floor | target |",
+             "|---" * 11 + "|"]
+    for r in result["rows"]:
+        verdict = ("met" if r["met"] else "missed, reachable" if r["reachable"]
+                   else "missed, below the floor")
+        lines.append(
+            f"| {r['cell']} | {r['mode']} | {', '.join(str(v) for v in r['shape'].values())} | "
+            f"{_ms(r['compute_ms'])} | {_ms(r['stream_ms'])} | {_ms(r['floor_ms'])} | "
+            f"{_ms(r['xrnn_ms'])} | {_ms(r['torch_ms'])} | {_ms(r['target_ms'])} "
+            f"({r['target']}x) | {r['xrnn_ms'] / r['floor_ms']:.2f} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.floors",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("grid", type=Path, help="a CPU grid's JSON (python -m benchmarks)")
+    parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
+    args = parser.parse_args(argv)
+    grid = json.loads(args.grid.read_text())
+    if grid.get("device") != "cpu" or not all("torch" in row["ms"] for row in grid["rows"]):
+        parser.error(f"{args.grid}: not a CPU grid of python -m benchmarks with torch's times")
+    ceiling = compute_ceiling()
+    rows = evaluate(grid, ceiling["best"])
+    result = {"grid": str(args.grid), "command": "python -m benchmarks.floors "
+              + " ".join(argv if argv is not None else sys.argv[1:]),
+              "ceiling": ceiling, "streams": dict(_streams), "rows": rows}
+    text = markdown(result)
+    print(text)
+    if args.output:
+        args.output.with_suffix(".md").write_text(text)
+        args.output.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
