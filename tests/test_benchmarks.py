@@ -186,3 +186,49 @@ def test_floors_cli_on_a_grid(tmp_path):
     path.write_text(json.dumps({"device": "cupy", "rows": []}))
     with pytest.raises(SystemExit):
         floors.main([str(path)])
+
+
+def test_profile_tally_charges_samples_to_xrnn_lines():
+    """py-spy's raw stacks: a sample goes to its innermost xrnn frame (else its innermost
+    frame); the main thread counts only inside ``_sampled_call`` (the time base), other
+    threads only in xrnn; pool threads' numbered names merge."""
+    pytest.importorskip("torch", reason="the benchmark compares against torch (xrnn[parity])")
+    from benchmarks.profile import charge, tally
+
+    loop = "_loop (xrnn/_kernels/numba_threaded.py:219)"
+    matmul = "_loop (xrnn/_kernels/numba_threaded.py:217)"
+    call = "_sampled_call (benchmarks/profile.py:90)"
+    raw = "\n".join([
+        f"thread (1): MainThread;main (x.py:1);{call};run (benchmarks/common.py:95);{loop} 30",
+        f"thread (1): MainThread;main (x.py:1);{call};{matmul};helper (numpy/x.py:3) 10",
+        f"thread (1): MainThread;main (x.py:1);{call};wait (threading.py:320) 5",
+        "thread (1): MainThread;main (x.py:1);sleep (benchmarks/profile.py:80) 50",
+        f"thread (2): xrnn-direction_0;_worker (concurrent/futures/thread.py:81);{loop} 25",
+        f"thread (3): xrnn-direction_1;_worker (concurrent/futures/thread.py:81);{matmul} 4",
+        "thread (2): xrnn-direction_0;_worker (concurrent/futures/thread.py:81) 40",
+    ])
+    threads, in_loop = tally(raw)
+    assert in_loop == 45
+    assert dict(threads["MainThread"]) == {loop: 30, matmul: 10, "wait (threading.py:320)": 5}
+    assert dict(threads["xrnn-direction"]) == {loop: 25, matmul: 4}
+    assert charge(["a (x.py:1)", "b (y.py:2)"]) == "b (y.py:2)" and charge([]) == "?"
+
+
+def test_profile_cli_samples_a_row(tmp_path):
+    """``python -m benchmarks.profile``: one small row sampled for a second; every
+    thread's shares add up to at most the main thread's time base."""
+    pytest.importorskip("torch", reason="the benchmark compares against torch (xrnn[parity])")
+    import shutil
+
+    if shutil.which("py-spy") is None:
+        pytest.skip("py-spy is not installed (pip install py-spy)")
+    from benchmarks.profile import main
+
+    results = main(["--cell", "lstm", "--mode", "train", "--shapes", "5,2,3,4,1,2",
+                    "--seconds", "1", "--output", str(tmp_path / "profile")])
+    (row,) = results
+    assert row["calls"] > 0 and row["ms_per_call"] > 0 and row["quiet_ms"] > 0
+    main_thread = row["threads"]["MainThread"]
+    assert sum(f["share"] for f in main_thread) == pytest.approx(1.0)
+    assert any("xrnn/" in f["frame"] for f in main_thread)
+    assert "## lstm train (5, 2, 3, 4, 1, 2)" in (tmp_path / "profile.md").read_text()
