@@ -23,6 +23,7 @@ import linecache
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=MODES, required=True)
     parser.add_argument("--shapes", nargs="+", metavar="ROW", required=True,
                         help="grid rows by index, or shapes as T,B,I,H,L,D")
-    parser.add_argument("--seconds", type=int, default=6, help="sampling time per row")
+    parser.add_argument("--seconds", type=float, default=6.0,
+                        help="sampling time per row (calls go on until it has passed)")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--top", type=int, default=8, help="lines shown per thread")
     parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
@@ -113,7 +115,7 @@ def tally(raw: str) -> tuple[dict[str, collections.Counter], int]:
     return threads, max(in_loop, 1)
 
 
-def profile_row(cell: str, mode: str, shape, seconds: int, rate: int) -> dict[str, Any]:
+def profile_row(cell: str, mode: str, shape, seconds: float, rate: int) -> dict[str, Any]:
     """Sample xrnn's ``cell``/``mode`` at ``shape`` for ``seconds``; ms per call by
     thread and line, and the time of a call without the sampler (``quiet_ms``: the
     sampler takes a share of the two cores)."""
@@ -128,8 +130,8 @@ def profile_row(cell: str, mode: str, shape, seconds: int, rate: int) -> dict[st
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "samples.txt"
         spy = subprocess.Popen(["py-spy", "record", "--pid", str(os.getpid()), "--threads",
-                                "--idle", "--rate", str(rate), "--duration", str(seconds + 1),
-                                "--format", "raw", "--output", str(out), "--nonblocking"],
+                                "--idle", "--rate", str(rate), "--format", "raw", "--output",
+                                str(out), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)  # py-spy attaches
         calls, start = 0, time.perf_counter()
@@ -137,8 +139,9 @@ def profile_row(cell: str, mode: str, shape, seconds: int, rate: int) -> dict[st
             _sampled_call(run)
             calls += 1
         wall = time.perf_counter() - start
+        spy.send_signal(signal.SIGINT)  # (py-spy writes its samples and exits)
         spy.wait()
-        if spy.returncode != 0 or not out.exists():
+        if spy.returncode not in (0, -signal.SIGINT) or not out.exists():
             raise RuntimeError(f"py-spy failed: {spy.stderr.read()}")
         threads, in_loop = tally(out.read_text())
     ms_per_call = 1e3 * wall / calls
