@@ -5,6 +5,7 @@ machine's float32 matrix-product peak and a description of the machine."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import platform
 import statistics
@@ -82,8 +83,9 @@ def matched_pair(shape: Shape, cell: str):
 
 def contenders(shape: Shape, cell: str, mode: str) -> dict[str, tuple[Callable[[], None], Timer]]:
     """Name -> (one run, its timer). ``mode`` is "forward" (eval mode, xrnn under
-    ``no_grad`` and torch under ``inference_mode``: neither keeps anything for a backward) or "train" (forward + backward of the sum of outputs; both sides
-    compute every gradient: input, parameters). On the GPU a third contender,
+    ``no_grad`` and torch under ``inference_mode``: neither keeps anything for a
+    backward) or "train" (forward + backward of the sum of outputs; both sides compute
+    every gradient: input, parameters). On the GPU a third contender,
     ``torch_nocudnn``, is torch's per-timestep path with cuDNN disabled."""
     model, reference, x, x_torch = matched_pair(shape, cell)
     if mode == "forward":
@@ -257,3 +259,9 @@ def machine_info(backend: str) -> dict[str, str]:
             tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
         info["torch cuDNN"] = f"{torch.backends.cudnn.version()}, TF32 {tf32}"
     return info
+
+
+def write_results(stem: Path | str, text: str, data: object) -> None:
+    """Write ``stem``.md (``text``) and ``stem``.json (``data``, indented)."""
+    Path(f"{stem}.md").write_text(text)
+    Path(f"{stem}.json").write_text(json.dumps(data, indent=1) + "\n")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import pickle
 import statistics
@@ -46,7 +45,7 @@ from distributed import Client, LocalCluster  # noqa: E402
 
 import xrnn  # noqa: E402
 import xrnn.dask as xdask  # noqa: E402
-from benchmarks.common import machine_info  # noqa: E402
+from benchmarks.common import machine_info, write_results  # noqa: E402
 from benchmarks.run import RESULTS  # noqa: E402
 
 FIELDS = ("T", "B", "I", "H", "L")
@@ -254,8 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["load_after"] = uptime()
     stem = output_stem(args, result["date"])
     stem.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{stem}.md").write_text(markdown(result))
-    Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_results(stem, markdown(result), result)
     print(f"load after: {result['load_after']}\nwrote {stem}.md and {stem}.json")
     return result
 

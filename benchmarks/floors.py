@@ -43,7 +43,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from benchmarks.common import GATES, model_flops  # noqa: E402
+from benchmarks.common import GATES, model_flops, write_results  # noqa: E402
 from xrnn._kernels import packed  # noqa: E402
 
 FIELDS = ("T", "B", "I", "H", "L", "D")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floors",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("grid", type=Path, help="a CPU grid's JSON (python -m benchmarks)")
-    parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
+    parser.add_argument("--output", help="write OUTPUT.md and OUTPUT.json")
     args = parser.parse_args(argv)
     grid = json.loads(args.grid.read_text())
     if grid.get("device") != "cpu" or not all("torch" in row["ms"] for row in grid["rows"]):
@@ -207,8 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = markdown(result)
     print(text)
     if args.output:
-        args.output.with_suffix(".md").write_text(text)
-        args.output.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        write_results(args.output, text, result)
     return result
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import warnings
 from collections.abc import Callable
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 
 import xrnn
-from benchmarks.common import Shape, alternate, machine_info, wall_seconds
+from benchmarks.common import Shape, alternate, machine_info, wall_seconds, write_results
 from benchmarks.run import FIELDS, output_stem, pick_shape
 
 #: The issue's shape: (T, B, I, H, L, D).
@@ -224,8 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["rows"].append(row)
             print(", ".join(f"{LABELS[n]} {v:.1f} ms" for n, v in row["ms"].items()), flush=True)
         result["load_after"] = load_average()
-        Path(f"{stem}.md").write_text(markdown(result))
-        Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+        write_results(stem, markdown(result), result)
     print(markdown(result), end="")
     print(f"wrote {stem}.md and {stem}.json")
     return result

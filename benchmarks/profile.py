@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import linecache
 import os
 import re
@@ -34,7 +33,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as ``python benchmarks/profile.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import CELLS, CPU_GRID, MODES, contenders  # noqa: E402
+from benchmarks.common import CELLS, CPU_GRID, MODES, contenders, write_results  # noqa: E402
 from benchmarks.run import pick_shape  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="sampling time per row (calls go on until it has passed)")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--top", type=int, default=8, help="lines shown per thread")
-    parser.add_argument("--output", type=Path, help="write OUTPUT.md and OUTPUT.json")
+    parser.add_argument("--output", help="write OUTPUT.md and OUTPUT.json")
     args = parser.parse_args(argv)
     try:
         args.shapes = [pick_shape(CPU_GRID, text) for text in args.shapes]
@@ -176,8 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     text = markdown(results, args.top)
     print(text)
     if args.output:
-        args.output.with_suffix(".md").write_text(text)
-        args.output.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+        write_results(args.output, text, results)
     return results
 
 

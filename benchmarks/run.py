@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -30,7 +29,8 @@ import torch  # noqa: E402
 
 import xrnn  # noqa: E402
 from benchmarks.common import (CELLS, CPU_GRID, GPU_GRID, MODES, Shape, alternate,  # noqa: E402
-                               contenders, machine_info, matmul_peak, model_flops)
+                               contenders, machine_info, matmul_peak, model_flops,
+                               write_results)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LABELS = {"xrnn": "xrnn", "torch": "torch", "torch_nocudnn": "torch no-cuDNN"}
@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for row in measure(args, result["peak_gflops"]):
             result["rows"].append(row)
             print(table_row(row), flush=True)
-            Path(f"{stem}.md").write_text(markdown(result))  # after each row: a long run
-            Path(f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")  # keeps its part
+            write_results(stem, markdown(result), result)  # after each row: a long run
+            # keeps its part
     print(f"wrote {stem}.md and {stem}.json")
     return result
 
