@@ -33,10 +33,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as ``python benchmarks/profile.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import xrnn  # noqa: E402
 from benchmarks.common import CELLS, CPU_GRID, MODES, contenders, write_results  # noqa: E402
 from benchmarks.run import pick_shape  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+XRNN = Path(xrnn.__file__).resolve().parent
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")
 
 
@@ -63,8 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _in_xrnn(frame: str) -> bool:
+    """Whether a frame's file is in the xrnn package (py-spy gives paths relative to the
+    working directory, or absolute)."""
     match = _FRAME.match(frame)
-    return bool(match) and match["file"].replace(os.sep, "/").split("/")[0] == "xrnn"
+    return bool(match) and Path(match["file"]).resolve().is_relative_to(XRNN)
 
 
 def charge(frames: list[str]) -> str:
@@ -81,7 +84,7 @@ def source(frame: str) -> str:
     match = _FRAME.match(frame)
     if not match:
         return ""
-    return linecache.getline(str(ROOT / match["file"]), int(match["line"])).strip()
+    return linecache.getline(str(Path(match["file"]).resolve()), int(match["line"])).strip()
 
 
 def _sampled_call(run) -> None:

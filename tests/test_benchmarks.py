@@ -40,7 +40,8 @@ def test_benchmark_suite_smoke(tmp_path):
     assert json.loads((tmp_path / "smoke.json").read_text()) == result
     text = (tmp_path / "smoke.md").read_text()
     assert "| float32 matmul peak |" in text and "| cell | mode |" in text
-    assert sum(line.startswith(("| rnn |", "| lstm |", "| gru |")) for line in text.splitlines()) == 6
+    rows = ("| rnn |", "| lstm |", "| gru |")
+    assert sum(line.startswith(rows) for line in text.splitlines()) == 6
 
 
 def test_benchmark_cli_quick_cell_mode_and_shape_by_index(tmp_path):
@@ -193,10 +194,11 @@ def test_profile_tally_charges_samples_to_xrnn_lines():
     frame); the main thread counts only inside ``_sampled_call`` (the time base), other
     threads only in xrnn; pool threads' numbered names merge."""
     pytest.importorskip("torch", reason="the benchmark compares against torch (xrnn[parity])")
-    from benchmarks.profile import charge, tally
+    from benchmarks.profile import XRNN, charge, tally
 
-    loop = "_loop (xrnn/_kernels/numba_threaded.py:219)"
-    matmul = "_loop (xrnn/_kernels/numba_threaded.py:217)"
+    threaded = XRNN / "_kernels" / "numba_threaded.py"  # (py-spy: relative or absolute)
+    loop = f"_loop ({threaded}:219)"
+    matmul = f"_loop ({os.path.relpath(threaded)}:217)"
     call = "_sampled_call (benchmarks/profile.py:90)"
     raw = "\n".join([
         f"thread (1): MainThread;main (x.py:1);{call};run (benchmarks/common.py:95);{loop} 30",
