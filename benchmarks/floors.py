@@ -44,9 +44,9 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from benchmarks.common import GATES, model_flops, write_results  # noqa: E402
+from benchmarks.run import FIELDS, ms_text  # noqa: E402
 from xrnn._kernels import packed  # noqa: E402
 
-FIELDS = ("T", "B", "I", "H", "L", "D")
 ITEMSIZE = 4  # float32
 #: Targets of issue 13: xrnn/torch at most this, by batch size.
 SMALL_BATCH, SMALL_TARGET, TARGET = 32, 0.7, 1.0
@@ -163,10 +163,6 @@ def evaluate(grid: dict[str, Any], gflops: float,
     return rows
 
 
-def _ms(v: float) -> str:
-    return f"{v:.3f}" if v < 10 else f"{v:.1f}"
-
-
 def markdown(result: dict[str, Any]) -> str:
     c = result["ceiling"]
     lines = [f"# Floors of the grid `{result['grid']}`\n",
@@ -184,8 +180,8 @@ def markdown(result: dict[str, Any]) -> str:
                    else "missed, below the floor")
         lines.append(
             f"| {r['cell']} | {r['mode']} | {', '.join(str(v) for v in r['shape'].values())} | "
-            f"{_ms(r['compute_ms'])} | {_ms(r['stream_ms'])} | {_ms(r['floor_ms'])} | "
-            f"{_ms(r['xrnn_ms'])} | {_ms(r['torch_ms'])} | {_ms(r['target_ms'])} "
+            f"{ms_text(r['compute_ms'])} | {ms_text(r['stream_ms'])} | {ms_text(r['floor_ms'])} | "
+            f"{ms_text(r['xrnn_ms'])} | {ms_text(r['torch_ms'])} | {ms_text(r['target_ms'])} "
             f"({r['target']}x) | {r['xrnn_ms'] / r['floor_ms']:.2f} | {verdict} |")
     return "\n".join(lines) + "\n"
 

@@ -106,7 +106,8 @@ def measure(args: argparse.Namespace, peak: float) -> Iterator[dict[str, Any]]:
                 }
 
 
-def _num(value: float) -> str:
+def ms_text(value: float) -> str:
+    """Milliseconds as the tables print them: 3 decimals below 10, else 1."""
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
@@ -121,7 +122,7 @@ def table_header(names: list[str]) -> str:
 def table_row(row: dict[str, Any]) -> str:
     names = list(row["ms"])
     cells = ([row["cell"], row["mode"], ", ".join(str(v) for v in row["shape"].values()),
-              f"{row['gflop']:.3g}"] + [_num(row["ms"][n]) for n in names]
+              f"{row['gflop']:.3g}"] + [ms_text(row["ms"][n]) for n in names]
              + [f"{row['ratio'][n]:.2f}" for n in names if n != "xrnn"]
              + [f"{100 * row['peak_fraction'][n]:.3g}%" for n in names])
     return "| " + " | ".join(cells) + " |"
