@@ -269,8 +269,8 @@ def test_threaded_layers_with_dot_products_match_generic_path(rng, threaded, cas
 def test_two_threads_of_ours_end_openblas_workers_only_when_no_other_thread_runs(monkeypatch):
     """``cores_for_two_threads`` ends OpenBLAS's workers (which spin for ~0.1 s after a
     threaded product) when BLAS went to one thread and no Python thread but the main
-    one and the direction pool's is alive; never while another thread could be calling
-    BLAS."""
+    one and the direction pool's is alive, and again after restoring BLAS's thread
+    count (which starts one); never while another thread could be calling BLAS."""
     stopped = []
     monkeypatch.setattr(blas, "stop_workers", lambda: stopped.append(True))
     pool = threading.Thread(name=f"{numba_threaded._POOL_NAME}_0")  # (never started)
@@ -280,7 +280,24 @@ def test_two_threads_of_ours_end_openblas_workers_only_when_no_other_thread_runs
         monkeypatch.setattr(threading, "enumerate", lambda alive=alive: alive)
         with numba_threaded.cores_for_two_threads() as single:
             pass
-        assert stopped == ([True] if single else [])
+        assert stopped == ([True, True] if single else [])
+
+
+def test_no_openblas_worker_spins_after_a_layer_on_two_threads(rng, threaded):
+    """After a layer on two threads, no OpenBLAS worker is left spinning (restoring
+    BLAS's thread count used to start one, which took a core for about 0.1 s): the
+    process uses next to no CPU time while the caller sleeps."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("BLAS's thread count is set from the main thread only")
+    layer = xrnn.LSTM(I, H, bidirectional=True, seed=3)
+    x = rng.standard_normal((T, 4, I)).astype(np.float32)
+    before = numba_layer.threaded_layers_run
+    with xrnn.no_grad():
+        layer(x)
+    cpu = time.process_time()
+    time.sleep(0.2)
+    assert numba_layer.threaded_layers_run == before + 1
+    assert time.process_time() - cpu < 0.03
 
 
 def test_products_after_openblas_workers_ended_are_right(rng):
