@@ -250,25 +250,29 @@ def _elman_forward(gx, start, count, w_t, mode, bias, h, inactive, activation):
                         out[j] = z[j] + x_row[j]
 
 
-@_jit
+@numba.njit(inline="always", error_model="numpy", fastmath={"contract", "arcp", "nsz"})
 def _lstm_cell(z, c_old, c_new, gates, t_row, h_new):
     """One batch row of the LSTM: ``gates`` i, f, g, o from their pre-activations ``z``,
-    the new c, its tanh ``t_row`` and the new h. (Loops index blocks from 0: a loop over
-    ``range(2 * hidden, 3 * hidden)`` kept its negative-index check and ran 1.6x slower.)"""
+    the new c, its tanh ``t_row`` and the new h. The four gates and c in one loop (four
+    independent ``exp`` to interleave; each block a view of its own, so that LLVM
+    vectorises the loop: with offsets into one array it did not), tanh(c) and h in two
+    more: 4.4-4.6 ns a unit against 5.0-5.9 in six loops (NOTES.md, issue 13, twelfth
+    pass). (Loops index blocks from 0: a loop over ``range(2 * hidden, 3 * hidden)``
+    kept its negative-index check and ran 1.6x slower.)"""
     hidden = z.size // 4
     one = z.dtype.type(1)
     two = one + one
-    z_if, z_g, z_o = z[:2 * hidden], z[2 * hidden:3 * hidden], z[3 * hidden:]
-    i_f, i, f = gates[:2 * hidden], gates[:hidden], gates[hidden:2 * hidden]
+    z_i, z_f = z[:hidden], z[hidden:2 * hidden]
+    z_g, z_o = z[2 * hidden:3 * hidden], z[3 * hidden:]
+    i, f = gates[:hidden], gates[hidden:2 * hidden]
     g, o = gates[2 * hidden:3 * hidden], gates[3 * hidden:]
-    for j in range(2 * hidden):
-        i_f[j] = one / (one + exp(-z_if[j]))
     for j in range(hidden):
-        g[j] = two / (one + exp(-two * z_g[j])) - one  # tanh
-    for j in range(hidden):
+        i_j = one / (one + exp(-z_i[j]))
+        f_j = one / (one + exp(-z_f[j]))
+        g_j = two / (one + exp(-two * z_g[j])) - one  # tanh
+        i[j], f[j], g[j] = i_j, f_j, g_j
         o[j] = one / (one + exp(-z_o[j]))
-    for j in range(hidden):
-        c_new[j] = f[j] * c_old[j] + i[j] * g[j]
+        c_new[j] = f_j * c_old[j] + i_j * g_j
     for j in range(hidden):
         t_row[j] = tanh(c_new[j])
     for j in range(hidden):

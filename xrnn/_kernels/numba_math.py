@@ -5,8 +5,10 @@ keep LLVM from vectorising the gate loops: about 2.9 ns per sigmoid against 0.7 
 the branch-free float32 versions below (NOTES.md, issue 13). They are Cephes' ``expf``
 and ``tanhf`` (range reduction to ``|r| <= ln 2 / 2``, degree-6 and degree-5
 polynomials; 1-2 ulp in the normal range), written with selects instead of branches and
-rounding by the ``1.5 * 2**23`` trick instead of ``floor`` (a libm call), so each loop
-over units compiles to AVX2 code. NaN stays NaN; +-inf give the limits; inputs beyond
+rounding by the ``1.5 * 2**23`` trick instead of ``floor`` (a libm call), ``2**n`` made
+from the rounded sum's bits, so each loop over units compiles to AVX2 code: the clamps
+are a max and a min that let NaN through (0.65 ns against 0.76 with a select for NaN
+after them: NOTES.md, issue 13, twelfth pass). NaN stays NaN; +-inf give the limits; inputs beyond
 the float32 range of ``exp`` are clamped, so ``exp`` stays finite there (1e-38 to 2e38)
 where libm gives 0 or inf: a gate's sigmoid is then within 1e-38 of its limit.
 float64 keeps libm (within an ulp of NumPy's), as the 1e-12 parity tests need.
@@ -43,13 +45,19 @@ def tanh(x):
     raise NotImplementedError("numba_math.tanh runs inside compiled code only")
 
 
+#: The bits of the float32 1.5 * 2**23, less the exponent bias 127: ``bits(t) - this``
+#: is ``n + 127`` where ``t = 1.5 * 2**23 + n``.
+_MAGIC_BITS_LESS_BIAS = np.int32(np.float32(12582912.0).view(np.int32) - 127)
+
+
 @numba.njit(inline="always", fastmath=_FAST)
 def _exp32(x):
-    low, high = np.float32(-87.3), np.float32(88.3)  # 2**n stays a normal float32
-    y = x if x > low else low
-    y = y if y < high else high
+    # clamped so that 2**n stays a normal float32; NaN passes both comparisons as NaN
+    y = np.float32(-87.3) if x < np.float32(-87.3) else x
+    y = np.float32(88.3) if y > np.float32(88.3) else y
     magic = np.float32(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer
-    n = (y * np.float32(1.44269504088896341) + magic) - magic
+    t = y * np.float32(1.44269504088896341) + magic
+    n = t - magic
     r = y - n * np.float32(0.693359375)  # ln 2 in two parts, exact first product
     r = r + n * np.float32(2.12194440e-4)
     p = np.float32(1.9875691500e-4)
@@ -59,9 +67,10 @@ def _exp32(x):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     p = p * r * r + r + np.float32(1)
-    two_n = np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
-    e = p * two_n
-    return x if x != x else e
+    # 2**n from t's bits (no float-to-int conversion, which is undefined for NaN)
+    two_n = np.int32((np.float32(t).view(np.int32) - _MAGIC_BITS_LESS_BIAS)
+                     << np.int32(23)).view(np.float32)
+    return p * two_n  # (NaN in p stays NaN)
 
 
 @numba.njit(inline="always", fastmath=_FAST)
@@ -76,8 +85,7 @@ def _tanh32(x):
     small = x + x * z * p
     big = np.float32(1) - np.float32(2) / (_exp32(a + a) + np.float32(1))
     big = math.copysign(big, x)
-    t = small if a < np.float32(0.625) else big
-    return x if x != x else t
+    return small if a < np.float32(0.625) else big  # (NaN: big, from exp(NaN))
 
 
 @overload(exp, inline="always", fastmath=_FAST)
