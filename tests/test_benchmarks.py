@@ -131,16 +131,24 @@ def test_floor_bounds_from_given_ceilings():
         asked.append(nbytes)
         return 2.0  # GB/s
 
+    def gates(cell, mode, batch, hidden):
+        asked.append((cell, mode, batch, hidden))
+        return 7.0 if mode == "train" else 3.0  # ns a unit
+
     shape = (10, 3, 5, 4, 2, 2)
-    for mode, passes in (("forward", 1), ("train", 2)):
+    for mode, passes, unit_ns in (("forward", 1, 3.0), ("train", 2, 7.0)):
         asked.clear()
-        bound = floors.floor("lstm", mode, shape, 0.5, stream)
+        bound = floors.floor("lstm", mode, shape, 0.5, stream, gates)
         w_hh = 4 * 4 * 4 * 4  # G*H x H float32
-        assert asked == [w_hh]  # (2 directions x w_hh) / 2 cores
+        assert asked == [w_hh, ("lstm", mode, 3, 4)]  # (2 directions x w_hh) / 2 cores
         assert bound["stream_ms"] == pytest.approx(passes * 10 * 2 * 2 * w_hh / 2.0 / 1e6)
         assert bound["compute_ms"] == pytest.approx(model_flops("lstm", shape, mode) / 0.5 / 1e6)
         assert bound["bound"] == "compute" and bound["floor_ms"] == bound["compute_ms"]
-    slow_cache = floors.floor("rnn", "forward", (10, 1, 5, 4, 1, 1), 1e3, lambda n: 1e-3)
+        # T*B*H*L*D units at unit_ns each, shared by the two cores
+        assert bound["gates_ms"] == pytest.approx(10 * 3 * 4 * 2 * 2 * unit_ns / 2 / 1e6)
+        assert bound["with_gates_ms"] == pytest.approx(bound["floor_ms"] + bound["gates_ms"])
+    slow_cache = floors.floor("rnn", "forward", (10, 1, 5, 4, 1, 1), 1e3, lambda n: 1e-3,
+                              lambda *row: 0.0)
     assert slow_cache["bound"] == "stream" and slow_cache["floor_ms"] == slow_cache["stream_ms"]
 
 
@@ -156,16 +164,26 @@ def test_floors_targets_and_verdicts():
     grid = {"device": "cpu", "rows": [row(32, 6.0, 10.0), row(32, 8.0, 10.0), row(64, 9.0, 10.0),
                                       row(64, 11.0, 10.0), row(1, 2.0, 1.0)]}
     # 2 * 100 * B * 64 * 128 FLOPs at 1 GFLOP/s: B = 32 -> 52.4 ms, B = 64 -> 104.9 ms
-    rows = floors.evaluate(grid, 1.0, lambda nbytes: 1e3)
+    rows = floors.evaluate(grid, 1.0, lambda nbytes: 1e3, lambda *row: 0.0)
     assert [r["target"] for r in rows] == [0.7, 0.7, 1.0, 1.0, 0.7]
     assert [r["target_ms"] for r in rows] == pytest.approx([7.0, 7.0, 10.0, 10.0, 0.7])
     assert [r["met"] for r in rows] == [True, False, True, False, False]
     assert [r["reachable"] for r in rows] == [False, False, False, False, False]
-    fast = floors.evaluate(grid, 1e5, lambda nbytes: 1e3)
+    fast = floors.evaluate(grid, 1e5, lambda nbytes: 1e3, lambda *row: 0.0)
     assert [r["reachable"] for r in fast] == [True] * 5
+    assert [r["reachable_with_gates"] for r in fast] == [True] * 5
+    # gates of 100 * B * 64 units at 1000 ns over two cores: B = 1 -> 3.2 ms > 0.7 ms,
+    # B = 32 -> 102 ms, B = 64 -> 205 ms: above every target, no floor below one
+    slow_gates = floors.evaluate(grid, 1e5, lambda nbytes: 1e3, lambda *row: 1000.0)
+    assert [r["reachable"] for r in slow_gates] == [True] * 5
+    assert [r["reachable_with_gates"] for r in slow_gates] == [False] * 5
+    ceiling = {"best": 1e5, "packed": 1e5, "blas": 1.0}
     text = floors.markdown({"grid": "g.json", "command": "c", "streams": {4096: 100.0},
-                            "ceiling": {"best": 1e5, "packed": 1e5, "blas": 1.0}, "rows": fast})
-    assert "missed, reachable" in text and "| met |" in text
+                            "ceiling": ceiling, "rows": fast})
+    assert "missed, reachable |" in text and "| met |" in text
+    text = floors.markdown({"grid": "g.json", "command": "c", "streams": {4096: 100.0},
+                            "ceiling": ceiling, "rows": slow_gates})
+    assert "missed, reachable only with faster gates" in text
 
 
 def test_floors_cli_on_a_grid(tmp_path):
@@ -180,6 +198,7 @@ def test_floors_cli_on_a_grid(tmp_path):
     ceiling = result["ceiling"]
     assert ceiling["best"] == max(ceiling["packed"], ceiling["blas"]) > 0
     assert len(result["rows"]) == 1 and result["rows"][0]["floor_ms"] > 0
+    assert result["rows"][0]["gate_ns"] > 0 and result["rows"][0]["gates_ms"] > 0
     assert min(result["streams"].values()) > 0
     assert json.loads((tmp_path / "floors.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))
