@@ -83,8 +83,11 @@ KINDS = (*_ACTIVATION, "lstm", "gru")
 #: "contract" lets LLVM fuse multiply-adds (FMA); "arcp" and "nsz" let it rewrite
 #: divisions and signed zeros. No flag that assumes away NaN or inf ("nnan", "ninf"):
 #: NaN in an input still comes out as NaN.
-_jit = numba.njit(cache=True, nogil=True, error_model="numpy",
-                  fastmath={"contract", "arcp", "nsz"})
+_FLAGS = {"error_model": "numpy", "fastmath": {"contract", "arcp", "nsz"}}
+_jit = numba.njit(cache=True, nogil=True, **_FLAGS)
+#: For a row's work that its callers' loops call row by row: compiled into each caller
+#: (a call per row cost 0.4 ns a unit of the LSTM cell at (32, 128)).
+_inlined = numba.njit(inline="always", **_FLAGS)
 
 
 def _step_work(x, weights: Sequence[LayerWeights]) -> int:
@@ -250,14 +253,14 @@ def _elman_forward(gx, start, count, w_t, mode, bias, h, inactive, activation):
                         out[j] = z[j] + x_row[j]
 
 
-@numba.njit(inline="always", error_model="numpy", fastmath={"contract", "arcp", "nsz"})
+@_inlined
 def _lstm_cell(z, c_old, c_new, gates, t_row, h_new):
     """One batch row of the LSTM: ``gates`` i, f, g, o from their pre-activations ``z``,
     the new c, its tanh ``t_row`` and the new h. The four gates and c in one loop (four
     independent ``exp`` to interleave; each block a view of its own, so that LLVM
     vectorises the loop: with offsets into one array it did not), tanh(c) and h in two
-    more: 4.4-4.6 ns a unit against 5.0-5.9 in six loops (NOTES.md, issue 13, twelfth
-    pass). (Loops index blocks from 0: a loop over ``range(2 * hidden, 3 * hidden)``
+    more: 4.7-4.9 ns a unit at (32, 128) against 5.4-5.9 in six loops (NOTES.md, issue
+    13, twelfth pass). (Loops index blocks from 0: a loop over ``range(2 * hidden, 3 * hidden)``
     kept its negative-index check and ran 1.6x slower.)"""
     hidden = z.size // 4
     one = z.dtype.type(1)

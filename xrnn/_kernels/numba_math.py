@@ -6,11 +6,12 @@ the branch-free float32 versions below (NOTES.md, issue 13). They are Cephes' ``
 and ``tanhf`` (range reduction to ``|r| <= ln 2 / 2``, degree-6 and degree-5
 polynomials; 1-2 ulp in the normal range), written with selects instead of branches and
 rounding by the ``1.5 * 2**23`` trick instead of ``floor`` (a libm call), ``2**n`` made
-from the rounded sum's bits, so each loop over units compiles to AVX2 code: the clamps
-are a max and a min that let NaN through (0.65 ns against 0.76 with a select for NaN
-after them: NOTES.md, issue 13, twelfth pass). NaN stays NaN; +-inf give the limits; inputs beyond
-the float32 range of ``exp`` are clamped, so ``exp`` stays finite there (1e-38 to 2e38)
-where libm gives 0 or inf: a gate's sigmoid is then within 1e-38 of its limit.
+from the rounded sum's bits, so each loop over units compiles to AVX2 code. The clamps
+are a max and a min that let NaN through (0.65 ns a value against 0.76 with a select
+for NaN after them: NOTES.md, issue 13, twelfth pass). NaN stays NaN; +-inf give the
+limits; inputs beyond the float32 range of ``exp`` are clamped, so ``exp`` stays finite
+there (1e-38 to 2e38) where libm gives 0 or inf: a gate's sigmoid is then within 1e-38
+of its limit.
 float64 keeps libm (within an ulp of NumPy's), as the 1e-12 parity tests need.
 """
 
