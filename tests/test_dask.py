@@ -34,7 +34,7 @@ EXACT = dict(rtol=1e-12, atol=1e-12)
 
 
 @pytest.fixture(scope="module")
-def client():
+def _cluster_client():
     """Two worker processes of one thread each, for the whole module."""
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=None)
@@ -42,6 +42,15 @@ def client():
     yield client
     client.close()
     cluster.close()
+
+
+@pytest.fixture
+def client(_cluster_client):
+    """The module's client, once both its workers are connected (on a busy 2-core
+    machine, a worker that a test ended, or that was slow to answer, may still be
+    coming back: CI once saw one of two)."""
+    _cluster_client.wait_for_workers(2, timeout=60)
+    return _cluster_client
 
 
 def tagger(seed: int = 0, dropout: float = 0.0) -> xrnn.Sequential:
