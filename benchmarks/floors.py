@@ -35,6 +35,7 @@ the gates can only be met with gates faster than xrnn's.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import threading
@@ -158,35 +159,32 @@ def _gate_steps(code, train, repeats, z, zero, c, c_new, a, tanh_c, h, dh, dc, d
                 numba_layer._tanh_back(h, dh, dz)
 
 
-_gates: dict[tuple[str, str, int, int], float] = {}
-
-
+@functools.cache
 def gate_ns(cell: str, mode: str, batch: int, hidden: int) -> float:
     """Nanoseconds per unit (one of B*H) of xrnn's gate step for a step (and its
     backward in training), both cores at once, each on its own arrays (best of 5
     tries of about 20 ms)."""
-    key = (cell, mode, batch, hidden)
-    if key not in _gates:
-        code = numba_layer._CODES["rnn_tanh" if cell == "rnn" else cell]
-        width = GATES[cell] * hidden
-        rng = np.random.default_rng(0)
+    code = numba_layer._CODES["rnn_tanh" if cell == "rnn" else cell]
+    width = GATES[cell] * hidden
+    rng = np.random.default_rng(0)
 
-        def arrays():
-            def state():
-                return rng.standard_normal((batch, hidden)).astype(np.float32)
-            return (rng.standard_normal((batch, width)).astype(np.float32),
-                    np.zeros((batch, width), np.float32), state(), state(),
-                    np.empty((batch, width), np.float32), state(), state(), state(),
-                    state(), np.empty((batch, width), np.float32),
-                    np.empty((batch, width), np.float32), state())
+    def state():
+        return rng.standard_normal((batch, hidden)).astype(np.float32)
 
-        sets = [arrays() for _ in range(2)]
-        train = mode == "train"
-        repeats = max(1, int(2e6 // (batch * hidden)))
-        _gate_steps(code, train, 1, *sets[0])
-        seconds = on_both_cores(lambda i: _gate_steps(code, train, repeats, *sets[i]))
-        _gates[key] = seconds / (repeats * batch * hidden) * 1e9
-    return _gates[key]
+    def gates():
+        return np.empty((batch, width), np.float32)
+
+    def arrays():  # _gate_steps's z, zero, c, c_new, a, tanh_c, h, dh, dc, dz, dgh, direct
+        return (rng.standard_normal((batch, width)).astype(np.float32),
+                np.zeros((batch, width), np.float32), state(), state(), gates(), state(),
+                state(), state(), state(), gates(), gates(), state())
+
+    sets = [arrays() for _ in range(2)]
+    train = mode == "train"
+    repeats = max(1, int(2e6 // (batch * hidden)))
+    _gate_steps(code, train, 1, *sets[0])
+    seconds = on_both_cores(lambda i: _gate_steps(code, train, repeats, *sets[i]))
+    return seconds / (repeats * batch * hidden) * 1e9
 
 
 def floor(cell: str, mode: str, shape: tuple[int, ...], gflops: float,
