@@ -191,6 +191,11 @@ class _ThreadedLayer(_Compiled):
         self.gh_or_unused = unused if self.gh is None else self.gh
         self.active = active
 
+    def _stack_w_hh(self, directions) -> None:
+        """(each direction's on its own thread, at the start of its forward: made on the
+        calling thread before the two start, the copies took 0.9 ms of a 31 ms
+        (100,1,256,512,2,2) LSTM forward; NOTES.md, issue 13, thirteenth pass)"""
+
     def _reverse_input(self) -> None:
         """(on the reverse direction's own thread, at the start of its forward)"""
 
@@ -203,10 +208,11 @@ class _ThreadedLayer(_Compiled):
         return self.out
 
     def _forward_direction(self, d: int) -> None:
-        """Direction ``d``'s reversed input, its loop, then its half of the output, all on
-        its own thread (made one after the other on the calling thread, the copies took
+        """Direction ``d``'s ``W_hh`` copy and reversed input, its loop, then its half of the
+        output, all on its own thread (made one after the other on the calling thread, the copies took
         60 ms a layer of a 1.7 s (200,64,256,512,2,2) LSTM forward: NOTES.md, issue 13,
         sixth pass)."""
+        super()._stack_w_hh([d])
         if d == 1:
             super()._reverse_input()
         self._loop_direction(d)

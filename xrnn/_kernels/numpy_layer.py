@@ -119,8 +119,8 @@ class _Layer:
             self.w_hh_stack = w_hh[None]  # (D, GH, P)
         else:  # (np.stack took 24 us: a small layer's whole loop runs in 35)
             self.w_hh_stack = self._buffer((directions, gh, self.P), "w_hh")
-            for d, w in enumerate(weights):
-                self.w_hh_stack[d] = rows(w.w_hh)
+            self._w_hh = [rows(w.w_hh) for w in weights]
+            self._stack_w_hh(range(directions))
         self.w_hr = None if weights[0].w_hr is None else np.stack([w.w_hr for w in weights])
         self.w_hr_t = None if self.w_hr is None else np.ascontiguousarray(
             np.swapaxes(self.w_hr, 1, 2))  # (D, H, P)
@@ -191,6 +191,11 @@ class _Layer:
                                      for d in range(directions)])
             self.inactive = ~steps_active
         self._init_hooks(hooks or [NO_HOOKS] * directions)
+
+    def _stack_w_hh(self, directions) -> None:
+        """Copy these directions' ``W_hh`` (kernel order) into ``w_hh_stack``."""
+        for d in directions:
+            self.w_hh_stack[d] = self._w_hh[d]
 
     def _reverse_input(self) -> None:
         """The reverse direction's input in its step order: ``x_steps[1] = x[::-1]``."""
