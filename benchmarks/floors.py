@@ -29,6 +29,15 @@ the fastest gate code tried so far), measured here for the row's B and H on both
 at once, its units split between them. A target between the floor and the floor plus
 the gates can only be met with gates faster than xrnn's.
 
+A fourth bounds what the matrix-product libraries on this machine allow: ``gemms`` =
+the row's products (:func:`products`: the canonical ones, as PyTorch and xrnn make
+them, each core its share) each at the best rate measured for its own shape, both cores
+at once (:func:`gemm_rate`: NumPy's BLAS on one thread, or xrnn's packed kernel). The
+compute ceiling is the best rate of any shape, with the operands in cache; a row's
+shapes may run slower (few rows, a short inner dimension, weights streamed from L3).
+A target below ``gemms`` plus the gates can only be met with products faster than any
+matrix product measured here at those shapes.
+
     python -m benchmarks.floors benchmarks/results/cpu-eleventh-pass-grid.json
 """
 
@@ -53,7 +62,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from benchmarks.common import GATES, model_flops, write_results  # noqa: E402
 from benchmarks.run import FIELDS, ms_text  # noqa: E402
-from xrnn._kernels import numba_layer, packed  # noqa: E402
+from xrnn._kernels import blas, numba_layer, packed  # noqa: E402
 
 ITEMSIZE = 4  # float32
 #: Targets of issue 13: xrnn/torch at most this, by batch size.
@@ -187,12 +196,95 @@ def gate_ns(cell: str, mode: str, batch: int, hidden: int) -> float:
     return seconds / (repeats * batch * hidden) * 1e9
 
 
+def products(cell: str, mode: str, shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """One core's share of the row's matrix products, as ``(M, K, N, count)``: ``count``
+    products (M, K) @ (K, N). Per layer and direction, with I_l the layer's input width:
+    the input projection (T*B, I_l) @ (I_l, G*H) of all steps at once and the recurrent
+    (B, H) @ (H, G*H) of each step; in training also each step's (B, G*H) @ (G*H, H)
+    back to h, then W_ih's gradient (G*H, T*B) @ (T*B, I_l), W_hh's (G*H, T*B) @ (T*B, H)
+    and the input's (T*B, G*H) @ (G*H, I_l). With two directions each core takes one;
+    with one, half of every product: half the gate rows, half of h in the step back,
+    half of the steps in the input's gradient."""
+    t, b, i, h, layers, d = shape
+    gh, rows = GATES[cell] * h, t * b
+
+    def half(n):
+        return n if d == 2 else -(-n // 2)
+
+    share = []
+    for layer in range(layers):
+        width = i if layer == 0 else d * h
+        share += [(rows, width, half(gh), 1), (b, h, half(gh), t)]
+        if mode == "train":
+            share += [(b, gh, half(h), t), (half(gh), rows, width, 1), (half(gh), rows, h, 1),
+                      (half(rows), gh, width, 1)]
+    return share
+
+
+#: Largest M, and K where M is at least :data:`CAP_FROM`, of the products
+#: :func:`gemm_rate` times: a larger product runs at the same rate, and would take long.
+MAX_SIDE, CAP_FROM = 1024, 64
+
+
+@numba.njit(nogil=True)
+def _products(a, b, panels, out, repeats):
+    """``out = a @ b``, ``repeats`` times: by :func:`xrnn._kernels.blas.matmul` (NumPy's
+    BLAS, or xrnn's own loops for 2-4 rows) where ``panels`` is empty, else on them
+    (:func:`xrnn._kernels.packed.matmul`)."""
+    for _ in range(repeats):
+        if panels.shape[0] == 0:
+            blas.matmul(a, b, False, out)
+        else:
+            packed.matmul(a, panels, out)
+
+
+@functools.cache
+def gemm_rate(m: int, k: int, n: int) -> float:
+    """GFLOP/s of one core for (M, K) @ (K, N) float32, both cores at once, each on its
+    own operands (best of 3 tries of about 30 ms): the better of NumPy's BLAS on one
+    thread (with xrnn's own loops for 2-4 rows) and xrnn's packed kernel (``B`` packed
+    beforehand, as xrnn packs ``W_hh`` once a call). M and K above :data:`MAX_SIDE` are
+    timed at that size (K only where M is at least :data:`CAP_FROM`: below it the
+    product streams ``B``, whose size matters)."""
+    m = min(m, MAX_SIDE)
+    k = min(k, MAX_SIDE) if m >= CAP_FROM else k
+    rng = np.random.default_rng(0)
+    operands = [(rng.standard_normal((m, k), dtype=np.float32),
+                 rng.standard_normal((k, n), dtype=np.float32),
+                 np.empty(packed.panels_shape(n, k, np.float32), np.float32),
+                 np.empty((m, n), np.float32)) for _ in range(2)]
+    for _, b, panels, _ in operands:
+        packed.pack(b, panels)
+    flops = 2 * m * k * n
+    repeats = max(1, min(int(2e9 // flops), 100_000))
+    empty = np.empty((0, 1, 1), np.float32)
+    best = float("inf")
+    with threadpool_limits(1):
+        for use_panels in ((False, True) if blas.AVAILABLE else (True,)):
+            def run(i, count=repeats):
+                a, b, panels, out = operands[i]
+                _products(a, b, panels if use_panels else empty, out, count)
+            run(0, 1)
+            best = min(best, on_both_cores(run, tries=3))
+    return repeats * flops / best / 1e9
+
+
+def gemm_ms(cell: str, mode: str, shape: tuple[int, ...],
+            rate: Callable[[int, int, int], float] = gemm_rate) -> float:
+    """Milliseconds of one core's share of the row's products (:func:`products`), each at
+    ``rate(M, K, N)`` GFLOP/s."""
+    return sum(count * 2 * m * k * n / rate(m, k, n)
+               for m, k, n, count in products(cell, mode, shape)) / 1e6
+
+
 def floor(cell: str, mode: str, shape: tuple[int, ...], gflops: float,
           stream: Callable[[int], float] = stream_ceiling,
-          gates: Callable[[str, str, int, int], float] = gate_ns) -> dict[str, Any]:
+          gates: Callable[[str, str, int, int], float] = gate_ns,
+          gemm: Callable[[int, int, int], float] = gemm_rate) -> dict[str, Any]:
     """The row's two lower bounds and the larger, in milliseconds, at ``gflops`` and the
-    GB/s ``stream(bytes per core)``; and its units' time in xrnn's gates at
-    ``gates(cell, mode, B, H)`` ns a unit on each core, the two cores sharing them."""
+    GB/s ``stream(bytes per core)``; its units' time in xrnn's gates at
+    ``gates(cell, mode, B, H)`` ns a unit on each core, the two cores sharing them; and
+    its products at ``gemm(M, K, N)`` GFLOP/s a core (:func:`gemm_ms`)."""
     t, b, _, h, layers, d = shape
     w_hh = GATES[cell] * h * h * ITEMSIZE
     passes = 2 if mode == "train" else 1
@@ -202,22 +294,26 @@ def floor(cell: str, mode: str, shape: tuple[int, ...], gflops: float,
     unit_ns = gates(cell, mode, b, h)
     gates_ms = t * b * h * layers * d * unit_ns / 2 / 1e6
     floor_ms = max(compute_ms, stream_ms)
+    products_ms = gemm_ms(cell, mode, shape, gemm)
     return {"compute_ms": compute_ms, "stream_ms": stream_ms, "stream_gbs": rate,
             "floor_ms": floor_ms, "bound": "compute" if compute_ms >= stream_ms else "stream",
-            "gate_ns": unit_ns, "gates_ms": gates_ms, "with_gates_ms": floor_ms + gates_ms}
+            "gate_ns": unit_ns, "gates_ms": gates_ms, "with_gates_ms": floor_ms + gates_ms,
+            "gemm_ms": products_ms, "gemm_gates_ms": products_ms + gates_ms}
 
 
 def evaluate(grid: dict[str, Any], gflops: float,
              stream: Callable[[int], float] = stream_ceiling,
-             gates: Callable[[str, str, int, int], float] = gate_ns) -> list[dict[str, Any]]:
+             gates: Callable[[str, str, int, int], float] = gate_ns,
+             gemm: Callable[[int, int, int], float] = gemm_rate) -> list[dict[str, Any]]:
     """Each row of ``grid`` (a ``python -m benchmarks`` result) with its floor
     (:func:`floor`), its target and whether xrnn met it: ``reachable`` when the target is
     not below the floor, ``reachable_with_gates`` when not below the floor plus xrnn's
-    gates."""
+    gates, ``reachable_with_gemms`` when not below the products at this machine's
+    matrix-product rates plus xrnn's gates."""
     rows = []
     for row in grid["rows"]:
         shape = tuple(row["shape"][f] for f in FIELDS)
-        bounds = floor(row["cell"], row["mode"], shape, gflops, stream, gates)
+        bounds = floor(row["cell"], row["mode"], shape, gflops, stream, gates, gemm)
         target = SMALL_TARGET if shape[1] <= SMALL_BATCH else TARGET
         xrnn_ms, torch_ms = row["ms"]["xrnn"], row["ms"]["torch"]
         target_ms = target * torch_ms
@@ -225,8 +321,22 @@ def evaluate(grid: dict[str, Any], gflops: float,
                      **bounds, "xrnn_ms": xrnn_ms, "torch_ms": torch_ms, "target": target,
                      "target_ms": target_ms, "met": xrnn_ms <= target_ms,
                      "reachable": bounds["floor_ms"] <= target_ms,
-                     "reachable_with_gates": bounds["with_gates_ms"] <= target_ms})
+                     "reachable_with_gates": bounds["with_gates_ms"] <= target_ms,
+                     "reachable_with_gemms": bounds["gemm_gates_ms"] <= target_ms})
     return rows
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """A row's verdict, from the strictest bound it fails to the loosest."""
+    if row["met"]:
+        return "met"
+    if not row["reachable"]:
+        return "missed, below the floor"
+    if not row["reachable_with_gates"]:
+        return "missed, reachable only with faster gates"
+    if not row["reachable_with_gemms"]:
+        return "missed, reachable only with faster products than this machine's"
+    return "missed, reachable"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -239,19 +349,18 @@ def markdown(result: dict[str, Any]) -> str:
                  f"{k / 1024:.0f} KiB {v:.0f}" for k, v in sorted(result["streams"].items()))
              + ".\n",
              "| cell | mode | T, B, I, H, L, D | compute floor ms | stream floor ms | "
-             "floor ms | xrnn's gates ns/unit | floor + gates ms | xrnn ms | torch ms | "
-             "target ms | xrnn / floor | target |",
-             "|---" * 13 + "|"]
+             "floor ms | xrnn's gates ns/unit | floor + gates ms | products at this "
+             "machine's GEMMs ms | those + gates ms | xrnn ms | torch ms | target ms | "
+             "xrnn / floor | target |",
+             "|---" * 15 + "|"]
     for r in result["rows"]:
-        verdict = ("met" if r["met"] else "missed, reachable" if r["reachable_with_gates"]
-                   else "missed, reachable only with faster gates" if r["reachable"]
-                   else "missed, below the floor")
         lines.append(
             f"| {r['cell']} | {r['mode']} | {', '.join(str(v) for v in r['shape'].values())} | "
             f"{ms_text(r['compute_ms'])} | {ms_text(r['stream_ms'])} | {ms_text(r['floor_ms'])} | "
-            f"{r['gate_ns']:.2f} | {ms_text(r['with_gates_ms'])} | "
-            f"{ms_text(r['xrnn_ms'])} | {ms_text(r['torch_ms'])} | {ms_text(r['target_ms'])} "
-            f"({r['target']}x) | {r['xrnn_ms'] / r['floor_ms']:.2f} | {verdict} |")
+            f"{r['gate_ns']:.2f} | {ms_text(r['with_gates_ms'])} | {ms_text(r['gemm_ms'])} | "
+            f"{ms_text(r['gemm_gates_ms'])} | {ms_text(r['xrnn_ms'])} | {ms_text(r['torch_ms'])} | "
+            f"{ms_text(r['target_ms'])} ({r['target']}x) | {r['xrnn_ms'] / r['floor_ms']:.2f} | "
+            f"{verdict(r)} |")
     return "\n".join(lines) + "\n"
 
 

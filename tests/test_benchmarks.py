@@ -135,10 +135,13 @@ def test_floor_bounds_from_given_ceilings():
         asked.append((cell, mode, batch, hidden))
         return 7.0 if mode == "train" else 3.0  # ns a unit
 
+    def gemm(m, k, n):
+        return 0.25  # GFLOP/s a core: half of the 0.5 that both cores make together
+
     shape = (10, 3, 5, 4, 2, 2)
     for mode, passes, unit_ns in (("forward", 1, 3.0), ("train", 2, 7.0)):
         asked.clear()
-        bound = floors.floor("lstm", mode, shape, 0.5, stream, gates)
+        bound = floors.floor("lstm", mode, shape, 0.5, stream, gates, gemm)
         w_hh = 4 * 4 * 4 * 4  # G*H x H float32
         assert asked == [w_hh, ("lstm", mode, 3, 4)]  # (2 directions x w_hh) / 2 cores
         assert bound["stream_ms"] == pytest.approx(passes * 10 * 2 * 2 * w_hh / 2.0 / 1e6)
@@ -147,9 +150,45 @@ def test_floor_bounds_from_given_ceilings():
         # T*B*H*L*D units at unit_ns each, shared by the two cores
         assert bound["gates_ms"] == pytest.approx(10 * 3 * 4 * 2 * 2 * unit_ns / 2 / 1e6)
         assert bound["with_gates_ms"] == pytest.approx(bound["floor_ms"] + bound["gates_ms"])
+        # one core's half of the products at half the two cores' rate: the compute bound
+        assert bound["gemm_ms"] == pytest.approx(bound["compute_ms"])
+        assert bound["gemm_gates_ms"] == pytest.approx(bound["gemm_ms"] + bound["gates_ms"])
     slow_cache = floors.floor("rnn", "forward", (10, 1, 5, 4, 1, 1), 1e3, lambda n: 1e-3,
-                              lambda *row: 0.0)
+                              lambda *row: 0.0, lambda *product: 1.0)
     assert slow_cache["bound"] == "stream" and slow_cache["floor_ms"] == slow_cache["stream_ms"]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("mode", ["forward", "train"])
+@pytest.mark.parametrize("shape", [(10, 4, 6, 8, 2, 1), (10, 4, 6, 8, 2, 2), (8, 1, 3, 2, 1, 1)])
+def test_floor_products_are_each_cores_half_of_the_row(cell, mode, shape):
+    """Two cores' shares of the products add up to the row's FLOPs: with two
+    directions a direction a core, with one half of each product (sizes even here)."""
+    floors = _floors()
+    from benchmarks.common import model_flops
+    share = floors.products(cell, mode, shape)
+    assert 2 * sum(2 * m * k * n * count for m, k, n, count in share) == model_flops(
+        cell, shape, mode)
+
+
+def test_floor_products_of_a_one_direction_lstm():
+    """The canonical products, one core's half: projection, step, and in training the
+    step back and the three gradients batched over time."""
+    floors = _floors()
+    t, b, i, h = 5, 2, 3, 4
+    assert floors.products("lstm", "forward", (t, b, i, h, 1, 1)) == [(10, 3, 8, 1), (2, 4, 8, 5)]
+    assert floors.products("lstm", "train", (t, b, i, h, 1, 1)) == [
+        (10, 3, 8, 1), (2, 4, 8, 5), (2, 16, 2, 5), (8, 10, 3, 1), (8, 10, 4, 1), (5, 16, 3, 1)]
+    # two layers, two directions: layer 1 reads both directions' h (2 * 4 wide)
+    assert floors.products("gru", "forward", (t, b, i, h, 2, 2)) == [
+        (10, 3, 12, 1), (2, 4, 12, 5), (10, 8, 12, 1), (2, 4, 12, 5)]
+
+
+def test_floor_gemm_rate_measures_a_product_on_both_cores():
+    """A real (small) measurement: positive, the same answer from the cache."""
+    floors = _floors()
+    rate = floors.gemm_rate(8, 16, 32)
+    assert rate > 0 and floors.gemm_rate(8, 16, 32) == rate
 
 
 def test_floors_targets_and_verdicts():
@@ -164,19 +203,31 @@ def test_floors_targets_and_verdicts():
     grid = {"device": "cpu", "rows": [row(32, 6.0, 10.0), row(32, 8.0, 10.0), row(64, 9.0, 10.0),
                                       row(64, 11.0, 10.0), row(1, 2.0, 1.0)]}
     # 2 * 100 * B * 64 * 128 FLOPs at 1 GFLOP/s: B = 32 -> 52.4 ms, B = 64 -> 104.9 ms
-    rows = floors.evaluate(grid, 1.0, lambda nbytes: 1e3, lambda *row: 0.0)
+    fast_gemm = lambda *product: 1e5  # noqa: E731
+    rows = floors.evaluate(grid, 1.0, lambda nbytes: 1e3, lambda *row: 0.0, fast_gemm)
     assert [r["target"] for r in rows] == [0.7, 0.7, 1.0, 1.0, 0.7]
     assert [r["target_ms"] for r in rows] == pytest.approx([7.0, 7.0, 10.0, 10.0, 0.7])
     assert [r["met"] for r in rows] == [True, False, True, False, False]
     assert [r["reachable"] for r in rows] == [False, False, False, False, False]
-    fast = floors.evaluate(grid, 1e5, lambda nbytes: 1e3, lambda *row: 0.0)
+    fast = floors.evaluate(grid, 1e5, lambda nbytes: 1e3, lambda *row: 0.0, fast_gemm)
     assert [r["reachable"] for r in fast] == [True] * 5
     assert [r["reachable_with_gates"] for r in fast] == [True] * 5
     # gates of 100 * B * 64 units at 1000 ns over two cores: B = 1 -> 3.2 ms > 0.7 ms,
     # B = 32 -> 102 ms, B = 64 -> 205 ms: above every target, no floor below one
-    slow_gates = floors.evaluate(grid, 1e5, lambda nbytes: 1e3, lambda *row: 1000.0)
+    slow_gates = floors.evaluate(grid, 1e5, lambda nbytes: 1e3, lambda *row: 1000.0, fast_gemm)
     assert [r["reachable"] for r in slow_gates] == [True] * 5
     assert [r["reachable_with_gates"] for r in slow_gates] == [False] * 5
+    # products at 1 GFLOP/s a core: half of 2 * 100 * B * 64 * 128 FLOPs, B = 1 -> 0.82
+    # ms > 0.7 ms, B = 32 -> 26 ms: only reachable with faster products than these
+    slow_gemm = floors.evaluate(grid, 1e5, lambda nbytes: 1e3, lambda *row: 0.0,
+                                lambda *product: 1.0)
+    assert [r["reachable_with_gates"] for r in slow_gemm] == [True] * 5
+    assert [r["reachable_with_gemms"] for r in slow_gemm] == [False] * 5
+    assert [r["reachable_with_gemms"] for r in fast] == [True] * 5
+    assert [floors.verdict(r) for r in slow_gemm] == [
+        "met", "missed, reachable only with faster products than this machine's", "met",
+        "missed, reachable only with faster products than this machine's",
+        "missed, reachable only with faster products than this machine's"]
     ceiling = {"best": 1e5, "packed": 1e5, "blas": 1.0}
     text = floors.markdown({"grid": "g.json", "command": "c", "streams": {4096: 100.0},
                             "ceiling": ceiling, "rows": fast})
@@ -199,6 +250,7 @@ def test_floors_cli_on_a_grid(tmp_path):
     assert ceiling["best"] == max(ceiling["packed"], ceiling["blas"]) > 0
     assert len(result["rows"]) == 1 and result["rows"][0]["floor_ms"] > 0
     assert result["rows"][0]["gate_ns"] > 0 and result["rows"][0]["gates_ms"] > 0
+    assert result["rows"][0]["gemm_gates_ms"] > result["rows"][0]["gemm_ms"] > 0
     assert min(result["streams"].values()) > 0
     assert json.loads((tmp_path / "floors.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))
