@@ -29,14 +29,15 @@ the fastest gate code tried so far), measured here for the row's B and H on both
 at once, its units split between them. A target between the floor and the floor plus
 the gates can only be met with gates faster than xrnn's.
 
-A fourth bounds what the matrix-product libraries on this machine allow: ``gemms`` =
-the row's products (:func:`products`: the canonical ones, as PyTorch and xrnn make
-them, each core its share) each at the best rate measured for its own shape, both cores
-at once (:func:`gemm_rate`: NumPy's BLAS on one thread, or xrnn's packed kernel). The
-compute ceiling is the best rate of any shape, with the operands in cache; a row's
-shapes may run slower (few rows, a short inner dimension, weights streamed from L3).
-A target below ``gemms`` plus the gates can only be met with products faster than any
-matrix product measured here at those shapes.
+A fourth is a measurement, not a bound: ``gemms`` = the row's products
+(:func:`products`: the canonical ones, as PyTorch and xrnn make them, each core its
+share) each at the best rate measured for its own shape, both cores at once
+(:func:`gemm_rate`: NumPy's BLAS on one thread, or xrnn's packed kernel). The compute
+ceiling is the best rate of any shape, with the operands in cache; a row's shapes may run
+slower (few rows, a short inner dimension, weights streamed from L3). A target below
+``gemms`` plus the gates needs products faster than those measured here at its shapes.
+Measured minutes after the grid, on a VM whose speed moves by up to 45%, it can come out
+above xrnn's own time for the row (one row did in the thirteenth pass's grid).
 
     python -m benchmarks.floors benchmarks/results/cpu-eleventh-pass-grid.json
 """
