@@ -193,8 +193,9 @@ class _ThreadedLayer(_Compiled):
 
     def _stack_w_hh(self, directions) -> None:
         """(each direction's on its own thread, at the start of its forward: made on the
-        calling thread before the two start, the copies took 0.9 ms of a 31 ms
-        (100,1,256,512,2,2) LSTM forward; NOTES.md, issue 13, thirteenth pass)"""
+        calling thread before the two started, the copies took 0.9 ms of a 28.6 ms
+        (100,1,256,512,2,2) LSTM forward, and the layer is 2-3% faster without them there:
+        NOTES.md, issue 13, eleventh and thirteenth passes)"""
 
     def _reverse_input(self) -> None:
         """(on the reverse direction's own thread, at the start of its forward)"""
@@ -209,9 +210,9 @@ class _ThreadedLayer(_Compiled):
 
     def _forward_direction(self, d: int) -> None:
         """Direction ``d``'s ``W_hh`` copy and reversed input, its loop, then its half of the
-        output, all on its own thread (made one after the other on the calling thread, the copies took
-        60 ms a layer of a 1.7 s (200,64,256,512,2,2) LSTM forward: NOTES.md, issue 13,
-        sixth pass)."""
+        output, all on its own thread (made one after the other on the calling thread, the
+        copies took 60 ms a layer of a 1.7 s (200,64,256,512,2,2) LSTM forward: NOTES.md,
+        issue 13, sixth pass)."""
         super()._stack_w_hh([d])
         if d == 1:
             super()._reverse_input()
