@@ -171,6 +171,17 @@ def test_step_equals_single_process_on_cluster(xp, rng, client, reduction):
         assert_close(got, want, **EXACT)
 
 
+def test_shard_count_is_the_workers_even_with_a_stale_scheduler_info(client, monkeypatch):
+    """One shard per worker, asked of the scheduler: the client's cached
+    ``scheduler_info()`` is refreshed every 2 s with no workers listed, and a read that
+    raced with that refresh once gave one shard on a two-worker cluster (CI)."""
+    model = tagger()
+    parallel = xdask.DataParallel(model, xrnn.MSELoss(), xrnn.optim.SGD(model.parameters(),
+                                                                         lr=0.1), client=client)
+    monkeypatch.setattr(client, "scheduler_info", lambda *args, **kwargs: {"workers": {}})
+    assert parallel.shard_count() == 2
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_cross_entropy_uneven_shards_local_scheduler(xp, rng, reduction):
     x, y, lengths = data(rng, batch=7, classes=4, batch_first=True)

@@ -340,7 +340,9 @@ class DataParallel:
             return self.shards
         if self.client is None:
             return dask.system.CPU_COUNT
-        return max(1, len(self.client.scheduler_info()["workers"]))
+        # (not scheduler_info()["workers"]: the client refreshes that cache every 2 s
+        # with no workers listed, and a read racing with the refresh saw 1 worker of 2)
+        return max(1, len(self.client.nthreads()))
 
     def _prepare(self, x: Any, y: Any, lengths: Any) -> tuple[Any, Any, Any, int, int]:
         """Checked inputs on the host, the input's and the target's batch axes."""
