@@ -46,9 +46,10 @@ def _cluster_client():
 
 @pytest.fixture
 def client(_cluster_client):
-    """The module's client, once both its workers are connected (on a busy 2-core
-    machine, a worker that a test ended, or that was slow to answer, may still be
-    coming back: CI once saw one of two)."""
+    """The module's client, once both its workers are connected (a worker that a test
+    ended, as the killed-worker test does, may still be coming back). (A CI run that
+    once saw one worker of two was DataParallel's count racing with distributed's cache,
+    not a missing worker: see test_shard_count_is_the_workers_even_with_a_stale_...)"""
     _cluster_client.wait_for_workers(2, timeout=60)
     return _cluster_client
 
