@@ -163,12 +163,12 @@ def torch_event_seconds(fn: Callable[[], object]) -> float:
 SETTLE_SECONDS = 0.25
 
 
-def alternate(runs: dict[str, tuple[Callable[[], None], Timer]], rounds: int, per_round: int,
-              warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each contender: ``warmup`` untimed runs each, then ``rounds``
-    rounds in which every contender in turn takes the median of ``per_round`` runs, so
-    that drifts in the machine's load hit all of them; the median over rounds. Each block
-    of runs starts after :data:`SETTLE_SECONDS`."""
+def alternate_rounds(runs: dict[str, tuple[Callable[[], None], Timer]], rounds: int,
+                     per_round: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Each contender's median seconds in each round: ``warmup`` untimed runs each, then
+    ``rounds`` rounds in which every contender in turn takes the median of ``per_round``
+    runs, so that drifts in the machine's load hit all of them. Each block of runs starts
+    after :data:`SETTLE_SECONDS`."""
     for _ in range(warmup):
         for fn, _timer in runs.values():
             fn()
@@ -177,7 +177,15 @@ def alternate(runs: dict[str, tuple[Callable[[], None], Timer]], rounds: int, pe
         for name, (fn, timer) in runs.items():
             time.sleep(SETTLE_SECONDS)
             medians[name].append(statistics.median(timer(fn) for _ in range(per_round)))
-    return {name: statistics.median(values) for name, values in medians.items()}
+    return medians
+
+
+def alternate(runs: dict[str, tuple[Callable[[], None], Timer]], rounds: int, per_round: int,
+              warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each contender: the median over :func:`alternate_rounds`'s
+    rounds."""
+    return {name: statistics.median(values)
+            for name, values in alternate_rounds(runs, rounds, per_round, warmup).items()}
 
 
 def matmul_peak(backend: str, sizes: tuple[int, ...], min_seconds: float) -> float:

@@ -1,8 +1,10 @@
 """xrnn against PyTorch: RNN, LSTM and GRU, forward and forward + backward, float32.
 
 Both libraries run in one process, alternating, after warm-up; each row reports the
-medians, the ratio xrnn/torch and the fraction of the machine's float32 matrix-product
-peak (measured at start-up) that each side achieves. With ``--backend cupy`` xrnn runs
+medians, the ratio xrnn/torch, the range of that ratio over the rounds (each round's
+xrnn median over the same round's torch median: how far the machine's drift moved it)
+and the fraction of the machine's float32 matrix-product peak (measured at start-up)
+that each side achieves. With ``--backend cupy`` xrnn runs
 on CuPy and torch on CUDA, once with cuDNN and once with cuDNN disabled (its
 per-timestep path), timed with CUDA events. Results go to ``benchmarks/results/`` as
 Markdown and JSON. Never run as a timed test in CI.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -28,8 +31,8 @@ if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
 import torch  # noqa: E402
 
 import xrnn  # noqa: E402
-from benchmarks.common import (CELLS, CPU_GRID, GPU_GRID, MODES, Shape, alternate,  # noqa: E402
-                               contenders, machine_info, matmul_peak, model_flops,
+from benchmarks.common import (CELLS, CPU_GRID, GPU_GRID, MODES, Shape,  # noqa: E402
+                               alternate_rounds, contenders, machine_info, matmul_peak, model_flops,
                                write_results)
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -94,7 +97,9 @@ def measure(args: argparse.Namespace, peak: float) -> Iterator[dict[str, Any]]:
         for mode in args.mode:
             rounds, per_round = repeats(args, mode)
             for shape in args.shapes:
-                seconds = alternate(contenders(shape, cell, mode), rounds, per_round, args.warmup)
+                by_round = alternate_rounds(contenders(shape, cell, mode), rounds, per_round,
+                                            args.warmup)
+                seconds = {name: statistics.median(values) for name, values in by_round.items()}
                 gflop = model_flops(cell, shape, mode) / 1e9
                 yield {
                     "cell": cell, "mode": mode, "shape": dict(zip(FIELDS, shape)),
@@ -102,6 +107,8 @@ def measure(args: argparse.Namespace, peak: float) -> Iterator[dict[str, Any]]:
                     "ms": {name: s * 1e3 for name, s in seconds.items()},
                     "ratio": {name: seconds["xrnn"] / s for name, s in seconds.items()
                               if name != "xrnn"},
+                    "ratio_by_round": {name: [x / t for x, t in zip(by_round["xrnn"], values)]
+                                       for name, values in by_round.items() if name != "xrnn"},
                     "peak_fraction": {name: gflop / s / peak for name, s in seconds.items()},
                 }
 
@@ -115,6 +122,7 @@ def table_header(names: list[str]) -> str:
     others = [n for n in names if n != "xrnn"]
     columns = (["cell", "mode", ", ".join(FIELDS), "GFLOP"]
                + [f"{LABELS[n]} ms" for n in names] + [f"xrnn/{LABELS[n]}" for n in others]
+               + [f"xrnn/{LABELS[n]} by round" for n in others]
                + [f"{LABELS[n]} % peak" for n in names])
     return "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|"
 
@@ -124,6 +132,8 @@ def table_row(row: dict[str, Any]) -> str:
     cells = ([row["cell"], row["mode"], ", ".join(str(v) for v in row["shape"].values()),
               f"{row['gflop']:.3g}"] + [ms_text(row["ms"][n]) for n in names]
              + [f"{row['ratio'][n]:.2f}" for n in names if n != "xrnn"]
+             + [f"{min(row['ratio_by_round'][n]):.2f}-{max(row['ratio_by_round'][n]):.2f}"
+                for n in names if n != "xrnn"]
              + [f"{100 * row['peak_fraction'][n]:.3g}%" for n in names])
     return "| " + " | ".join(cells) + " |"
 

@@ -37,6 +37,8 @@ def test_benchmark_suite_smoke(tmp_path):
         assert row["shape"] == dict(T=3, B=2, I=4, H=5, L=2, D=2) and row["gflop"] > 0
         assert set(row["ms"]) == {"xrnn", "torch"} and min(row["ms"].values()) > 0
         assert row["ratio"]["torch"] > 0 and min(row["peak_fraction"].values()) > 0
+        assert len(row["ratio_by_round"]["torch"]) == 1  # one round: its ratio is the row's
+        assert row["ratio_by_round"]["torch"][0] == pytest.approx(row["ratio"]["torch"])
     assert json.loads((tmp_path / "smoke.json").read_text()) == result
     text = (tmp_path / "smoke.md").read_text()
     assert "| float32 matmul peak |" in text and "| cell | mode |" in text
@@ -109,6 +111,47 @@ def test_benchmark_quick_repeats():
     assert [repeats(quick, m) for m in ("forward", "train")] == [(3, 3), (3, 3)]
     overridden = parse_args(["--backend", "numpy", "--quick", "--rounds", "2"])
     assert repeats(overridden, "train") == (2, 3)
+
+
+def test_alternate_rounds_pairs_each_round_and_the_row_keeps_the_medians(monkeypatch):
+    """Each contender's median per round, contenders in turn within a round; the row's
+    ``ratio_by_round`` divides xrnn's round by torch's same round, and the table prints
+    their range next to the ratio of the medians."""
+    pytest.importorskip("torch", reason="the benchmark compares against torch (xrnn[parity])")
+    from benchmarks import common, run
+
+    monkeypatch.setattr(common, "SETTLE_SECONDS", 0.0)
+    order = []
+    # per contender: 3 rounds x 3 runs; each round's middle value is its median
+    times = {"xrnn": iter([5, 1, 3, 9, 2, 4, 6, 6, 6]), "torch": iter([4, 4, 4, 8, 9, 7, 3, 1, 2])}
+
+    def timer_of(name):
+        def timer(fn):
+            fn()
+            order.append(name)
+            return next(times[name])
+        return timer
+
+    ran = {"xrnn": 0, "torch": 0}
+    runs = {name: ((lambda name=name: ran.__setitem__(name, ran[name] + 1)), timer_of(name))
+            for name in ("xrnn", "torch")}
+    by_round = common.alternate_rounds(runs, rounds=3, per_round=3, warmup=1)
+    assert by_round == {"xrnn": [3, 4, 6], "torch": [4, 8, 2]}
+    assert ran == {"xrnn": 10, "torch": 10}  # one warm-up and nine timed runs each
+    assert order == (["xrnn"] * 3 + ["torch"] * 3) * 3
+    times.update(xrnn=iter([5, 1, 3, 9, 2, 4, 6, 6, 6]), torch=iter([4, 4, 4, 8, 9, 7, 3, 1, 2]))
+    assert common.alternate(runs, rounds=3, per_round=3, warmup=0) == {"xrnn": 4, "torch": 4}
+
+    monkeypatch.setattr(run, "alternate_rounds", lambda *args: {"xrnn": [3, 4, 6],
+                                                                "torch": [4, 8, 2]})
+    monkeypatch.setattr(run, "contenders", lambda *args: None)
+    args = run.parse_args(["--backend", "numpy", "--cell", "rnn", "--mode", "forward",
+                           "--shapes", "3,2,4,5,1,1"])
+    (row,) = run.measure(args, peak=1.0)
+    assert row["ms"] == {"xrnn": 4000, "torch": 4000} and row["ratio"] == {"torch": 1.0}
+    assert row["ratio_by_round"] == {"torch": [0.75, 0.5, 3.0]}
+    assert "| 1.00 | 0.50-3.00 |" in run.table_row(row)
+    assert "| xrnn/torch | xrnn/torch by round |" in run.table_header(["xrnn", "torch"])
 
 
 def _floors():
