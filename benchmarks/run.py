@@ -4,10 +4,10 @@ Both libraries run in one process, alternating, after warm-up; each row reports 
 medians, the ratio xrnn/torch, the range of that ratio over the rounds (each round's
 xrnn median over the same round's torch median: how far the machine's drift moved it)
 and the fraction of the machine's float32 matrix-product peak (measured at start-up)
-that each side achieves. With ``--backend cupy`` xrnn runs
-on CuPy and torch on CUDA, once with cuDNN and once with cuDNN disabled (its
-per-timestep path), timed with CUDA events. Results go to ``benchmarks/results/`` as
-Markdown and JSON. Never run as a timed test in CI.
+that each side achieves. With ``--backend cupy`` xrnn runs on CuPy and torch on CUDA,
+once with cuDNN and once with cuDNN disabled (its per-timestep path), timed with CUDA
+events. Results go to ``benchmarks/results/`` as Markdown and JSON. Never run as a timed
+test in CI.
 
     python -m benchmarks                                  # the whole CPU grid
     python -m benchmarks --quick --cell lstm --shapes 0 50,1,8,16,2,2
