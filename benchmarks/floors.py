@@ -37,7 +37,9 @@ ceiling is the best rate of any shape, with the operands in cache; a row's shape
 slower (few rows, a short inner dimension, weights streamed from L3). A target below
 ``gemms`` plus the gates needs products faster than those measured here at its shapes.
 Measured minutes after the grid, on a VM whose speed moves by up to 45%, it can come out
-above xrnn's own time for the row (one row did in the thirteenth pass's grid).
+above xrnn's own time for the row (one row did in the thirteenth pass's grid), and a
+row's figure moved by up to 1.6x from run to run (benchmarks/NOTES.md, fourteenth pass):
+on such a host its verdict is not a property of the row.
 
     python -m benchmarks.floors benchmarks/results/cpu-eleventh-pass-grid.json
 """
