@@ -4,9 +4,10 @@ Issue 13 asks xrnn/torch <= 0.7 where B <= 32 and <= 1.0 elsewhere. Where a row 
 this says whether the target lies below what the hardware allows. Two ceilings are
 measured here, both cores running at once (one thread each, the GIL released):
 
-- **compute**: the fastest float32 matrix product measured, GFLOP/s: the packed
-  6 x 16 kernel (:mod:`xrnn._kernels.packed`) on operands held in cache, and NumPy's
-  BLAS on one square product per core; the better of the two;
+- **compute**: the most float32 multiply-adds a second measured, GFLOP/s: the packed
+  6 x 16 kernel (:mod:`xrnn._kernels.packed`) on operands in L1 (the multiply-add
+  units' own rate) and in L2, NumPy's BLAS on one square product per core, and the
+  grid's own matmul peak; the highest of these (:func:`compute_ceiling`);
 - **streaming**: the fastest read of an array of a given size, held in whichever cache
   it fits, GB/s: a vectorised sum over it, repeated.
 
@@ -20,7 +21,11 @@ nonlinearities, copies, thread hand-offs), so the true least time is higher:
   in training: the backward multiplies by it again); a layer's ``D * W_hh`` split
   evenly between the two cores, read at the streaming ceiling for that size.
 
-A target below its row's floor cannot be met on this machine by any implementation.
+A target below its row's floor cannot be met on this machine by any implementation that
+makes the products with their multiply-adds (as BLAS and PyTorch do). The column "target's
+FLOP rate / ceiling" is the row's product FLOPs over the target's time, as a share of the
+compute ceiling: above 100%, the target asks both cores for more multiply-adds a second
+than they were measured to deliver.
 
 A third number is not a bound on every implementation but on xrnn's: ``gates`` = the
 row's elementwise work (gates, c, h, and in training their gradients: T*B*H*L*D units
@@ -100,10 +105,31 @@ def on_both_cores(work, tries: int = 5) -> float:
     return best
 
 
-def compute_ceiling() -> dict[str, float]:
-    """GFLOP/s of both cores at once: packed kernel (48 x 512) @ (512 x 256) in cache,
-    and NumPy's BLAS (1024 x 1024) @ (1024 x 1024) on one thread each."""
+@numba.njit(nogil=True)
+def _multiply_adds(a, panels, out, repeats):
+    """The packed kernel's 6 x 16 block, ``out += a @ panel`` on one panel, ``repeats``
+    times: every operand in L1, so nothing but the multiply-adds limits it."""
+    panel = panels[0].ctypes
+    for _ in range(repeats):
+        packed._kernel(a, 0, 6, 0, a.shape[1], panel, out, 0, out.shape[1], 1)
+
+
+def compute_ceiling(grid_peak: float | None = None) -> dict[str, float]:
+    """GFLOP/s of both cores at once, one thread each: ``fma``, the packed kernel's
+    6 x 16 block on operands in L1 ((6 x 256) @ (256 x 16), 22 KiB: the multiply-add
+    units' own rate); ``packed``, the packed kernel on (48 x 512) @ (512 x 256) in L2;
+    ``blas``, NumPy's BLAS on (1024 x 1024) @ (1024 x 1024). ``best`` is the highest of
+    these and of ``grid_peak``, the grid's own matmul peak (measured when the grid
+    started), so that a host faster then than now cannot make a floor too high."""
     rng = np.random.default_rng(0)
+    small = []
+    for _ in range(2):
+        p = np.empty(packed.panels_shape(16, 256, np.float32), np.float32)
+        packed.pack(rng.standard_normal((256, 16), dtype=np.float32) * 1e-3, p)
+        small.append((rng.standard_normal((6, 256), dtype=np.float32) * 1e-3, p,
+                      np.zeros((6, 16), np.float32)))
+    spins = 40_000
+    _multiply_adds(*small[0], 1)
     a = [rng.standard_normal((48, 512), dtype=np.float32) for _ in range(2)]
     panels = []
     for _ in range(2):
@@ -131,7 +157,11 @@ def compute_ceiling() -> dict[str, float]:
         blas(0)
         kernel_rate = 2 * calls * 2 * 48 * 512 * 256 / on_both_cores(kernel) / 1e9
         blas_rate = 2 * 8 * 2 * n**3 / on_both_cores(blas) / 1e9
-    return {"packed": kernel_rate, "blas": blas_rate, "best": max(kernel_rate, blas_rate)}
+    fma_rate = 2 * spins * 2 * 6 * 256 * 16 / on_both_cores(
+        lambda i: _multiply_adds(*small[i], spins)) / 1e9
+    rates = {"fma": fma_rate, "packed": kernel_rate, "blas": blas_rate,
+             "grid": grid_peak or 0.0}
+    return {**rates, "best": max(rates.values())}
 
 
 _streams: dict[int, float] = {}
@@ -346,23 +376,26 @@ def markdown(result: dict[str, Any]) -> str:
     c = result["ceiling"]
     lines = [f"# Floors of the grid `{result['grid']}`\n",
              f"`{result['command']}`\n",
-             f"Compute ceiling, both cores: {c['best']:.1f} GFLOP/s (packed kernel "
-             f"{c['packed']:.1f}, BLAS {c['blas']:.1f}). Streaming ceilings, both cores, "
+             f"Compute ceiling, both cores: {c['best']:.1f} GFLOP/s, the highest of the "
+             f"multiply-adds in L1 {c.get('fma', 0.0):.1f}, the packed kernel "
+             f"{c['packed']:.1f}, BLAS {c['blas']:.1f} and the grid's own peak "
+             f"{c.get('grid', 0.0):.1f}. Streaming ceilings, both cores, "
              "GB/s by bytes per core: " + ", ".join(
                  f"{k / 1024:.0f} KiB {v:.0f}" for k, v in sorted(result["streams"].items()))
              + ".\n",
              "| cell | mode | T, B, I, H, L, D | compute floor ms | stream floor ms | "
              "floor ms | xrnn's gates ns/unit | floor + gates ms | products at this "
              "machine's GEMMs ms | those + gates ms | xrnn ms | torch ms | target ms | "
-             "xrnn / floor | target |",
-             "|---" * 15 + "|"]
+             "target's FLOP rate / ceiling | xrnn / floor | target |",
+             "|---" * 16 + "|"]
     for r in result["rows"]:
         lines.append(
             f"| {r['cell']} | {r['mode']} | {', '.join(str(v) for v in r['shape'].values())} | "
             f"{ms_text(r['compute_ms'])} | {ms_text(r['stream_ms'])} | {ms_text(r['floor_ms'])} | "
             f"{r['gate_ns']:.2f} | {ms_text(r['with_gates_ms'])} | {ms_text(r['gemm_ms'])} | "
             f"{ms_text(r['gemm_gates_ms'])} | {ms_text(r['xrnn_ms'])} | {ms_text(r['torch_ms'])} | "
-            f"{ms_text(r['target_ms'])} ({r['target']}x) | {r['xrnn_ms'] / r['floor_ms']:.2f} | "
+            f"{ms_text(r['target_ms'])} ({r['target']}x) | "
+            f"{r['compute_ms'] / r['target_ms']:.0%} | {r['xrnn_ms'] / r['floor_ms']:.2f} | "
             f"{verdict(r)} |")
     return "\n".join(lines) + "\n"
 
@@ -376,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid = json.loads(args.grid.read_text())
     if grid.get("device") != "cpu" or not all("torch" in row["ms"] for row in grid["rows"]):
         parser.error(f"{args.grid}: not a CPU grid of python -m benchmarks with torch's times")
-    ceiling = compute_ceiling()
+    ceiling = compute_ceiling(grid.get("peak_gflops"))
     rows = evaluate(grid, ceiling["best"])
     result = {"grid": str(args.grid), "command": "python -m benchmarks.floors "
               + " ".join(argv if argv is not None else sys.argv[1:]),

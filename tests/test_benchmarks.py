@@ -275,6 +275,10 @@ def test_floors_targets_and_verdicts():
     text = floors.markdown({"grid": "g.json", "command": "c", "streams": {4096: 100.0},
                             "ceiling": ceiling, "rows": fast})
     assert "missed, reachable |" in text and "| met |" in text
+    # the target's FLOP rate over the ceiling (compute floor / target): 52.4 / 7 ms at B = 32
+    text = floors.markdown({"grid": "g.json", "command": "c", "streams": {4096: 100.0},
+                            "ceiling": ceiling, "rows": rows})
+    assert "| 7.000 (0.7x) | 749% |" in text and "missed, below the floor" in text
     text = floors.markdown({"grid": "g.json", "command": "c", "streams": {4096: 100.0},
                             "ceiling": ceiling, "rows": slow_gates})
     assert "missed, reachable only with faster gates" in text
@@ -290,7 +294,9 @@ def test_floors_cli_on_a_grid(tmp_path):
     path.write_text(json.dumps(grid))
     result = floors.main([str(path), "--output", str(tmp_path / "floors")])
     ceiling = result["ceiling"]
-    assert ceiling["best"] == max(ceiling["packed"], ceiling["blas"]) > 0
+    assert ceiling["grid"] == 0.0  # a grid without its own peak
+    assert min(ceiling["fma"], ceiling["packed"], ceiling["blas"]) > 0
+    assert ceiling["best"] == max(ceiling["fma"], ceiling["packed"], ceiling["blas"])
     assert len(result["rows"]) == 1 and result["rows"][0]["floor_ms"] > 0
     assert result["rows"][0]["gate_ns"] > 0 and result["rows"][0]["gates_ms"] > 0
     assert result["rows"][0]["gemm_gates_ms"] > result["rows"][0]["gemm_ms"] > 0
@@ -298,6 +304,11 @@ def test_floors_cli_on_a_grid(tmp_path):
     assert json.loads((tmp_path / "floors.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))
     assert "| lstm | train | 5, 2, 3, 4, 1, 2 |" in (tmp_path / "floors.md").read_text()
+    # the grid's own peak, when higher than both measured here, is the ceiling
+    path.write_text(json.dumps({**grid, "peak_gflops": 1e9}))
+    fast = floors.main([str(path)])
+    assert fast["ceiling"]["best"] == fast["ceiling"]["grid"] == 1e9
+    assert fast["rows"][0]["compute_ms"] < result["rows"][0]["compute_ms"]
     path.write_text(json.dumps({"device": "cupy", "rows": []}))
     with pytest.raises(SystemExit):
         floors.main([str(path)])
