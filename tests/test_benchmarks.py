@@ -304,7 +304,7 @@ def test_floors_cli_on_a_grid(tmp_path):
     assert json.loads((tmp_path / "floors.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))
     assert "| lstm | train | 5, 2, 3, 4, 1, 2 |" in (tmp_path / "floors.md").read_text()
-    # the grid's own peak, when higher than both measured here, is the ceiling
+    # the grid's own peak, when higher than the rates measured here, is the ceiling
     path.write_text(json.dumps({**grid, "peak_gflops": 1e9}))
     fast = floors.main([str(path)])
     assert fast["ceiling"]["best"] == fast["ceiling"]["grid"] == 1e9
