@@ -16,7 +16,8 @@ pytest.importorskip("numba", reason="numba not installed (pip install xrnn[fast]
 
 import xrnn  # noqa: E402
 from xrnn import _kernels  # noqa: E402
-from xrnn._kernels import blas, numba_layer, numba_split, numba_threaded, numpy_layer  # noqa: E402
+from xrnn._kernels import (blas, numba_layer, numba_split, numba_threaded, numpy_layer,  # noqa: E402
+                           packed)
 from xrnn.testing import assert_close  # noqa: E402
 
 from .conftest import (compare_forward_without_tape, compare_kernel_with_generic,  # noqa: E402
@@ -98,6 +99,22 @@ def test_split_training_with_dot_products_matches_generic_path(rng, split, case)
         lambda: getattr(xrnn, kind)(I, blas.DOTS_INNER, dtype="float64", seed=3, **options),
         rng.standard_normal((T, 3, I)), kernels=True,
         counter=(numba_layer, "split_layers_run"), num_layers=1, lengths=[2, T, 4])
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0] + str(c[1] or "") for c in CASES])
+def test_split_training_on_panels_past_max_rows_matches_generic_path(rng, split, monkeypatch,
+                                                                     case):
+    """More batch rows than ``packed.MAX_ROWS``, on panels as where they fit in half the
+    L2 (here made 1 GiB): output, final states and every gradient, padded steps too."""
+    monkeypatch.setattr(packed, "L2_BYTES", 1 << 30)
+    kind, options = CASES[case]
+    batch = packed.MAX_ROWS + 6
+    assert packed.on_panels(batch, 7, 8)
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, 7, dtype="float64", seed=3, **options),
+        rng.standard_normal((T, batch, I)), kernels=True,
+        counter=(numba_layer, "split_layers_run"), num_layers=1,
+        lengths=[T, 2, 4, T, 1, 3] * (batch // 6) + [T] * (batch % 6))
 
 
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])

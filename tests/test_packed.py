@@ -71,9 +71,11 @@ def test_mismatched_shapes_raise(rng):
 
 @pytest.mark.skipif(not blas.AVAILABLE, reason="NumPy's BLAS is not scipy-openblas64")
 @pytest.mark.parametrize("transpose_b", [True, False])
-def test_panels_are_made_between_the_row_limits(rng, transpose_b):
+def test_panels_are_made_between_the_row_limits(rng, monkeypatch, transpose_b):
     """Panels (this thread's scratch) from MIN_ROWS to MAX_ROWS rows, float32 and
-    float64; else none, and ``product`` gives BLAS's result either way."""
+    float64; else none (the L2's size unknown), and ``product`` gives BLAS's result
+    either way."""
+    monkeypatch.setattr(packed, "L2_BYTES", 0)
     workspace.release()
     w = rng.standard_normal((24, 10))
     for dtype in ("float32", "float64"):
@@ -94,4 +96,32 @@ def test_panels_are_made_between_the_row_limits(rng, transpose_b):
             np.testing.assert_allclose(out, want, rtol=tolerance, atol=tolerance)
     assert packed.panels_for(w.astype("float16"), True, 8, "t").shape[0] == 0
     workspace.release()
+
+
+@pytest.mark.parametrize("l2_bytes", [0, 1 << 19, 1 << 20])
+def test_panels_past_max_rows_where_the_rows_fit_half_the_l2(rng, monkeypatch, l2_bytes):
+    """From MAX_ROWS + 1 to L2_ROWS rows, panels only where the rows' block of K_BLOCK
+    columns fits in half the L2 (none where its size is unknown); the product is right
+    either way."""
+    monkeypatch.setattr(packed, "L2_BYTES", l2_bytes)
+    workspace.release()
+    inner = packed.K_BLOCK + 3  # two inner blocks, the rows' block K_BLOCK wide
+    w = rng.standard_normal((40, inner))
+    for dtype in ("float32", "float64"):
+        itemsize = np.dtype(dtype).itemsize
+        for rows in (packed.MAX_ROWS + 1, 128, packed.L2_ROWS, packed.L2_ROWS + 1):
+            panels = packed.panels_for(w.astype(dtype), True, rows, "t")
+            fits = 2 * rows * packed.K_BLOCK * itemsize <= l2_bytes
+            assert (panels.shape[0] > 0) == (fits and rows <= packed.L2_ROWS), (dtype, rows)
+            a = rng.standard_normal((rows, inner)).astype(dtype)
+            out = np.empty((rows, 40), dtype)
+            packed.product(a, w.astype(dtype), True, panels, out)
+            tolerance = 1e-4 if dtype == "float32" else 1e-12
+            np.testing.assert_allclose(out, a @ w.astype(dtype).T, rtol=tolerance,
+                                       atol=tolerance)
+    workspace.release()
+
+
+def test_l2_size_is_read_from_sysfs_or_zero():
+    assert packed.L2_BYTES == packed._l2_bytes() >= 0
 

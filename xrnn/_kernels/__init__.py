@@ -65,6 +65,8 @@ def cpu_path() -> str:
         return f"NumPy kernel ({reason})"
     limits = ", ".join(f"{k} 2^{v.bit_length() - 1}" for k, v in compiled.MAX_STEP_WORK.items())
     threaded, packed = compiled.numba_threaded, compiled.numba_threaded.packed
+    wider = (f"to {packed.L2_ROWS} where {packed.K_BLOCK} columns of them fit in half the "
+             f"{packed.L2_BYTES >> 10} KiB L2" if packed.L2_BYTES else "L2 size unknown")
     if not threaded.blas.AVAILABLE:
         directions = "off: NumPy's BLAS is not scipy-openblas64"
     elif threaded.usable_cores() < 2:
@@ -75,9 +77,9 @@ def cpu_path() -> str:
             f"(B*G*H*P <= {limits}); above, bidirectional layers a direction per core "
             f"and one-direction layers from {compiled.numba_split.MIN_WORK:.2g} "
             f"multiply-adds a call their hidden units split between two cores "
-            f"({directions}; at {packed.MIN_ROWS}-{packed.MAX_ROWS} batch rows each step's "
-            "product on W_hh packed once a call), else fused compiled steps, as with "
-            "per-step options and for LayerNorm cells")
+            f"({directions}; at {packed.MIN_ROWS}-{packed.MAX_ROWS} batch rows, {wider}, "
+            "each step's product on W_hh packed once a call), else fused compiled steps, "
+            "as with per-step options and for LayerNorm cells")
 
 
 def layer_runner(xp, cell, dtype) -> Callable | None:

@@ -19,6 +19,8 @@ row count, inner size and column count; float32 and float64 (panels of 8), C-con
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import llvmlite.ir as ir
 import numba
 import numpy as np
@@ -223,9 +225,40 @@ def matmul(a, panels, out):
 #: From :data:`MIN_ROWS` to :data:`MAX_ROWS` rows of ``a``, a step's product runs on
 #: packed panels: at 4 to 64 rows 1.1-2.5x OpenBLAS's speed on one core; at 1 row 0.7x
 #: (a matrix-vector product reads every weight once either way, and OpenBLAS's is
-#: faster), at 2 rows 0.8-1.4x; at 256 rows about the same alone (0.96-1.02x), and
-#: 1-11% slower in the (100,256,512,1024,1,1) LSTM (NOTES.md, issue 13, tenth pass).
+#: faster), at 2 rows 0.8-1.4x (NOTES.md, issue 13, tenth pass).
 MIN_ROWS, MAX_ROWS = 4, 64
+#: Up to :data:`L2_ROWS` rows, it also runs on panels where the rows' block of
+#: :data:`K_BLOCK` columns fits in half of a core's L2 cache (:data:`L2_BYTES`), which
+#: every panel's pass reads again. At 256 rows, (256, 1024) x (1024, 2048), both cores
+#: busy, float32: 98-105 GFLOP/s a core against OpenBLAS's 89-91 with a 1 MiB L2
+#: (Zen 4); with a 512 KiB L2 the same product had been 1-11% slower in the
+#: (100,256,512,1024,1,1) LSTM (NOTES.md, issue 13, tenth and sixteenth passes).
+L2_ROWS = 256
+
+
+def _l2_bytes() -> int:
+    """A core's L2 cache in bytes, from Linux's sysfs; 0 where it cannot be read."""
+    units = {"K": 1 << 10, "M": 1 << 20}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip()
+                                 for name in ("level", "type", "size"))
+            if level == "2" and kind in ("Unified", "Data"):
+                return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+        except (OSError, ValueError, KeyError):
+            return 0
+    return 0
+
+
+#: A core's L2 cache in bytes (0: unknown, and no products on panels past MAX_ROWS rows).
+L2_BYTES = _l2_bytes()
+
+
+def on_panels(rows: int, inner: int, itemsize: int) -> bool:
+    """Whether a product with ``rows`` rows and inner size ``inner`` runs on panels."""
+    if not MIN_ROWS <= rows <= max(MAX_ROWS, L2_ROWS):
+        return False
+    return rows <= MAX_ROWS or 2 * rows * min(inner, K_BLOCK) * itemsize <= L2_BYTES
 _NONE = {np.dtype(np.float32): np.empty((0, 1, 1), np.float32),
          np.dtype(np.float64): np.empty((0, 1, 1), np.float64)}
 
@@ -234,11 +267,11 @@ def panels_for(w, transpose_b: bool, rows: int, name: str):
     """The panels of a layer's right operand for :func:`product` with ``rows`` rows:
     ``w.T`` (``w`` (N, K)) with ``transpose_b``, else ``w`` (K, N), packed into this
     thread's scratch ``name``; or an empty array (the products then go to BLAS) outside
-    :data:`MIN_ROWS` to :data:`MAX_ROWS` rows or for a dtype without kernels."""
+    :func:`on_panels`' rows or for a dtype without kernels."""
     dtype = np.dtype(w.dtype)
-    if not MIN_ROWS <= rows <= MAX_ROWS or dtype not in _NONE:
-        return _NONE.get(dtype, _NONE[np.dtype(np.float64)])
     columns, inner = w.shape if transpose_b else w.shape[::-1]
+    if dtype not in _NONE or not on_panels(rows, inner, dtype.itemsize):
+        return _NONE.get(dtype, _NONE[np.dtype(np.float64)])
     out = scratch(name, panels_shape(columns, inner, dtype), dtype)
     pack(w.T if transpose_b else w, out)
     return out
