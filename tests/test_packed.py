@@ -60,6 +60,31 @@ def test_panels_hold_the_operand_by_columns_then_zeros(rng):
     assert packed.panels_shape(20, 3, "float64") == (3, 3, packed.PANEL[8])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_part_of_the_inner_dimension_added_or_written(rng, dtype):
+    """``matmul_part``: ranges inside one inner block and across two, written over
+    ``out`` or added to it (a partial last panel too), and an empty range; the parts
+    add up to the whole product."""
+    inner = packed.K_BLOCK + 40
+    a = rng.standard_normal((9, inner)).astype(dtype)
+    w = rng.standard_normal((21, inner)).astype(dtype)  # 21 columns: a partial panel
+    panels = _panels(w, True)
+    tolerance = 1e-4 if dtype == "float32" else 1e-12
+    for first, last in [(0, 7), (5, packed.K_BLOCK + 9), (packed.K_BLOCK, inner), (3, 3)]:
+        start = rng.standard_normal((9, 21)).astype(dtype)
+        part = a[:, first:last].astype(np.float64) @ w[:, first:last].T
+        for add in (False, True):
+            out = start.copy()
+            packed.matmul_part(a, panels, out, first, last, add)
+            np.testing.assert_allclose(out, part + start * add, rtol=tolerance, atol=tolerance)
+    out = np.empty((9, 21), dtype)
+    packed.matmul_part(a, panels, out, 100, inner, False)
+    packed.matmul_part(a, panels, out, 0, 100, True)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ w.T, rtol=tolerance, atol=tolerance)
+    with pytest.raises(ValueError, match="inner range"):
+        packed.matmul_part(a, panels, out, 5, inner + 1, False)
+
+
 def test_mismatched_shapes_raise(rng):
     a = rng.standard_normal((4, 5)).astype("float32")
     panels = _panels(rng.standard_normal((16, 5)).astype("float32"), True)

@@ -195,30 +195,41 @@ def _kernel_overload(a, r, take, k0, kc, panel, out, column, ldo, add):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def matmul(a, panels, out):
     """``out = a @ B`` (``a`` (M, K), ``out`` (M, N)) with ``B`` (K, N) packed as
-    ``panels`` (:func:`pack`), all C-contiguous and of one dtype. A partial last panel
-    goes through a small buffer."""
+    ``panels`` (:func:`pack`), all C-contiguous and of one dtype."""
+    matmul_part(a, panels, out, 0, a.shape[1], False)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def matmul_part(a, panels, out, k_first, k_last, add):
+    """``out (+)= a[:, k_first:k_last] @ B[k_first:k_last]``: part of :func:`matmul`'s
+    inner dimension, added to ``out`` with ``add``, else written over it. A partial
+    last panel goes through a small buffer."""
     rows, inner = a.shape
     columns = out.shape[1]
     count, width = panels.shape[0], panels.shape[2]
     if panels.shape[1] != inner or out.shape[0] != rows or not (
             (count - 1) * width < columns <= count * width):
         raise ValueError("packed.matmul: the shapes of a, panels and out do not match")
+    if not 0 <= k_first <= k_last <= inner:
+        raise ValueError("packed.matmul_part: the inner range is outside a's columns")
     full = columns // width
-    tile = np.empty((rows, width), dtype=out.dtype)  # (the partial last panel's columns)
-    for k0 in range(0, inner, K_BLOCK):
-        kc = min(K_BLOCK, inner - k0)
-        add = 1 if k0 > 0 else 0
+    tile = np.zeros((rows, width), dtype=out.dtype)  # (the partial last panel's columns)
+    if add:
+        tile[:, :columns - full * width] = out[:, full * width:]
+    for k0 in range(k_first, k_last, K_BLOCK):
+        kc = min(K_BLOCK, k_last - k0)
+        adding = 1 if add or k0 > k_first else 0
         for p in range(count):
             panel = panels[p, k0:].ctypes
             target, column, ldo = (out, p * width, columns) if p < full else (tile, 0, width)
             first = 0
             while first < rows:
                 take = _group(rows, first)
-                _kernel(a, first, take, k0, kc, panel, target, column, ldo, add)
+                _kernel(a, first, take, k0, kc, panel, target, column, ldo, adding)
                 first += take
     if full < count:
         out[:, full * width:] = tile[:, :columns - full * width]
-    if inner == 0:
+    if k_first == k_last and not add:
         out[...] = 0
 
 
