@@ -269,6 +269,17 @@ def test_tape_arrays_are_kept_up_to_the_cap(monkeypatch):
     assert workspace.held_bytes() == 0
 
 
+def test_the_tape_cap_is_an_eighth_of_the_memory_and_at_least_1_gib(monkeypatch):
+    memory = workspace._physical_memory()
+    assert memory >= 0
+    assert workspace.MAX_TAPE_BYTES == max(1 << 30, memory // 8)
+    monkeypatch.setattr(workspace.os, "sysconf", lambda name: 1 << 20)  # 1 TiB of memory
+    assert workspace._physical_memory() == 1 << 40
+    monkeypatch.setattr(workspace.os, "sysconf", lambda name: (_ for _ in ()).throw(
+        ValueError(name)))  # an OS that does not say
+    assert workspace._physical_memory() == 0
+
+
 def test_tape_arrays_of_new_shapes_take_the_place_of_the_oldest(monkeypatch):
     """At the cap, arrays of the shapes given back longest ago make room for new ones
     (a smaller model trained after a larger one reuses its own tape); arrays of a shape

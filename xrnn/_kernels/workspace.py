@@ -21,8 +21,8 @@ to its backward, so it cannot be scratch; but the next training step needs the s
 arrays again. :func:`tape` hands out an array that a finished backward gave back with
 :func:`give_back` (same shape and dtype), else a fresh one: page faults were a quarter
 of a (100, 32, 64, 128, 2, 2) LSTM training step (NOTES.md). A thread keeps at most
-:data:`MAX_TAPE_BYTES` of them, the newest shapes first. :func:`release` frees this
-thread's buffers, both kinds.
+:data:`MAX_TAPE_BYTES` of them (an eighth of the memory, at least 1 GiB), the newest
+shapes first. :func:`release` frees this thread's buffers, both kinds.
 
 Every array made here from :data:`MIN_ALIGNED_BYTES` on starts on a cache line
 (:func:`empty`). NumPy aligns its data to 16 bytes only, and glibc puts a large block 16
@@ -34,14 +34,30 @@ lines; NOTES.md, issue 13, tenth pass).
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import numpy as np
 
 #: Largest buffer kept for reuse (bytes); larger requests get a fresh array.
 MAX_BYTES = 64 << 20
-#: Most bytes of given-back tape arrays one thread keeps for the next forward.
-MAX_TAPE_BYTES = 1 << 30
+
+
+def _physical_memory() -> int:
+    """This machine's physical memory in bytes, or 0 where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+#: Most bytes of given-back tape arrays one thread keeps for the next forward: an eighth
+#: of the physical memory, at least 1 GiB. A tape larger than this is partly fresh memory
+#: on every call: the (100,256,512,1024,1,1) LSTM's 1.2 GB tape over 1 GiB made its
+#: backward loop take 1.76-1.78 s a call instead of 1.12-1.16 (its gates, which write
+#: the fresh gate gradients, 0.47-0.55 s instead of 0.05-0.06; NOTES.md, issue 13,
+#: sixteenth pass).
+MAX_TAPE_BYTES = max(1 << 30, _physical_memory() // 8)
 #: Tape arrays smaller than this are plain allocations (NumPy and the C library reuse
 #: small blocks without page faults; a lookup would cost more than it saves).
 MIN_TAPE_BYTES = 1 << 16
