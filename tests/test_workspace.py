@@ -269,10 +269,13 @@ def test_tape_arrays_are_kept_up_to_the_cap(monkeypatch):
     assert workspace.held_bytes() == 0
 
 
-def test_the_tape_cap_is_an_eighth_of_the_memory_and_at_least_1_gib(monkeypatch):
+def test_the_caps_are_shares_of_the_memory_with_floors(monkeypatch):
+    """Tapes up to an eighth of the memory (at least 1 GiB), a scratch buffer up to a
+    64th (at least 64 MiB); 0 where the OS does not say how much there is."""
     memory = workspace._physical_memory()
     assert memory >= 0
     assert workspace.MAX_TAPE_BYTES == max(1 << 30, memory // 8)
+    assert workspace.MAX_BYTES == max(64 << 20, memory // 64)
     monkeypatch.setattr(workspace.os, "sysconf", lambda name: 1 << 20)  # 1 TiB of memory
     assert workspace._physical_memory() == 1 << 40
     monkeypatch.setattr(workspace.os, "sysconf", lambda name: (_ for _ in ()).throw(

@@ -13,8 +13,8 @@ grown to the largest size asked for and reused.
 A layer uses its buffers only while its own forward runs (its output and final states
 are copied out of them before it returns), so the next layer, or the next call, may
 take them over. Thread-local, so threads (Dask's threaded scheduler, user threads)
-never share one. Buffers larger than
-:data:`MAX_BYTES` are plain allocations.
+never share one. Buffers larger than :data:`MAX_BYTES` (a 64th of the memory, at least
+64 MiB) are plain allocations.
 
 A tape (what a backward reads: states, gates, gradients by step) lives from a forward
 to its backward, so it cannot be scratch; but the next training step needs the same
@@ -39,9 +39,6 @@ import threading
 
 import numpy as np
 
-#: Largest buffer kept for reuse (bytes); larger requests get a fresh array.
-MAX_BYTES = 64 << 20
-
 
 def _physical_memory() -> int:
     """This machine's physical memory in bytes, or 0 where the OS does not say."""
@@ -58,6 +55,12 @@ def _physical_memory() -> int:
 #: the fresh gate gradients, 0.47-0.55 s instead of 0.05-0.06; NOTES.md, issue 13,
 #: sixteenth pass).
 MAX_TAPE_BYTES = max(1 << 30, _physical_memory() // 8)
+#: Largest scratch buffer kept for reuse (bytes), a 64th of the physical memory, at least
+#: 64 MiB; larger requests get a fresh array. The (100,256,512,1024,1,1) LSTM forward's
+#: states by step (105 MB each) over 64 MiB were fresh memory on every call, and its gates,
+#: which write them, took 79-336 ms a call against 75-163 when reused (NOTES.md, issue 13,
+#: sixteenth pass).
+MAX_BYTES = max(64 << 20, _physical_memory() // 64)
 #: Tape arrays smaller than this are plain allocations (NumPy and the C library reuse
 #: small blocks without page faults; a lookup would cost more than it saves).
 MIN_TAPE_BYTES = 1 << 16
