@@ -270,6 +270,8 @@ def on_panels(rows: int, inner: int, itemsize: int) -> bool:
     if not MIN_ROWS <= rows <= max(MAX_ROWS, L2_ROWS):
         return False
     return rows <= MAX_ROWS or 2 * rows * min(inner, K_BLOCK) * itemsize <= L2_BYTES
+
+
 _NONE = {np.dtype(np.float32): np.empty((0, 1, 1), np.float32),
          np.dtype(np.float64): np.empty((0, 1, 1), np.float64)}
 
