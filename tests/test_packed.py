@@ -147,6 +147,19 @@ def test_panels_past_max_rows_where_the_rows_fit_half_the_l2(rng, monkeypatch, l
     workspace.release()
 
 
-def test_l2_size_is_read_from_sysfs_or_zero():
-    assert packed.L2_BYTES == packed._l2_bytes() >= 0
-
+@pytest.mark.parametrize("entries, expected", [
+    ({"index0": ("1", "Data", "32K"), "index1": ("1", "Instruction", "32K"),
+      "index2": ("2", "Unified", "1024K"), "index3": ("3", "Unified", "32768K")}, 1 << 20),
+    ({"index0": ("1", "Data", "48K"), "index2": ("2", "Unified", "2M")}, 2 << 20),
+    ({"index0": ("1", "Data", "32K"), "index3": ("3", "Unified", "8192K")}, 0),  # no L2
+    ({"index2": ("2", "Unified", "lots")}, 0),  # unreadable size
+    ({}, 0),  # no cache folder (not Linux)
+])
+def test_l2_size_is_read_from_sysfs(monkeypatch, tmp_path, entries, expected):
+    """The L2 of a sysfs cache folder (``index*/level``, ``type``, ``size``), or 0."""
+    for name, values in entries.items():
+        (tmp_path / name).mkdir()
+        for field, value in zip(("level", "type", "size"), values):
+            (tmp_path / name / field).write_text(value + "\n")
+    monkeypatch.setattr(packed, "Path", lambda _: tmp_path)
+    assert packed._l2_bytes() == expected
