@@ -242,8 +242,9 @@ MIN_ROWS, MAX_ROWS = 4, 64
 #: :data:`K_BLOCK` columns fits in half of a core's L2 cache (:data:`L2_BYTES`), which
 #: every panel's pass reads again. At 256 rows, (256, 1024) x (1024, 2048), both cores
 #: busy, float32: 98-105 GFLOP/s a core against OpenBLAS's 89-91 with a 1 MiB L2
-#: (Zen 4); with a 512 KiB L2 the same product had been 1-11% slower in the
-#: (100,256,512,1024,1,1) LSTM (NOTES.md, issue 13, tenth and sixteenth passes).
+#: (Zen 4); on the tenth pass's host (its L2 not recorded) the same product had been
+#: 1-11% slower in the (100,256,512,1024,1,1) LSTM (NOTES.md, issue 13, tenth and
+#: sixteenth passes).
 L2_ROWS = 256
 
 
