@@ -212,6 +212,10 @@ def matmul_part(a, panels, out, k_first, k_last, add):
         raise ValueError("packed.matmul: the shapes of a, panels and out do not match")
     if not 0 <= k_first <= k_last <= inner:
         raise ValueError("packed.matmul_part: the inner range is outside a's columns")
+    if k_first == k_last:  # nothing to add (the split's empty part, an empty ``a``)
+        if not add:
+            out[...] = 0
+        return
     full = columns // width
     tile = np.zeros((rows, width), dtype=out.dtype)  # (the partial last panel's columns)
     if add:
@@ -229,8 +233,6 @@ def matmul_part(a, panels, out, k_first, k_last, add):
                 first += take
     if full < count:
         out[:, full * width:] = tile[:, :columns - full * width]
-    if k_first == k_last and not add:
-        out[...] = 0
 
 
 #: From :data:`MIN_ROWS` to :data:`MAX_ROWS` rows of ``a``, a step's product runs on
