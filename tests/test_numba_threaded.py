@@ -6,6 +6,7 @@ Skipped as a whole when numba is not installed (CI installs it)."""
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 
@@ -281,6 +282,58 @@ def test_two_threads_of_ours_end_openblas_workers_only_when_no_other_thread_runs
         with numba_threaded.cores_for_two_threads() as single:
             pass
         assert stopped == ([True, True] if single else [])
+
+
+def _os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_one_blas_thread_writes_openblas_count_and_starts_no_worker(monkeypatch):
+    """On the main thread ``one_blas_thread`` writes NumPy's OpenBLAS thread count itself
+    (its workers ended, setting the count through OpenBLAS's API started one at each end
+    of the block, 0.23 ms a layer call): one thread inside, the count before restored
+    after, no thread started either way; a threaded product afterwards starts OpenBLAS's
+    workers again and is right."""
+    if blas._thread_count is None:
+        pytest.skip("NumPy's OpenBLAS does not export blas_cpu_number")
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("the count is written from the main thread only")
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("counting the process's threads needs Linux's /proc")
+    monkeypatch.setattr(threading, "enumerate", lambda: [threading.main_thread()])
+    count = blas._thread_count.value
+    numpys = [library for library in numba_layer._blas_libraries()
+              if "scipy_openblas64" in os.path.basename(library.filepath)]
+    blas.stop_workers()
+    before = _os_threads()
+    for block in (numba_layer.one_blas_thread, numba_threaded.cores_for_two_threads):
+        with block() as single:
+            assert single and blas._thread_count.value == 1
+            assert all(library.get_num_threads() == 1 for library in numpys)  # threadpoolctl
+            assert _os_threads() == before
+        assert blas._thread_count.value == count and _os_threads() == before
+    a = np.random.default_rng(0).standard_normal((512, 512))
+    product = a @ a
+    assert _os_threads() == before + (count - 1)  # (OpenBLAS's workers, back)
+    with numba_layer.one_blas_thread():
+        assert_close(a @ a, product, rtol=1e-12, atol=1e-12)
+
+
+def test_one_blas_thread_without_openblas_count_sets_every_library(monkeypatch):
+    """Where OpenBLAS's count is not known (another NumPy build), ``blas.one_thread``
+    changes nothing and yields False, and ``one_blas_thread`` sets every BLAS library
+    through threadpoolctl, restoring their counts after."""
+    monkeypatch.setattr(blas, "_thread_count", None)
+    with blas.one_thread() as single:
+        assert not single
+    libraries = numba_layer._blas_libraries()
+    counts = [library.get_num_threads() for library in libraries]
+    with numba_layer.one_blas_thread() as single:
+        if threading.current_thread() is threading.main_thread():
+            assert single
+        if single:
+            assert all(library.get_num_threads() == 1 for library in libraries)
+    assert [library.get_num_threads() for library in libraries] == counts
 
 
 def test_no_openblas_worker_spins_after_a_layer_on_two_threads(rng, threaded, monkeypatch):

@@ -12,7 +12,9 @@ the symbols are missing, :data:`AVAILABLE` is False and nothing here may be call
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+from collections.abc import Iterator
 
 import numba
 import numpy as np
@@ -25,9 +27,10 @@ _SYMBOLS = {"xrnn_sgemm": "scipy_cblas_sgemm64_", "xrnn_dgemm": "scipy_cblas_dge
             "xrnn_sgemv": "scipy_cblas_sgemv64_", "xrnn_dgemv": "scipy_cblas_dgemv64_"}
 
 
-def _register() -> tuple[bool, object]:
+def _register() -> tuple[bool, object, ctypes.c_int | None]:
     """Register NumPy's CBLAS functions with LLVM; False when a symbol is missing. And
-    OpenBLAS's ``blas_thread_shutdown_``, or None."""
+    OpenBLAS's ``blas_thread_shutdown_`` and its thread count ``blas_cpu_number``, or
+    None each."""
     try:
         from numpy._core import _multiarray_umath as extension
     except ImportError:  # NumPy 1.x
@@ -37,14 +40,18 @@ def _register() -> tuple[bool, object]:
         addresses = {name: ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value
                      for name, symbol in _SYMBOLS.items()}
     except (OSError, AttributeError):
-        return False, None
+        return False, None, None
     for name, address in addresses.items():
         binding.add_symbol(name, address)
-    return True, getattr(library, "blas_thread_shutdown_", None)
+    try:
+        count = ctypes.c_int.in_dll(library, "blas_cpu_number")
+    except ValueError:
+        count = None
+    return True, getattr(library, "blas_thread_shutdown_", None), count
 
 
 #: Whether NumPy's BLAS was found (and :func:`matmul` may run).
-AVAILABLE, _shutdown = _register()
+AVAILABLE, _shutdown, _thread_count = _register()
 
 
 def stop_workers() -> None:
@@ -52,10 +59,34 @@ def stop_workers() -> None:
     than one thread). After a product on its threads they spin for about 0.1 s before
     they sleep (OpenBLAS's ``THREAD_TIMEOUT``), taking a core from any other thread that
     needs one. Safe whenever no other thread can be calling BLAS (OpenBLAS calls it
-    itself before a fork); setting BLAS's thread count starts them again, so a caller
-    that wants them gone sets one thread first."""
+    itself before a fork); setting BLAS's thread count through its API starts them
+    again, so a caller that wants them gone sets one thread first."""
     if _shutdown is not None:
         _shutdown()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[bool]:
+    """NumPy's OpenBLAS on one thread for the block, then back to its count before;
+    yields False (and changes nothing) where its thread count is not known.
+
+    This writes the count that each OpenBLAS call reads (``blas_cpu_number``) rather
+    than calling ``openblas_set_num_threads``: after :func:`stop_workers` that call
+    starts the workers again, at either end of the block, and a layer on two threads
+    then ended them once more (:func:`.numba_threaded.cores_for_two_threads`). Setting
+    and restoring the count that way took 0.23 ms a layer call, against about 1 us
+    here; OpenBLAS starts its workers itself, when a product next runs on more than one
+    thread, as it does after a fork (NOTES.md, issue 13, seventeenth pass)."""
+    if _thread_count is None:
+        yield False
+        return
+    count = _thread_count.value
+    _thread_count.value = 1
+    try:
+        yield True
+    finally:
+        _thread_count.value = count
+
 
 _i32, _i64, _ptr = types.int32, types.int64, types.voidptr
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -120,7 +121,16 @@ def one_blas_thread() -> Iterator[bool]:
     core is idle, and are stalled 10-300x by it when that core is busy (another process,
     or torch's spinning OpenMP threads): (100, 64) @ (64, 512) took 14 ms on two threads
     beside one busy process, 0.12 ms on one (NOTES.md, issue 13).
+
+    On the main thread only NumPy's OpenBLAS (the one BLAS that xrnn calls) is set,
+    by writing its count directly (:func:`.blas.one_thread`: no worker started, about
+    1 us) where that count is known; elsewhere every BLAS library, through threadpoolctl.
     """
+    if threading.current_thread() is threading.main_thread():
+        with blas.one_thread() as single:  # (NumPy's OpenBLAS, the only BLAS used here)
+            if single:
+                yield True
+                return
     libraries = _blas_libraries()
     counts = [library.get_num_threads() for library in libraries]
     for library in libraries:

@@ -89,9 +89,11 @@ def cores_for_two_threads() -> Iterator[bool]:
     Python thread but the main one and the direction pool's can be calling BLAS: after
     a product on BLAS's threads its worker spins on a core for about 0.1 s, and a layer
     on two threads of ours right after it took up to 2.3x as long (NOTES.md, issue 13,
-    seventh pass). Ended again after BLAS's thread count is restored: that starts a
-    worker, which would spin for 0.1 s with nothing to do, in the caller's next code
-    (OpenBLAS starts it when a product next runs on its threads)."""
+    seventh pass). Ended again after the count is restored, where threadpoolctl restored
+    it: that starts a worker, which would spin for 0.1 s with nothing to do in the
+    caller's next code. (Restored by :func:`.blas.one_thread`, nothing starts: OpenBLAS
+    starts its workers when a product next runs on its threads, and the second end
+    costs about a microsecond.)"""
     ours = all(thread is threading.main_thread() or thread.name.startswith(_POOL_NAME)
                for thread in threading.enumerate())
     ended = False
