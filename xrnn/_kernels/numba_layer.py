@@ -114,8 +114,9 @@ def _blas_libraries() -> list:
 def one_blas_thread() -> Iterator[bool]:
     """Run the block's BLAS calls on one thread (process-wide, like every BLAS setting),
     then restore the previous counts. Yields whether every BLAS library now runs on one
-    thread: NumPy's OpenBLAS takes the setting from the main thread only and ignores it
-    from any other (NOTES.md, issue 13, fifth pass).
+    thread: NumPy's OpenBLAS was found to take the setting from the main thread only
+    (NOTES.md, issue 13, fifth pass; OpenBLAS 0.3.31 takes it from any thread,
+    seventeenth pass).
 
     A small layer's products gain little from a second OpenBLAS thread when the other
     core is idle, and are stalled 10-300x by it when that core is busy (another process,
