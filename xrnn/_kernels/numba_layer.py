@@ -113,19 +113,19 @@ def _blas_libraries() -> list:
 @contextlib.contextmanager
 def one_blas_thread() -> Iterator[bool]:
     """Run the block's BLAS calls on one thread (process-wide, like every BLAS setting),
-    then restore the previous counts. Yields whether every BLAS library now runs on one
-    thread: NumPy's OpenBLAS was found to take the setting from the main thread only
-    (NOTES.md, issue 13, fifth pass; OpenBLAS 0.3.31 takes it from any thread,
-    seventeenth pass).
+    then restore the previous counts; yields whether that took.
+
+    On the main thread, where NumPy's OpenBLAS count is known, only that library (the
+    one BLAS that xrnn calls) is set, by writing its count directly
+    (:func:`.blas.one_thread`: no worker started, about 1 us); otherwise every BLAS
+    library is set through threadpoolctl. NumPy's OpenBLAS was found to ignore the
+    setting off the main thread (NOTES.md, issue 13, fifth pass; OpenBLAS 0.3.31 takes
+    it from any thread, seventeenth pass).
 
     A small layer's products gain little from a second OpenBLAS thread when the other
     core is idle, and are stalled 10-300x by it when that core is busy (another process,
     or torch's spinning OpenMP threads): (100, 64) @ (64, 512) took 14 ms on two threads
     beside one busy process, 0.12 ms on one (NOTES.md, issue 13).
-
-    On the main thread only NumPy's OpenBLAS (the one BLAS that xrnn calls) is set,
-    by writing its count directly (:func:`.blas.one_thread`: no worker started, about
-    1 us) where that count is known; elsewhere every BLAS library, through threadpoolctl.
     """
     if threading.current_thread() is threading.main_thread():
         with blas.one_thread() as single:  # (NumPy's OpenBLAS, the only BLAS used here)
