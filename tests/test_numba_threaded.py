@@ -322,17 +322,16 @@ def test_one_blas_thread_writes_openblas_count_and_starts_no_worker(monkeypatch)
 def test_one_blas_thread_without_openblas_count_sets_every_library(monkeypatch):
     """Where OpenBLAS's count is not known (another NumPy build), ``blas.one_thread``
     changes nothing and yields False, and ``one_blas_thread`` sets every BLAS library
-    through threadpoolctl, restoring their counts after."""
+    through threadpoolctl, yields whether they all took it and restores their counts
+    after. (Whether they take it depends on the process: in the CI suite, after the Dask
+    tests, OpenBLAS left its count at 2 when asked for 1 on the main thread.)"""
     monkeypatch.setattr(blas, "_thread_count", None)
     with blas.one_thread() as single:
         assert not single
     libraries = numba_layer._blas_libraries()
     counts = [library.get_num_threads() for library in libraries]
     with numba_layer.one_blas_thread() as single:
-        if threading.current_thread() is threading.main_thread():
-            assert single
-        if single:
-            assert all(library.get_num_threads() == 1 for library in libraries)
+        assert single == all(library.get_num_threads() == 1 for library in libraries)
     assert [library.get_num_threads() for library in libraries] == counts
 
 
