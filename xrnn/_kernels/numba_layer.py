@@ -118,9 +118,10 @@ def one_blas_thread() -> Iterator[bool]:
     On the main thread, where NumPy's OpenBLAS count is known, only that library (the
     one BLAS that xrnn calls) is set, by writing its count directly
     (:func:`.blas.one_thread`: no worker started, about 1 us); otherwise every BLAS
-    library is set through threadpoolctl. NumPy's OpenBLAS was found to ignore the
-    setting off the main thread (NOTES.md, issue 13, fifth pass; OpenBLAS 0.3.31 takes
-    it from any thread, seventeenth pass).
+    library is set through threadpoolctl. Whether OpenBLAS's own API takes the setting
+    varies: it ignored it off the main thread in the fifth pass, and in the CI suite,
+    after the Dask tests, on the main thread too; OpenBLAS 0.3.31 took it from other
+    threads elsewhere (NOTES.md, issue 13, fifth and seventeenth passes).
 
     A small layer's products gain little from a second OpenBLAS thread when the other
     core is idle, and are stalled 10-300x by it when that core is busy (another process,
