@@ -49,7 +49,8 @@ def _compare(rng, kind, options, num_layers, batch, *, bias=True, lengths=None,
         lengths=lengths, tolerance=tolerance, **keywords)
 
 
-#: batch 1 and 5: BLAS's matrix-vector products (below four rows) and its gemm
+#: batch 1 and 5: the one-row kernel on its panels and BLAS's matrix-vector products
+#: (the forward's and the backward's), and the products of five rows
 GRID = list(itertools.product(range(len(CASES)), [1, 2], [1, 5], [False, True], [False, True]))
 LENGTHS = [2, T, 1, 4, 3]
 
@@ -59,8 +60,8 @@ LENGTHS = [2, T, 1, 4, 3]
                               for c, L, b, bias, n in GRID])
 def test_threaded_layers_match_generic_path(rng, threaded, case, num_layers, batch, bias,
                                             with_lengths):
-    """Outputs, final states and every gradient; batch 1 takes BLAS's matrix-vector
-    product, and lengths leave padded steps' states and gradients alone."""
+    """Outputs, final states and every gradient; batch 1 takes the one-row products,
+    and lengths leave padded steps' states and gradients alone."""
     kind, options = CASES[case]
     lengths = (LENGTHS[:batch] if batch > 1 else [3]) if with_lengths else None
     _compare(rng, kind, options, num_layers, batch, bias=bias, lengths=lengths)

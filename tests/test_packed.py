@@ -1,7 +1,8 @@
 """Products on packed panels (``xrnn._kernels.packed``), the per-step recurrent product of
 the threaded and split layers: against float64 NumPy for row counts that take every
-kernel (1 to 6 rows, and the 4 + 4 / 4 + 3 groupings), inner sizes across the K block
-and column counts with a partial last panel; the packing itself; when panels are made.
+kernel (1 to 6 rows, and the 4 + 4 / 4 + 3 groupings; one row on its own wider panels
+and on the others), inner sizes across the K block and column counts with a partial last
+panel; the packing itself, by columns and by transposed blocks; when panels are made.
 The layers that use them are compared with the generic driver in
 test_numba_threaded.py and test_numba_split.py. Skipped when numba is not installed."""
 
@@ -20,13 +21,14 @@ pytestmark = numpy_leg_only
 
 ROWS = [1, 2, 3, 4, 5, 6, 7, 8, 13, 14, 32]
 INNER = [0, 1, 3, 17, packed.K_BLOCK + 5]
-COLUMNS = [1, 7, 16, 17, 40]
+COLUMNS = [1, 7, 16, 17, 40, 70]
 
 
-def _panels(w, transpose_b):
-    """``w``'s panels for ``a @ w.T`` (transpose_b, ``w`` (N, K)) or ``a @ w``."""
+def _panels(w, transpose_b, rows=2):
+    """``w``'s panels for ``a @ w.T`` (transpose_b, ``w`` (N, K)) or ``a @ w``, for
+    ``rows`` rows of ``a``."""
     columns, inner = w.shape if transpose_b else w.shape[::-1]
-    out = np.full(packed.panels_shape(columns, inner, w.dtype), np.nan, w.dtype)
+    out = np.full(packed.panels_shape(columns, inner, w.dtype, rows), np.nan, w.dtype)
     packed.pack(w.T if transpose_b else w, out)
     return out
 
@@ -41,7 +43,10 @@ def test_products_match_numpy(rng, dtype, rows):
             w = rng.standard_normal((columns, inner)).astype(dtype)
             want = a.astype(np.float64) @ w.T.astype(np.float64)
             scale = max(1.0, np.sqrt(inner))
-            for panels in (_panels(w, True), _panels(np.ascontiguousarray(w.T), False)):
+            every = [_panels(w, True, rows), _panels(np.ascontiguousarray(w.T), False, rows)]
+            if rows == 1:  # one row on the narrower panels of more rows too
+                every.append(_panels(w, True))
+            for panels in every:
                 out = np.full((rows, columns), np.nan, dtype)
                 packed.matmul(a, panels, out)
                 np.testing.assert_allclose(out, want, rtol=tolerance,
@@ -58,6 +63,22 @@ def test_panels_hold_the_operand_by_columns_then_zeros(rng):
     assert not panels[1, :, 4:].any()
     np.testing.assert_array_equal(_panels(np.ascontiguousarray(w.T), False), panels)
     assert packed.panels_shape(20, 3, "float64") == (3, 3, packed.PANEL[8])
+    assert packed.panels_shape(40, 3, "float32", rows=1) == (2, 3, packed.ROW_PANEL[4])
+    assert packed.panels_shape(40, 3, "float64", rows=1) == (3, 3, packed.ROW_PANEL[8])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_transposed_packing_matches_packing_by_columns(rng, dtype, rows):
+    """``pack_transposed(w)`` (blocks transposed in registers) writes what ``pack(w.T)``
+    does, for sizes with whole blocks, partial blocks and a partial last panel."""
+    for columns in (1, 5, 8, 16, 33, 70):
+        for inner in (1, 3, 4, 8, 13, 40):
+            w = rng.standard_normal((columns, inner)).astype(dtype)
+            want = _panels(w, True, rows)
+            got = np.full_like(want, np.nan)
+            packed.pack_transposed(w, got)
+            np.testing.assert_array_equal(got, want, err_msg=f"({columns}, {inner})")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -98,8 +119,8 @@ def test_mismatched_shapes_raise(rng):
 @pytest.mark.parametrize("transpose_b", [True, False])
 def test_panels_are_made_between_the_row_limits(rng, monkeypatch, transpose_b):
     """Panels (this thread's scratch) from MIN_ROWS to MAX_ROWS rows, float32 and
-    float64; else none (the L2's size unknown), and ``product`` gives BLAS's result
-    either way."""
+    float64, and at one row for ``a @ w.T``; else none (the L2's size unknown), and
+    ``product`` gives BLAS's result either way."""
     monkeypatch.setattr(packed, "L2_BYTES", 0)
     workspace.release()
     w = rng.standard_normal((24, 10))
@@ -108,10 +129,10 @@ def test_panels_are_made_between_the_row_limits(rng, monkeypatch, transpose_b):
         for rows in (1, packed.MIN_ROWS - 1, packed.MIN_ROWS, packed.MAX_ROWS,
                      packed.MAX_ROWS + 1):
             panels = packed.panels_for(wd, transpose_b, rows, "t")
-            made = packed.MIN_ROWS <= rows <= packed.MAX_ROWS
+            made = packed.MIN_ROWS <= rows <= packed.MAX_ROWS or (rows == 1 and transpose_b)
             columns = 24 if transpose_b else 10
-            assert panels.shape == (packed.panels_shape(columns, 34 - columns, dtype) if made
-                                    else (0, 1, 1))
+            assert panels.shape == (packed.panels_shape(columns, 34 - columns, dtype, rows)
+                                    if made else (0, 1, 1))
             assert panels.dtype == dtype
             a = rng.standard_normal((rows, 10 if transpose_b else 24)).astype(dtype)
             out = np.empty((rows, 24 if transpose_b else 10), dtype)

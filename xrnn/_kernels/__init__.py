@@ -77,8 +77,9 @@ def cpu_path() -> str:
             f"(B*G*H*P <= {limits}); above, bidirectional layers a direction per core "
             f"and one-direction layers from {compiled.numba_split.MIN_WORK:.2g} "
             f"multiply-adds a call their hidden units split between two cores "
-            f"({directions}; at {packed.MIN_ROWS}-{packed.MAX_ROWS} batch rows, {wider}, "
-            "each step's product on W_hh packed once a call), else fused compiled steps, "
+            f"({directions}; at one batch row and at {packed.MIN_ROWS}-{packed.MAX_ROWS}, "
+            f"{wider}, each step's product on W_hh packed once a call), else fused "
+            "compiled steps, "
             "as with per-step options and for LayerNorm cells")
 
 

@@ -192,12 +192,23 @@ class _ThreadedLayer(_Compiled):
         self.tanh_c_or_unused = unused if self.tanh_c is None else self.tanh_c
         self.gh_or_unused = unused if self.gh is None else self.gh
         self.active = active
+        self.stacked = [False] * self.D
 
     def _stack_w_hh(self, directions) -> None:
-        """(each direction's on its own thread, at the start of its forward: made on the
+        """(each direction's on its own thread, when a loop first reads it: made on the
         calling thread before the two started, the copies took 0.9 ms of a 28.6 ms
         (100,1,256,512,2,2) LSTM forward, and the layer is 2-3% faster without them there:
         NOTES.md, issue 13, eleventh and thirteenth passes)"""
+
+    def _w_hh_read(self, d: int):
+        """Direction ``d``'s ``W_hh`` for a loop that reads it at every step: the stack's
+        aligned copy, made on first use. (A forward on panels reads only the panels,
+        packed from the parameter itself: the 4 MiB copy took 0.6-0.8 ms of a 22 ms
+        (100,1,256,512,2,2) LSTM forward: NOTES.md, issue 13, eighteenth pass.)"""
+        if not self.stacked[d]:
+            super()._stack_w_hh([d])
+            self.stacked[d] = True
+        return self.w_hh_stack[d]
 
     def _reverse_input(self) -> None:
         """(on the reverse direction's own thread, at the start of its forward)"""
@@ -211,11 +222,10 @@ class _ThreadedLayer(_Compiled):
         return self.out
 
     def _forward_direction(self, d: int) -> None:
-        """Direction ``d``'s ``W_hh`` copy and reversed input, its loop, then its half of the
-        output, all on its own thread (made one after the other on the calling thread, the
-        copies took 60 ms a layer of a 1.7 s (200,64,256,512,2,2) LSTM forward: NOTES.md,
-        issue 13, sixth pass)."""
-        super()._stack_w_hh([d])
+        """Direction ``d``'s reversed input, its loop, then its half of the output, all on
+        its own thread (made one after the other on the calling thread, the copies took
+        60 ms a layer of a 1.7 s (200,64,256,512,2,2) LSTM forward: NOTES.md, issue 13,
+        sixth pass)."""
         if d == 1:
             super()._reverse_input()
         self._loop_direction(d)
@@ -227,13 +237,14 @@ class _ThreadedLayer(_Compiled):
     def _loop_direction(self, d: int) -> None:
         chunk = self.gx.shape[1]
         gx, x = self.gx[d], self.x_steps[d]
-        panels = packed.panels_for(self.w_hh_stack[d], True, self.batch, "w_hh_panels")
+        panels = packed.panels_for(self._w_hh[d], True, self.batch, "w_hh_panels")
+        w_hh = self._w_hh[d] if panels.shape[0] else self._w_hh_read(d)
         for start in range(0, self.steps, chunk):
             count = min(chunk, self.steps - start)
             rows = count * self.batch
             np.matmul(x[start:start + count].reshape(rows, -1), self.w_ih_t[d],
                       out=gx[:count].reshape(rows, -1))
-            _direction_forward(self.code, gx, start, count, self.w_hh_stack[d], panels,
+            _direction_forward(self.code, gx, start, count, w_hh, panels,
                                self.x_bias[d], self.hh_bias[d], self.h[d], self.c_or_unused[d],
                                self.a[d], self.tanh_c_or_unused[d], self.gh_or_unused[d],
                                self.z[d], self.steps_inactive[d])
@@ -249,11 +260,12 @@ class _ThreadedLayer(_Compiled):
         return self._combine(each_direction(self._backward_direction), self.dh, dc)
 
     def _backward_direction(self, d: int):
-        panels = packed.panels_for(self.w_hh_stack[d], False, self.batch, "w_hh_panels")
-        _direction_backward(self.code, self.grad_steps[d], self.dh[d], self.dc[d],
-                            self.w_hh_stack[d], panels, self.h[d], self.c_or_unused[d], self.a[d],
-                            self.tanh_c_or_unused[d], self.gh_or_unused[d], self.dz_all[d],
-                            self.dgh_all[d], self.back[d], self.steps_inactive[d])
+        w_hh = self._w_hh_read(d)
+        panels = packed.panels_for(w_hh, False, self.batch, "w_hh_panels")
+        _direction_backward(self.code, self.grad_steps[d], self.dh[d], self.dc[d], w_hh, panels,
+                            self.h[d], self.c_or_unused[d], self.a[d], self.tanh_c_or_unused[d],
+                            self.gh_or_unused[d], self.dz_all[d], self.dgh_all[d], self.back[d],
+                            self.steps_inactive[d])
         return self._direction_gradients(d, self.dz_all, self.dgh_all, None)
 
 
