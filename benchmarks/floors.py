@@ -275,8 +275,8 @@ def _products(a, b, panels, out, repeats):
 def gemm_rate(m: int, k: int, n: int) -> float:
     """GFLOP/s of one core for (M, K) @ (K, N) float32, both cores at once, each on its
     own operands (best of 3 tries of about 30 ms): the better of NumPy's BLAS on one
-    thread (with xrnn's own loops for 2-4 rows) and xrnn's packed kernel (``B`` packed
-    beforehand, as xrnn packs ``W_hh`` once a call). M and K above :data:`MAX_SIDE` are
+    thread (with xrnn's own loops for 2-4 rows) and xrnn's packed kernels (``B`` packed
+    beforehand, as xrnn packs ``W_hh`` once a call; one row on its own panels). M and K above :data:`MAX_SIDE` are
     timed at that size (K only where M is at least :data:`CAP_FROM`: below it the
     product streams ``B``, whose size matters)."""
     m = min(m, MAX_SIDE)
@@ -284,7 +284,7 @@ def gemm_rate(m: int, k: int, n: int) -> float:
     rng = np.random.default_rng(0)
     operands = [(rng.standard_normal((m, k), dtype=np.float32),
                  rng.standard_normal((k, n), dtype=np.float32),
-                 np.empty(packed.panels_shape(n, k, np.float32), np.float32),
+                 np.empty(packed.panels_shape(n, k, np.float32, m), np.float32),
                  np.empty((m, n), np.float32)) for _ in range(2)]
     for _, b, panels, _ in operands:
         packed.pack(b, panels)
