@@ -184,3 +184,24 @@ def test_l2_size_is_read_from_sysfs(monkeypatch, tmp_path, entries, expected):
             (tmp_path / name / field).write_text(value + "\n")
     monkeypatch.setattr(packed, "Path", lambda _: tmp_path)
     assert packed._l2_bytes() == expected
+
+
+@pytest.mark.parametrize("rows", [1, 3, 6])
+def test_rows_at_any_distance_and_non_contiguous_rows_refused(rng, rows):
+    """``a`` and ``out`` as views whose rows lie apart (an output's half, as a layer's
+    states could be): the products read and write only those rows, on panels and in
+    ``blas.matmul``; rows that are not contiguous raise instead of giving a wrong answer."""
+    w = rng.standard_normal((20, 9)).astype("float32")  # a @ w.T: 20 columns, inner 9
+    wide_a = rng.standard_normal((rows, 2 * 9)).astype("float32")
+    a = wide_a[:, 9:]
+    want = a.astype(np.float64) @ w.T
+    products = [lambda a, out: packed.matmul(a, _panels(w, True, rows), out)]
+    if blas.AVAILABLE:
+        products.append(lambda a, out: blas.matmul(a, w, True, out))
+    for product in products:
+        wide_out = np.full((rows, 2 * 20), np.nan, "float32")
+        product(a, wide_out[:, :20])
+        np.testing.assert_allclose(wide_out[:, :20], want, rtol=1e-5, atol=1e-5)
+        assert np.isnan(wide_out[:, 20:]).all()
+        with pytest.raises(ValueError, match="contiguous"):
+            product(wide_a[:, ::2], np.empty((rows, 20), "float32"))

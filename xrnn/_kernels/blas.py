@@ -224,8 +224,9 @@ def _rows_axpy(a, b, out):
 @numba.njit(cache=True, nogil=True)
 def matmul(a, b, transpose_b, out):
     """``out = a @ (b.T if transpose_b else b)``: ``a`` (M, K), ``b`` (K, N), or (N, K)
-    with ``transpose_b``, ``out`` (M, N), all C-contiguous, float32 or float64, one
-    dtype. With ``transpose_b``, dot products (:func:`_rows_dots`) for 2 to
+    with ``transpose_b``, ``out`` (M, N), float32 or float64, one dtype; ``b``
+    C-contiguous, ``a``'s and ``out``'s rows contiguous at any distance from each other.
+    With ``transpose_b``, dot products (:func:`_rows_dots`) for 2 to
     :data:`DOTS_ROWS` rows of at least :data:`DOTS_INNER`; without, sums of ``b``'s rows
     (:func:`_rows_axpy`) for 2 to :data:`AXPY_ROWS` rows; else BLAS: a matrix-vector
     product per row when M < :data:`GEMV_ROWS`, else gemm."""
@@ -236,6 +237,11 @@ def matmul(a, b, transpose_b, out):
     if (b.shape[1] if transpose_b else b.shape[0]) != inner or out.shape[0] != rows or (
             b.shape[0] if transpose_b else b.shape[1]) != columns:
         raise ValueError("blas.matmul: the shapes of a, b and out do not match")
+    if (inner > 1 and a.strides[1] != a.itemsize) or (
+            columns > 1 and out.strides[1] != out.itemsize):
+        raise ValueError("blas.matmul: the rows of a and out must be contiguous")
+    lda = a.strides[0] // a.itemsize if rows > 1 else inner
+    ldo = out.strides[0] // out.itemsize if rows > 1 else columns
     if transpose_b and 2 <= rows <= DOTS_ROWS and inner >= DOTS_INNER:
         _rows_dots(a, b, out)
         return
@@ -256,7 +262,7 @@ def matmul(a, b, transpose_b, out):
     trans = _TRANS if transpose_b else _NO_TRANS
     if single:
         _sgemm(_ROW_MAJOR, _NO_TRANS, trans, rows, columns, inner, np.float32(1), a.ctypes,
-               inner, b.ctypes, ldb, np.float32(0), out.ctypes, columns)
+               lda, b.ctypes, ldb, np.float32(0), out.ctypes, ldo)
     else:
         _dgemm(_ROW_MAJOR, _NO_TRANS, trans, rows, columns, inner, np.float64(1), a.ctypes,
-               inner, b.ctypes, ldb, np.float64(0), out.ctypes, columns)
+               lda, b.ctypes, ldb, np.float64(0), out.ctypes, ldo)

@@ -331,7 +331,7 @@ def _kernel_overload(a, r, take, k0, kc, panel, out, column, ldo, add):
     k1, k2, k3, k4, k5, k6 = _KERNELS[a.dtype.bitwidth]
 
     def implementation(a, r, take, k0, kc, panel, out, column, ldo, add):
-        lda = a.shape[1]
+        lda = a.strides[0] // a.itemsize
         a_at = a[r, k0:].ctypes
         o_at = out[r, column:].ctypes
         if take == 6:
@@ -368,7 +368,8 @@ def _row_kernel_overload(a, k0, kc, panel, out, column, add):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def matmul(a, panels, out):
     """``out = a @ B`` (``a`` (M, K), ``out`` (M, N)) with ``B`` (K, N) packed as
-    ``panels`` (:func:`pack`), all C-contiguous and of one dtype."""
+    ``panels`` (:func:`pack`), of one dtype; ``a``'s and ``out``'s rows contiguous, at any
+    distance from each other."""
     matmul_part(a, panels, out, 0, a.shape[1], False)
 
 
@@ -385,6 +386,9 @@ def matmul_part(a, panels, out, k_first, k_last, add):
         raise ValueError("packed.matmul: the shapes of a, panels and out do not match")
     if not 0 <= k_first <= k_last <= inner:
         raise ValueError("packed.matmul_part: the inner range is outside a's columns")
+    if (rows > 0 and inner > 1 and a.strides[1] != a.itemsize) or (
+            columns > 1 and out.strides[1] != out.itemsize):
+        raise ValueError("packed.matmul: the rows of a and out must be contiguous")
     if k_first == k_last:  # nothing to add (the split's empty part, an empty ``a``)
         if not add:
             out[...] = 0
@@ -399,7 +403,8 @@ def matmul_part(a, panels, out, k_first, k_last, add):
         adding = 1 if add or k0 > k_first else 0
         for p in range(count):
             panel = panels[p, k0:].ctypes
-            target, column, ldo = (out, p * width, columns) if p < full else (tile, 0, width)
+            target, column, ldo = ((out, p * width, out.strides[0] // out.itemsize)
+                                   if p < full else (tile, 0, width))
             if one_row:
                 _row_kernel(a, k0, kc, panel, target, column, adding)
                 continue
