@@ -205,3 +205,17 @@ def test_rows_at_any_distance_and_non_contiguous_rows_refused(rng, rows):
         assert np.isnan(wide_out[:, 20:]).all()
         with pytest.raises(ValueError, match="contiguous"):
             product(wide_a[:, ::2], np.empty((rows, 20), "float32"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_on_one_row_panels_and_other_widths(rng, dtype):
+    """Panels made for one row serve more rows (a row at a time); panels of a width no
+    kernel has are refused."""
+    a = rng.standard_normal((3, 11)).astype(dtype)
+    w = rng.standard_normal((40, 11)).astype(dtype)
+    out = np.full((3, 40), np.nan, dtype)
+    packed.matmul(a, _panels(w, True, rows=1), out)
+    tolerance = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(out, a.astype(np.float64) @ w.T, rtol=tolerance, atol=tolerance)
+    with pytest.raises(ValueError, match="shapes"):
+        packed.matmul(a, np.zeros((5, 11, 8 if dtype == "float32" else 4), dtype), out)

@@ -38,8 +38,10 @@ from numba.extending import intrinsic, overload
 from . import blas
 from .workspace import scratch
 
-#: Columns per panel, by item size: two vectors of AVX2 (8 float32 or 4 float64).
-PANEL = {4: 16, 8: 8}
+#: Bytes of a panel's row: two vectors of AVX2 (8 float32 or 4 float64 each).
+_PANEL_BYTES = 64
+#: Columns per panel, by item size.
+PANEL = {4: _PANEL_BYTES // 4, 8: _PANEL_BYTES // 8}
 #: Bytes of a panel's row for products of one row (a matrix-vector product): four
 #: vectors of AVX2, so that the kernel has enough independent sums (:data:`ROW_SPLIT`).
 _ROW_BYTES = 128
@@ -349,19 +351,18 @@ def _kernel_overload(a, r, take, k0, kc, panel, out, column, ldo, add):
     return implementation
 
 
-def _row_kernel(a, k0, kc, panel, out, column, add):
-    """``a``'s one row against one panel block of :data:`ROW_PANEL` columns (compiled
+def _row_kernel(a, r, k0, kc, panel, out, column, add):
+    """Row ``r`` of ``a`` against one panel block of :data:`ROW_PANEL` columns (compiled
     code only)."""
     raise NotImplementedError("packed._row_kernel runs inside compiled code only")
 
 
 @overload(_row_kernel, jit_options={"error_model": "numpy"})
-def _row_kernel_overload(a, k0, kc, panel, out, column, add):
+def _row_kernel_overload(a, r, k0, kc, panel, out, column, add):
     kernel = _ROW_KERNELS[a.dtype.bitwidth]
 
-    def implementation(a, k0, kc, panel, out, column, add):
-        kernel(a[0, k0:].ctypes, a.shape[1], panel, kc, out[0, column:].ctypes,
-               out.shape[1], add)
+    def implementation(a, r, k0, kc, panel, out, column, add):
+        kernel(a[r, k0:].ctypes, 0, panel, kc, out[r, column:].ctypes, 0, add)
     return implementation
 
 
@@ -382,7 +383,8 @@ def matmul_part(a, panels, out, k_first, k_last, add):
     columns = out.shape[1]
     count, width = panels.shape[0], panels.shape[2]
     if panels.shape[1] != inner or out.shape[0] != rows or not (
-            (count - 1) * width < columns <= count * width):
+            (count - 1) * width < columns <= count * width) or (
+            width * out.itemsize not in (_PANEL_BYTES, _ROW_BYTES)):
         raise ValueError("packed.matmul: the shapes of a, panels and out do not match")
     if not 0 <= k_first <= k_last <= inner:
         raise ValueError("packed.matmul_part: the inner range is outside a's columns")
@@ -397,7 +399,7 @@ def matmul_part(a, panels, out, k_first, k_last, add):
     tile = np.empty((rows, width), dtype=out.dtype)  # (the partial last panel's columns)
     if add:
         tile[:, :columns - full * width] = out[:, full * width:]
-    one_row = rows == 1 and width * out.itemsize == _ROW_BYTES
+    row_panels = width * out.itemsize == _ROW_BYTES  # (else PANEL's width)
     for k0 in range(k_first, k_last, K_BLOCK):
         kc = min(K_BLOCK, k_last - k0)
         adding = 1 if add or k0 > k_first else 0
@@ -405,8 +407,9 @@ def matmul_part(a, panels, out, k_first, k_last, add):
             panel = panels[p, k0:].ctypes
             target, column, ldo = ((out, p * width, out.strides[0] // out.itemsize)
                                    if p < full else (tile, 0, width))
-            if one_row:
-                _row_kernel(a, k0, kc, panel, target, column, adding)
+            if row_panels:  # (made for one row; more, should they come, one at a time)
+                for r in range(rows):
+                    _row_kernel(a, r, k0, kc, panel, target, column, adding)
                 continue
             first = 0
             while first < rows:
