@@ -121,7 +121,7 @@ def _make_kernel(rows: int, bits: int, vectors: int = 2, split: int = 1):
             entry = builder.block
             loop = builder.append_basic_block("packed.loop")
             joined = builder.append_basic_block("packed.joined")
-            rest = builder.append_basic_block("packed.rest")
+            rest = builder.append_basic_block("packed.rest") if split > 1 else None
             done = builder.append_basic_block("packed.done")
             full = builder.sub(kc_v, builder.srem(kc_v, const(split)))
             builder.cbranch(builder.icmp_signed(">", full, const(0)), loop, joined)
@@ -145,22 +145,25 @@ def _make_kernel(rows: int, bits: int, vectors: int = 2, split: int = 1):
             for part in parts[1:]:
                 sums = [[builder.fadd(sums[r][v], part[r][v]) for v in range(vectors)]
                         for r in range(rows)]
-            builder.cbranch(builder.icmp_signed("<", full, kc_v), rest, done)
-
-            builder.position_at_end(rest)  # k = full, ..., kc - 1
-            k = builder.phi(i64)
-            k.add_incoming(full, joined)
-            acc = phis([(sums, joined)])
-            last = multiply_add(k, acc)
-            k_next = builder.add(k, const(1))
-            k.add_incoming(k_next, rest)
-            for r in range(rows):
-                for v in range(vectors):
-                    acc[r][v].add_incoming(last[r][v], rest)
-            builder.cbranch(builder.icmp_signed("<", k_next, kc_v), rest, done)
-
-            builder.position_at_end(done)
-            totals = phis([(sums, joined), (last, rest)])
+            if rest is None:  # (one set: full is kc)
+                builder.branch(done)
+                builder.position_at_end(done)
+                totals = sums
+            else:
+                builder.cbranch(builder.icmp_signed("<", full, kc_v), rest, done)
+                builder.position_at_end(rest)  # k = full, ..., kc - 1
+                k = builder.phi(i64)
+                k.add_incoming(full, joined)
+                acc = phis([(sums, joined)])
+                last = multiply_add(k, acc)
+                k_next = builder.add(k, const(1))
+                k.add_incoming(k_next, rest)
+                for r in range(rows):
+                    for v in range(vectors):
+                        acc[r][v].add_incoming(last[r][v], rest)
+                builder.cbranch(builder.icmp_signed("<", k_next, kc_v), rest, done)
+                builder.position_at_end(done)
+                totals = phis([(sums, joined), (last, rest)])
             adding = builder.icmp_signed("!=", add_v, const(0))
             for r in range(rows):
                 for v in range(vectors):
