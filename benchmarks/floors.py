@@ -276,9 +276,9 @@ def gemm_rate(m: int, k: int, n: int) -> float:
     """GFLOP/s of one core for (M, K) @ (K, N) float32, both cores at once, each on its
     own operands (best of 3 tries of about 30 ms): the better of NumPy's BLAS on one
     thread (with xrnn's own loops for 2-4 rows) and xrnn's packed kernels (``B`` packed
-    beforehand, as xrnn packs ``W_hh`` once a call; one row on its own panels). M and K above :data:`MAX_SIDE` are
-    timed at that size (K only where M is at least :data:`CAP_FROM`: below it the
-    product streams ``B``, whose size matters)."""
+    beforehand, as xrnn packs ``W_hh`` once a call; one row on its own panels). M and K
+    above :data:`MAX_SIDE` are timed at that size (K only where M is at least
+    :data:`CAP_FROM`: below it the product streams ``B``, whose size matters)."""
     m = min(m, MAX_SIDE)
     k = min(k, MAX_SIDE) if m >= CAP_FROM else k
     rng = np.random.default_rng(0)

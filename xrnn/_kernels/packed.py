@@ -22,7 +22,8 @@ eighteenth pass). ``W^T``'s panels are packed by blocks transposed in registers
 (:func:`pack_transposed`).
 
 Panels past the last column are zero; the product writes only ``out``'s columns. Any
-row count, inner size and column count; float32 and float64 (panels of 8), C-contiguous.
+row count, inner size and column count; float32 and float64 (panels of 8 columns, 16 for
+one row); the panels C-contiguous, the rows of ``a`` and ``out`` each contiguous.
 """
 
 from __future__ import annotations
@@ -426,8 +427,9 @@ def matmul_part(a, panels, out, k_first, k_last, add):
 #: From :data:`MIN_ROWS` to :data:`MAX_ROWS` rows of ``a``, a step's product runs on
 #: packed panels: at 4 to 64 rows 1.1-2.5x OpenBLAS's speed on one core, at 2 rows
 #: 0.8-1.4x (NOTES.md, issue 13, tenth pass). At one row, ``h W^T`` runs on
-#: :data:`ROW_PANEL` panels (module docstring); ``dh W_hh`` (the backward's) on
-#: OpenBLAS's gemv, as fast within 15% and with no packing (eighteenth pass).
+#: :data:`ROW_PANEL` panels (module docstring); ``dz W_hh`` (the backward's) on
+#: OpenBLAS's gemv: on panels it was 10-15% faster alone and no faster in the layers,
+#: for a second packing (eighteenth pass).
 MIN_ROWS, MAX_ROWS = 4, 64
 #: Up to :data:`L2_ROWS` rows, it also runs on panels where the rows' block of
 #: :data:`K_BLOCK` columns fits in half of a core's L2 cache (:data:`L2_BYTES`), which
