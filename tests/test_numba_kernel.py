@@ -183,7 +183,8 @@ def test_numba_kernel_float32_loops_compute_in_float32(monkeypatch):
                                numba.boolean, f4[:, ::1]),
                 # called from compiled code only: no signature of their own when their
                 # callers come from Numba's cache
-                "_lstm_cell": (f4[::1],) * 6, "_gru_cell": (f4[::1],) * 6,
+                "_lstm_cell": (f4[::1],) * 6, "_lstm_cell_untaped": (f4[::1],) * 4,
+                "_gru_cell": (f4[::1],) * 6,
                 "_elman_row": (*(f4[::1],) * 4, numba.int64),
                 "_elman_row_back": (*(f4[::1],) * 3, numba.int64),
                 "blas._rows_dots": (f4[:, ::1],) * 3, "blas._rows_axpy": (f4[:, ::1],) * 3}

@@ -43,7 +43,8 @@ from numba.extending import intrinsic
 from ..functional.weights import LayerWeights
 from . import blas, numba_threaded, packed, workspace
 from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row, _elman_row_back, _gru_cell,
-                          _gru_row_back, _jit, _lstm_cell, _lstm_row_back, steps_inactive)
+                          _gru_row_back, _jit, _lstm_cell, _lstm_cell_untaped, _lstm_row_back,
+                          steps_inactive)
 
 binding.add_symbol("xrnn_sched_yield",
                    ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value)
@@ -94,13 +95,14 @@ def _wait(counters, slot, step):
 
 @_jit
 def _half_forward(code, half, lo, hi, gx, start, count, w_hh, panels, x_bias, hh_bias, h, c,
-                  a, tanh_c, gh, z, inactive, counters):
+                  a, tanh_c, gh, z, inactive, counters, tape):
     """Steps ``start`` to ``start + count`` of units ``lo:hi``: ``gx`` (chunk, B, G*n)
     their input projection, ``w_hh`` (G*n, P) and the biases (G*n,) their gate rows (the
     layer's rows ``G*lo:G*hi``: i, f, g, o of these units), ``panels`` those of ``w_hh``
     (:func:`.packed.panels_for`); the layer's ``h`` (T+1, B, P),
     ``c`` (T+1, B, H), taped ``a``, ``gh`` (T or 1, B, G*H) and ``tanh_c`` (T or 1, B,
-    H), of which this half writes its units' columns; ``z`` (B, G*n) scratch;
+    H), of which this half writes its units' columns (the LSTM's ``a`` and ``tanh_c``
+    only with ``tape``); ``z`` (B, G*n) scratch;
     ``inactive`` (T, B). Unused buffers of a cell may be any 3-d array. Returns False if
     the other half aborted."""
     other, mine = _DONE[1 - half], _DONE[half]
@@ -132,8 +134,11 @@ def _half_forward(code, half, lo, hi, gx, start, count, w_hh, panels, x_bias, hh
             if code == _LSTM:
                 for j in range(width):
                     zr[j] += xr[j] + x_bias[j]
-                _lstm_cell(zr, c[s, b, lo:hi], c[s + 1, b, lo:hi], a[k, b, cols],
-                           tanh_c[k, b, lo:hi], out)
+                if tape:
+                    _lstm_cell(zr, c[s, b, lo:hi], c[s + 1, b, lo:hi], a[k, b, cols],
+                               tanh_c[k, b, lo:hi], out)
+                else:
+                    _lstm_cell_untaped(zr, c[s, b, lo:hi], c[s + 1, b, lo:hi], out)
             elif code == _GRU:
                 hh = gh[k, b, cols]  # (the backward reads it)
                 for j in range(width):
@@ -258,7 +263,7 @@ class _SplitLayer(_Compiled):
                                      self.x_bias[0, rows], self.hh_bias[0, rows], self.h[0],
                                      self.c_or_unused, self.a[0], self.tanh_c_or_unused,
                                      self.gh_or_unused, self.z_half[t], self.steps_inactive,
-                                     counters):
+                                     counters, self.keep):
                     return
         except BaseException:
             counters[_ABORT] = 1  # the other half stops waiting for this one

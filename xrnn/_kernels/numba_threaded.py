@@ -118,18 +118,20 @@ def each_direction(task):
 
 @_jit
 def _direction_forward(code, gx, start, count, w_hh, panels, x_bias, hh_bias, h, c, a, tanh_c,
-                       gh, z, inactive):
+                       gh, z, inactive, tape):
     """Steps ``start`` to ``start + count`` of one direction (its buffers, step order):
     ``gx`` (chunk, B, G*H) their input projection; ``w_hh`` (G*H, P) and its ``panels``
     (:func:`.packed.panels_for`); ``h`` (T+1, B, P),
-    ``c`` (T+1, B, H), taped ``a``, ``tanh_c``, ``gh`` (T or 1, B, ·); ``z`` (B, G*H)
-    scratch; ``inactive`` (T, B). Unused buffers of a cell may be any 3-d array."""
+    ``c`` (T+1, B, H), taped ``a``, ``tanh_c``, ``gh`` (T or 1, B, ·; the LSTM's ``a``
+    and ``tanh_c`` written only with ``tape``); ``z`` (B, G*H) scratch; ``inactive``
+    (T, B). Unused buffers of a cell may be any 3-d array."""
     taped = a.shape[0]
     for s in range(start, start + count):
         k = s if taped > 1 else 0
         if code == _LSTM:
             packed.product(h[s], w_hh, True, panels, z)
-            _lstm_step(z, gx[s - start], x_bias, c[s], c[s + 1], a[k], tanh_c[k], h[s + 1])
+            _lstm_step(z, gx[s - start], x_bias, c[s], c[s + 1], a[k], tanh_c[k], h[s + 1],
+                       tape)
         elif code == _GRU:
             product = gh[k]
             packed.product(h[s], w_hh, True, panels, product)
@@ -247,7 +249,7 @@ class _ThreadedLayer(_Compiled):
             _direction_forward(self.code, gx, start, count, w_hh, panels,
                                self.x_bias[d], self.hh_bias[d], self.h[d], self.c_or_unused[d],
                                self.a[d], self.tanh_c_or_unused[d], self.gh_or_unused[d],
-                               self.z[d], self.steps_inactive[d])
+                               self.z[d], self.steps_inactive[d], self.keep)
 
     def backward(self, grad_output, grad_finals):
         """BPTT; returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
