@@ -184,11 +184,13 @@ def stream_ceiling(nbytes: int) -> float:
 def _gate_steps(code, train, repeats, z, zero, c, c_new, a, tanh_c, h, dh, dc, dz, dgh, direct):
     """xrnn's gate step for one step of a batch (and in training its backward),
     ``repeats`` times: ``z`` (B, G*H) the product (``zero`` the input projection and
-    biases, all zero, so that ``z`` stays as it is), the rest (B, H) or (B, G*H)."""
+    biases, all zero, so that ``z`` stays as it is but for the LSTM's o block without a
+    tape, which becomes o, in (0, 1)), the rest (B, H) or (B, G*H). The LSTM's forward
+    stores its gates and tanh(c) only in training, as the layers do."""
     bias = zero[0]
     for _ in range(repeats):
         if code == numba_layer._LSTM:
-            numba_layer._lstm_step(z, zero, bias, c, c_new, a, tanh_c, h)
+            numba_layer._lstm_step(z, zero, bias, c, c_new, a, tanh_c, h, train)
             if train:
                 numba_layer._lstm_back(dh, dc, a, tanh_c, c, dz)
         elif code == numba_layer._GRU:

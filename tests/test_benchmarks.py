@@ -288,8 +288,9 @@ def test_floors_cli_on_a_grid(tmp_path):
     """``python -m benchmarks.floors GRID``: measures both ceilings, writes MD and JSON;
     refuses a file that is not a CPU grid with torch's times."""
     floors = _floors()
-    grid = {"device": "cpu", "rows": [{"cell": "lstm", "mode": "train", "ms": {
-        "xrnn": 1.0, "torch": 2.0}, "shape": dict(T=5, B=2, I=3, H=4, L=1, D=2)}]}
+    grid = {"device": "cpu", "rows": [{"cell": "lstm", "mode": mode, "ms": {
+        "xrnn": 1.0, "torch": 2.0}, "shape": dict(T=5, B=2, I=3, H=4, L=1, D=2)}
+        for mode in ("train", "forward")]}  # (the LSTM's gates with and without a tape)
     path = tmp_path / "grid.json"
     path.write_text(json.dumps(grid))
     result = floors.main([str(path), "--output", str(tmp_path / "floors")])
@@ -297,9 +298,10 @@ def test_floors_cli_on_a_grid(tmp_path):
     assert ceiling["grid"] == 0.0  # a grid without its own peak
     assert min(ceiling["fma"], ceiling["packed"], ceiling["blas"]) > 0
     assert ceiling["best"] == max(ceiling["fma"], ceiling["packed"], ceiling["blas"])
-    assert len(result["rows"]) == 1 and result["rows"][0]["floor_ms"] > 0
-    assert result["rows"][0]["gate_ns"] > 0 and result["rows"][0]["gates_ms"] > 0
-    assert result["rows"][0]["gemm_gates_ms"] > result["rows"][0]["gemm_ms"] > 0
+    assert len(result["rows"]) == 2
+    for row in result["rows"]:
+        assert row["floor_ms"] > 0 and row["gate_ns"] > 0 and row["gates_ms"] > 0
+        assert row["gemm_gates_ms"] > row["gemm_ms"] > 0
     assert min(result["streams"].values()) > 0
     assert json.loads((tmp_path / "floors.json").read_text())["rows"] == json.loads(
         json.dumps(result["rows"]))
