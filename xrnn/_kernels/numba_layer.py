@@ -266,6 +266,14 @@ def _elman_forward(gx, start, count, w_t, mode, bias, h, inactive, activation):
 
 
 @_inlined
+def _four_blocks(v):
+    """The LSTM's gate blocks i, f, g, o of ``v``, each a view of its own
+    (:func:`_lstm_cell`)."""
+    n = v.size // 4
+    return v[:n], v[n:2 * n], v[2 * n:3 * n], v[3 * n:]
+
+
+@_inlined
 def _lstm_cell(z, c_old, c_new, gates, t_row, h_new):
     """One batch row of the LSTM: ``gates`` i, f, g, o from their pre-activations ``z``,
     the new c, its tanh ``t_row`` and the new h. The four gates and c in one loop (four
@@ -274,13 +282,11 @@ def _lstm_cell(z, c_old, c_new, gates, t_row, h_new):
     more: 4.7-4.9 ns a unit at (32, 128) against 5.4-5.9 in six loops (NOTES.md, issue
     13, twelfth pass). (Loops index blocks from 0: a loop over ``range(2 * hidden, 3 * hidden)``
     kept its negative-index check and ran 1.6x slower.)"""
-    hidden = z.size // 4
     one = z.dtype.type(1)
     two = one + one
-    z_i, z_f = z[:hidden], z[hidden:2 * hidden]
-    z_g, z_o = z[2 * hidden:3 * hidden], z[3 * hidden:]
-    i, f = gates[:hidden], gates[hidden:2 * hidden]
-    g, o = gates[2 * hidden:3 * hidden], gates[3 * hidden:]
+    z_i, z_f, z_g, z_o = _four_blocks(z)
+    i, f, g, o = _four_blocks(gates)
+    hidden = z_i.size
     for j in range(hidden):
         i_j = one / (one + exp(-z_i[j]))
         f_j = one / (one + exp(-z_f[j]))
@@ -296,23 +302,21 @@ def _lstm_cell(z, c_old, c_new, gates, t_row, h_new):
 
 @_inlined
 def _lstm_cell_untaped(z, c_old, c_new, h_new):
-    """:func:`_lstm_cell` where no backward follows (nothing taped): the gates are not
-    stored, but o, which goes back into its own block of ``z``, and tanh(c) goes
-    straight into h. (Storing the four gates and tanh(c) in step buffers that nothing
-    reads made the split layer's gates 1.3-1.4x as long, in-loop: NOTES.md, issue 13,
+    """:func:`_lstm_cell` where no backward follows (nothing taped): nothing goes to the
+    step buffers; o goes back into its own block of ``z`` for the second loop, and
+    tanh(c) straight into h. (With the gates and tanh(c) stored where nothing read them,
+    the split layer's gates took 1.1-1.4x as long in its loop: NOTES.md, issue 13,
     nineteenth pass.)"""
-    hidden = z.size // 4
     one = z.dtype.type(1)
     two = one + one
-    z_i, z_f = z[:hidden], z[hidden:2 * hidden]
-    z_g, z_o = z[2 * hidden:3 * hidden], z[3 * hidden:]
-    for j in range(hidden):
+    z_i, z_f, z_g, z_o = _four_blocks(z)
+    for j in range(z_i.size):
         i_j = one / (one + exp(-z_i[j]))
         f_j = one / (one + exp(-z_f[j]))
         g_j = two / (one + exp(-two * z_g[j])) - one  # tanh
         z_o[j] = one / (one + exp(-z_o[j]))
         c_new[j] = f_j * c_old[j] + i_j * g_j
-    for j in range(hidden):
+    for j in range(z_i.size):
         h_new[j] = z_o[j] * tanh(c_new[j])
 
 
