@@ -95,6 +95,30 @@ def test_whole_loop_batch_dot_products_match_generic_path(rng, monkeypatch, case
         num_layers=2, lengths=[2, T, 1, 4, 3, T, 2] if with_lengths else None)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_lstm_cell_without_a_tape_is_bitwise_the_taped_one(rng, dtype):
+    """The cell a forward under ``no_grad`` runs (no stores of the gates) gives the same
+    bits of c and h as the taped one, so that ``no_grad`` changes no output (compiled
+    with the kernels' flags, which allow contracting products and sums)."""
+    import numba
+
+    @numba.njit(**numba_layer._FLAGS)
+    def both(z, c_old, c_taped, h_taped, gates, t_row, c_new, h_new):
+        untaped = z.copy()
+        numba_layer._lstm_cell(z, c_old, c_taped, gates, t_row, h_taped)
+        numba_layer._lstm_cell_untaped(untaped, c_old, c_new, h_new)
+
+    hidden = 37  # (a vector loop's remainder too)
+    z = (3 * rng.standard_normal(4 * hidden)).astype(dtype)
+    c_old = rng.standard_normal(hidden).astype(dtype)
+    out = [np.empty(size, dtype) for size in (hidden, hidden, 4 * hidden, hidden, hidden,
+                                              hidden)]
+    both(z, c_old, *out)
+    c_taped, h_taped, _, _, c_new, h_new = out
+    np.testing.assert_array_equal(c_new, c_taped)
+    np.testing.assert_array_equal(h_new, h_taped)
+
+
 @pytest.mark.parametrize("batch", [1, numba_layer.BATCH_DOT_BATCH])
 def test_whole_loop_dot_products_float32(rng, batch):
     """At the default sizes: an LSTM of 128 units, batch 1 (a row at a time) and 4 (four

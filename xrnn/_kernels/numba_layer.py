@@ -43,7 +43,7 @@ from ..functional.cells import Cell
 from ..functional.weights import LayerWeights
 from . import blas, numpy_layer
 from .blas import _accumulate
-from .numba_math import exp, tanh
+from .numba_math import exp, fma, tanh
 from .workspace import scratch
 
 #: Per cell family, the largest ``B * G * H * P`` (multiply-adds of one direction's
@@ -293,7 +293,7 @@ def _lstm_cell(z, c_old, c_new, gates, t_row, h_new):
         g_j = two / (one + exp(-two * z_g[j])) - one  # tanh
         i[j], f[j], g[j] = i_j, f_j, g_j
         o[j] = one / (one + exp(-z_o[j]))
-        c_new[j] = f_j * c_old[j] + i_j * g_j
+        c_new[j] = fma(f_j, c_old[j], i_j * g_j)  # (the same rounding in both cells)
     for j in range(hidden):
         t_row[j] = tanh(c_new[j])
     for j in range(hidden):
@@ -315,7 +315,7 @@ def _lstm_cell_untaped(z, c_old, c_new, h_new):
         f_j = one / (one + exp(-z_f[j]))
         g_j = two / (one + exp(-two * z_g[j])) - one  # tanh
         z_o[j] = one / (one + exp(-z_o[j]))
-        c_new[j] = f_j * c_old[j] + i_j * g_j
+        c_new[j] = fma(f_j, c_old[j], i_j * g_j)  # (the same rounding in both cells)
     for j in range(z_i.size):
         h_new[j] = z_o[j] * tanh(c_new[j])
 

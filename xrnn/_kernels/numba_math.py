@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from numba import types
 from numba.core.errors import NumbaIRAssumptionWarning
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 _FAST = {"contract", "arcp", "nsz"}  # as the kernel's: no flag that assumes away NaN/inf
 
@@ -101,3 +101,16 @@ def _tanh_overload(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
         return lambda x: _tanh32(x)
     return lambda x: math.tanh(x)
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once (LLVM's ``fma``, which vectorises), in compiled code.
+    Under the kernels' ``contract`` flag LLVM may fuse either product of
+    ``a * b + c * d``, and two loops with the same sum gave float64 results an ulp apart;
+    written with this, the sum rounds the same wherever it is compiled."""
+    if isinstance(a, types.Float) and a == b == c:
+        def codegen(context, builder, signature, args):
+            return builder.fma(*args)
+        return a(a, b, c), codegen
+    return None
