@@ -361,3 +361,42 @@ def test_profile_cli_samples_a_row(tmp_path):
     assert sum(f["share"] for f in main_thread) == pytest.approx(1.0)
     assert any("xrnn/" in f["frame"] for f in main_thread)
     assert "## lstm train (5, 2, 3, 4, 1, 2)" in (tmp_path / "profile.md").read_text()
+
+
+def test_same_window_rows_and_round_verdicts():
+    """Rows are 'CELL MODE SHAPE' (a shape or a CPU grid index); a round is met within
+    the target, out of reach when the products and gates alone exceed it, else missed."""
+    pytest.importorskip("torch", reason="the benchmark compares against torch (xrnn[parity])")
+    pytest.importorskip("numba", reason="the floors' measurements run compiled loops (xrnn[fast])")
+    from benchmarks import same_window
+    from benchmarks.common import CPU_GRID
+
+    assert same_window.parse_row("lstm train 10,2,3,4,1,2") == ("lstm", "train",
+                                                                 (10, 2, 3, 4, 1, 2))
+    assert same_window.parse_row("gru forward 4") == ("gru", "forward", CPU_GRID[4])
+    for bad in ("lstm train", "lstn train 1", "lstm backward 1", "lstm train 1,2,3"):
+        with pytest.raises(ValueError, match="T,B,I,H,L,D"):
+            same_window.parse_row(bad)
+    assert same_window.round_verdict(7.0, 7.0, 9.0) == "met"
+    assert same_window.round_verdict(8.0, 7.0, 7.5) == "out of reach"
+    assert same_window.round_verdict(8.0, 7.0, 6.0) == "missed"
+
+
+def test_same_window_smoke(tmp_path):
+    """One tiny row, two rounds of one run: positive times, a verdict a round, the
+    Markdown and JSON written."""
+    pytest.importorskip("torch", reason="the benchmark compares against torch (xrnn[parity])")
+    pytest.importorskip("numba", reason="the floors' measurements run compiled loops (xrnn[fast])")
+    from benchmarks import same_window
+
+    stem = tmp_path / "sw"
+    result = same_window.main(["rnn train 3,2,4,5,1,2", "--rounds", "2", "--per-round", "1",
+                               "--output", str(stem)])
+    (row,) = result["rows"]
+    assert len(row["rounds"]) == 2 and sum(row["verdicts"].values()) == 2
+    assert min(row["xrnn_ms"], row["torch_ms"], row["floor_ms"]) > 0
+    assert row["target"] == 0.7
+    assert json.loads(stem.with_suffix(".json").read_text())["rows"][0]["shape"]["D"] == 2
+    assert "| rnn | train | 3, 2, 4, 5, 1, 2 |" in stem.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        same_window.main(["rnn train 3,2,4,5,1,2", "--rounds", "0"])

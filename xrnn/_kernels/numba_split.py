@@ -41,7 +41,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..functional.weights import LayerWeights
-from . import blas, numba_threaded, packed, workspace
+from . import blas, numba_threaded, numpy_layer, packed, workspace
 from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row, _elman_row_back, _gru_cell,
                           _gru_row_back, _jit, _lstm_cell, _lstm_cell_untaped, _lstm_row_back,
                           steps_inactive)
@@ -311,9 +311,9 @@ class _SplitLayer(_Compiled):
                 np.matmul(dz[:, rows].T, x.reshape(steps * batch, -1), out=grad_w_ih[rows])
                 np.matmul(dgh[:, rows].T, h_prev, out=grad_w_hh[rows])
                 if grad_b_ih is not None:
-                    np.sum(dz[:, rows], axis=0, out=grad_b_ih[rows])
+                    numpy_layer.column_sums(dz[:, rows], out=grad_b_ih[rows])
                     if grad_b_hh is not grad_b_ih:
-                        np.sum(dgh[:, rows], axis=0, out=grad_b_hh[rows])
+                        numpy_layer.column_sums(dgh[:, rows], out=grad_b_hh[rows])
                 first, last = t * steps // 2, (t + 1) * steps // 2
                 np.matmul(dz_all[0, first:last].reshape(-1, width), self.w_ih[0],
                           out=grad_x[first:last].reshape(-1, x.shape[2]))
