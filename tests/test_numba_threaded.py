@@ -405,6 +405,64 @@ def test_a_failing_direction_raises_after_both_finished():
     assert numba_threaded._on_two_threads(lambda d: d * 10) == [0, 10]
 
 
+_apart_needs = pytest.mark.skipif(
+    numba_threaded._this_core is None or len(os.sched_getaffinity(0)) < 2,
+    reason="holding threads on cores needs Linux's per-thread affinity and two usable cores")
+
+
+@_apart_needs
+def test_directions_apart_run_on_two_cores_then_get_their_cores_back():
+    """Held apart, the caller's task runs on the core it started on and the pool
+    thread's on another, whatever the scheduler would do; afterwards both threads may
+    use every core the caller could before, also when a task raised."""
+    cores = os.sched_getaffinity(0)
+    seen = {}
+
+    def task(direction):
+        seen[direction] = (numba_threaded._this_core(), os.sched_getaffinity(0),
+                           threading.get_native_id())
+        time.sleep(0.02)
+
+    for _ in range(5):
+        numba_threaded._on_two_threads(task, apart=True)
+        (core0, allowed0, _), (core1, allowed1, pool) = seen[0], seen[1]
+        assert allowed0 == {core0} and core1 != core0 and allowed1 == cores - {core0}
+        assert os.sched_getaffinity(0) == cores and os.sched_getaffinity(pool) == cores
+
+    def failing(direction):
+        if direction == 0:
+            raise ValueError("direction 0 failed")
+        seen[1] = os.sched_getaffinity(0)
+
+    with pytest.raises(ValueError, match="direction 0 failed"):
+        numba_threaded._on_two_threads(failing, apart=True)
+    assert os.sched_getaffinity(0) == cores and os.sched_getaffinity(pool) == cores
+    # not apart (the split layer's halves, which wait for each other): nothing held
+    numba_threaded._on_two_threads(task)
+    assert seen[0][1] == cores and seen[1][1] == cores
+
+
+@_apart_needs
+def test_a_caller_held_to_one_core_holds_nothing():
+    """A caller that may use one core only leaves both threads' cores as they are."""
+    cores = os.sched_getaffinity(0)
+    one = {min(cores)}
+    seen = {}
+    os.sched_setaffinity(0, one)
+    try:
+        numba_threaded._on_two_threads(
+            lambda d: seen.setdefault(d, os.sched_getaffinity(0)), apart=True)
+        assert seen[0] == one and os.sched_getaffinity(0) == one
+    finally:
+        os.sched_setaffinity(0, cores)
+
+
+def test_directions_apart_where_affinity_is_missing(monkeypatch):
+    """Without per-thread affinity (not Linux) the tasks run as before."""
+    monkeypatch.setattr(numba_threaded, "_this_core", None)
+    assert numba_threaded._on_two_threads(lambda d: d + 1, apart=True) == [1, 2]
+
+
 def _forked_forward(queue):
     """In a forked child: one threaded bidirectional forward (the parent's pool thread
     does not exist here)."""
@@ -466,7 +524,8 @@ def test_from_other_threads_directions_run_one_after_the_other(rng, threaded, mo
     calls = []
     real = numba_threaded._on_two_threads
     monkeypatch.setattr(numba_threaded, "_on_two_threads",
-                        lambda task, parallel=True: calls.append(parallel) or real(task, parallel))
+                        lambda task, parallel=True, apart=False:
+                        calls.append(parallel) or real(task, parallel, apart))
     x = rng.standard_normal((T, 3, I))
     with xrnn.backend.use_backend("numpy"):
         model = getattr(xrnn, kind)(I, H, 1, bidirectional=True, dtype="float64", seed=2)

@@ -22,11 +22,22 @@ without per-step hooks or ``proj_size``, when the process may use two cores or m
 (:func:`usable_cores`) and NumPy's BLAS is callable (:data:`.blas.AVAILABLE`); the
 LayerNorm cells' forward does the same (:mod:`.numba_layernorm`). Measured in
 benchmarks/NOTES.md (issue 13, fifth pass).
+
+While the two directions run, the calling thread is held on the core it runs on and the
+pool thread on the others (:func:`_hold_apart`), and both are let go as soon as the caller's
+direction ends. On the 2-core VM, after a quarter of a second idle, Linux woke the pool
+thread on the caller's own core in two calls of three, and the two directions shared
+that core for the whole layer (a GIL hand-off could move them together again): the RNN
+forward (100,32,64,128,2,2) took 11.0 ms instead of 7.7 (NOTES.md, issue 13,
+twenty-first pass). Not for the split layer (:mod:`.numba_split`), whose halves wait
+for each other at every step: beside a busy process, its halves held apart took 2.8
+times as long.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import threading
 from collections.abc import Iterator
@@ -50,6 +61,7 @@ def usable_cores() -> int:
 
 _POOL_NAME = "xrnn-direction"
 _pool: ThreadPoolExecutor | None = None
+_pool_thread: int = 0  # the pool thread's native id
 _pool_lock = threading.Lock()
 
 
@@ -64,20 +76,75 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _on_two_threads(task, parallel: bool = True):
+def _core_getter():
+    """The C library's ``sched_getcpu`` (the core the calling thread runs on), or None
+    where it or per-thread affinity is missing (not Linux)."""
+    try:
+        getter = ctypes.CDLL(None).sched_getcpu
+    except (OSError, AttributeError, TypeError):
+        return None
+    getter.restype, getter.argtypes = ctypes.c_int, []
+    return getter if hasattr(os, "sched_setaffinity") else None
+
+
+_this_core = _core_getter()
+
+
+def _set_cores(thread: int, cores) -> bool:
+    try:
+        os.sched_setaffinity(thread, cores)
+        return True
+    except OSError:  # the thread is gone, or the cores are no longer the process's
+        return False
+
+
+def _hold_apart(pool_thread: int) -> set[int] | None:
+    """Hold the calling thread on its core and ``pool_thread`` on the caller's other
+    cores (module docstring); returns the caller's cores, for :func:`_let_go`, or None
+    where nothing is held: the caller may use one core only, or per-thread affinity is
+    not available."""
+    if _this_core is None:
+        return None
+    cores, core = os.sched_getaffinity(0), _this_core()
+    if len(cores) < 2 or core not in cores or not _set_cores(0, {core}):
+        return None
+    if not _set_cores(pool_thread, cores - {core}):
+        _set_cores(0, cores)
+        return None
+    return cores
+
+
+def _let_go(pool_thread: int, cores: set[int]) -> None:
+    """Both threads given back ``cores``."""
+    _set_cores(0, cores)
+    _set_cores(pool_thread, cores)
+
+
+def _on_two_threads(task, parallel: bool = True, apart: bool = False):
     """``[task(0), task(1)]``, ``task(1)`` on a pool thread while the caller runs
     ``task(0)``; waits for both before returning or raising. Not ``parallel``: one after
-    the other on the calling thread."""
-    global _pool
+    the other on the calling thread. ``apart``: the two threads held on different cores
+    until ``task(0)`` ends (:func:`_hold_apart`), for tasks that never wait for each
+    other."""
+    global _pool, _pool_thread
     if not parallel:
         return [task(0), task(1)]
     with _pool_lock:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_POOL_NAME)
-    other = _pool.submit(task, 1)
+            _pool_thread = _pool.submit(threading.get_native_id).result()
+    held = _hold_apart(_pool_thread) if apart else None
+    try:
+        other = _pool.submit(task, 1)
+    except BaseException:
+        if held is not None:
+            _let_go(_pool_thread, held)
+        raise
     try:
         first = task(0)
     finally:
+        if held is not None:
+            _let_go(_pool_thread, held)
         second = other.result()
     return [first, second]
 
@@ -113,7 +180,7 @@ def each_direction(task):
     took (the main thread), else one after the other on the calling thread, where BLAS's
     own threads share the cores already."""
     with cores_for_two_threads() as single:
-        return _on_two_threads(task, parallel=single)
+        return _on_two_threads(task, parallel=single, apart=True)
 
 
 @_jit
