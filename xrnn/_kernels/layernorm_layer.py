@@ -76,11 +76,13 @@ def _normalise_backward(dv_hat, v_hat, rstd, means, out) -> None:
 
 
 def _column_sums(a, b=None):
-    """(D, T, B, n) -> (D, n): the sum over steps and batch of ``a`` (times ``b``)."""
+    """(D, T, B, n) -> (D, n): the sum over steps and batch of ``a`` (times ``b``); each
+    direction's plain sum by :func:`.numpy_layer.column_sums`, as the layers' bias
+    gradients."""
     directions, size = a.shape[0], a.shape[-1]
     a = a.reshape(directions, -1, size)
     if b is None:
-        return a.sum(axis=1)
+        return np.stack([numpy_layer.column_sums(a_d) for a_d in a])
     return np.einsum("dmk,dmk->dk", a, b.reshape(directions, -1, size))
 
 
