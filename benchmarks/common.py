@@ -85,8 +85,9 @@ def contenders(shape: Shape, cell: str, mode: str) -> dict[str, tuple[Callable[[
     """Name -> (one run, its timer). ``mode`` is "forward" (eval mode, xrnn under
     ``no_grad`` and torch under ``inference_mode``: neither keeps anything for a
     backward) or "train" (forward + backward of the sum of outputs; both sides compute
-    every gradient: input, parameters). On the GPU a third contender,
-    ``torch_nocudnn``, is torch's per-timestep path with cuDNN disabled."""
+    every gradient: input, parameters). On the GPU torch runs twice, named for what runs:
+    ``cudnn`` (torch with cuDNN) and ``torch_loop`` (torch's per-timestep path, cuDNN
+    disabled), so that each row's ``ratio`` has the keys ``cudnn`` and ``torch_loop``."""
     model, reference, x, x_torch = matched_pair(shape, cell)
     if mode == "forward":
         model.eval(), reference.eval()
@@ -116,12 +117,12 @@ def contenders(shape: Shape, cell: str, mode: str) -> dict[str, tuple[Callable[[
     if xrnn.get_backend() != "cupy":
         return {"xrnn": (run_xrnn, wall_seconds), "torch": (run_torch, wall_seconds)}
 
-    def run_torch_nocudnn() -> None:
+    def run_torch_loop() -> None:
         with torch.backends.cudnn.flags(enabled=False):
             run_torch()
 
-    return {"xrnn": (run_xrnn, cupy_event_seconds), "torch": (run_torch, torch_event_seconds),
-            "torch_nocudnn": (run_torch_nocudnn, torch_event_seconds)}
+    return {"xrnn": (run_xrnn, cupy_event_seconds), "cudnn": (run_torch, torch_event_seconds),
+            "torch_loop": (run_torch_loop, torch_event_seconds)}
 
 
 def wall_seconds(fn: Callable[[], object]) -> float:

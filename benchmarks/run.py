@@ -36,7 +36,8 @@ from benchmarks.common import (CELLS, CPU_GRID, GPU_GRID, MODES, Shape,  # noqa:
                                write_results)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LABELS = {"xrnn": "xrnn", "torch": "torch", "torch_nocudnn": "torch no-cuDNN"}
+#: Contenders' names in tables; on the GPU torch runs as ``cudnn`` and ``torch_loop``.
+LABELS = {"xrnn": "xrnn", "torch": "torch", "cudnn": "cuDNN", "torch_loop": "torch loop"}
 FIELDS = ("T", "B", "I", "H", "L", "D")
 
 
@@ -138,10 +139,10 @@ def table_row(row: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], title: str = "xrnn vs PyTorch") -> str:
     machine = "\n".join(f"| {key} | {value} |" for key, value in result["machine"].items())
     rows = "".join(table_row(row) + "\n" for row in result["rows"])
-    return (f"# xrnn vs PyTorch, {result['device']}, {result['date']}\n\n"
+    return (f"# {title}, {result['device']}, {result['date']}\n\n"
             f"`{result['command']}`\n\n| machine | |\n|---|---|\n{machine}\n"
             f"| float32 matmul peak | {result['peak_gflops']:.1f} GFLOP/s "
             f"(best of {' '.join(map(str, result['peak_sizes']))}, {result['backend']}) |\n"
@@ -149,13 +150,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"{table_header(result['contenders'])}\n{rows}")
 
 
-def output_stem(args: argparse.Namespace, device: str, date: str) -> Path:
+def output_stem(args: argparse.Namespace, device: str, date: str, kind: str = "") -> Path:
+    """``--output`` without its suffix, else ``results/<device>[-<kind>]-<date>``, with
+    ``-2``, ``-3``, ... where that is taken."""
     if args.output:
         out = args.output
-        return out.with_suffix("") if out.suffix in (".md", ".json") else out
-    stem, n = RESULTS / f"{device}-{date}", 2
+        return out.with_suffix("") if out.suffix in (".md", ".json", ".png") else out
+    name = f"{device}-{kind}-{date}" if kind else f"{device}-{date}"
+    stem, n = RESULTS / name, 2
     while Path(f"{stem}.md").exists() or Path(f"{stem}.json").exists():
-        stem, n = RESULTS / f"{device}-{date}-{n}", n + 1
+        stem, n = RESULTS / f"{name}-{n}", n + 1
     return stem
 
 
@@ -185,9 +189,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "timing": (", ".join(f"{m} {'x'.join(map(str, repeats(args, m)))}" for m in args.mode)
                        + f" (rounds x runs per round; median of each round's median) after "
                        f"{args.warmup} warm-up runs each, contenders alternating; "
-                       + ("CUDA events; torch with cuDNN, and torch no-cuDNN with it disabled"
-                          if device == "gpu" else "wall clock")),
-            "contenders": ["xrnn", "torch"] + (["torch_nocudnn"] if device == "gpu" else []),
+                       + ("CUDA events; torch with cuDNN (cuDNN), and with it disabled "
+                          "(torch loop)" if device == "gpu" else "wall clock")),
+            "contenders": ["xrnn"] + (["cudnn", "torch_loop"] if device == "gpu" else ["torch"]),
             "rows": [],
         }
         print(markdown(result), end="", flush=True)

@@ -400,3 +400,95 @@ def test_same_window_smoke(tmp_path):
     assert "| rnn | train | 3, 2, 4, 5, 1, 2 |" in stem.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         same_window.main(["rnn train 3,2,4,5,1,2", "--rounds", "0"])
+
+
+def _sweep_argv(stem, *extra):
+    return ["--backend", "numpy", "--cell", "gru", "--mode", "train", "--batch", "1", "3",
+            "--hidden", "4", "6", "--steps", "3", "--rounds", "2", "--per-round", "1",
+            "--warmup", "1", "--peak-sizes", "64", "--output", str(stem), *extra]
+
+
+def test_sweep_times_each_batch_and_hidden_size_and_plots_them(tmp_path):
+    """``python -m benchmarks.sweep``: one row per (B, H) with I = H, batch by batch; the
+    JSON holds what ``main`` returns, the Markdown a row each and the plot, the PNG is
+    one."""
+    pytest.importorskip("torch", reason="the sweep compares against torch (xrnn[parity])")
+    pytest.importorskip("matplotlib", reason="the sweep's plot needs matplotlib (xrnn[plot])")
+    from benchmarks import sweep
+
+    stem = tmp_path / "sweep"
+    result = sweep.main(_sweep_argv(stem))
+    assert [(r["shape"]["B"], r["shape"]["I"], r["shape"]["H"]) for r in result["rows"]] == [
+        (1, 4, 4), (1, 6, 6), (3, 4, 4), (3, 6, 6)]
+    assert result["contenders"] == ["xrnn", "torch"] and (result["cell"], result["mode"]) == (
+        "gru", "train")
+    for row in result["rows"]:
+        assert (row["cell"], row["mode"]) == ("gru", "train")
+        assert dict(row["shape"], B=0, I=0, H=0) == dict(T=3, B=0, I=0, H=0, L=1, D=1)
+        assert min(row["ms"].values()) > 0 and len(row["ratio_by_round"]["torch"]) == 2
+    assert json.loads(stem.with_suffix(".json").read_text()) == result
+    text = stem.with_suffix(".md").read_text()
+    assert text.startswith("# GRU train against hidden size, cpu, ")
+    assert sum(line.startswith("| gru | train |") for line in text.splitlines()) == 4
+    assert "![GRU train against hidden size](sweep.png)" in text
+    assert stem.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_without_matplotlib(monkeypatch, tmp_path, capsys):
+    """Without matplotlib the sweep refuses before measuring, naming what to install;
+    with --no-plot it runs and writes no PNG."""
+    pytest.importorskip("torch", reason="the sweep compares against torch (xrnn[parity])")
+    from benchmarks import sweep
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    monkeypatch.setattr(sweep, "measure", lambda *args: pytest.fail("measured before refusing"))
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(_sweep_argv(tmp_path / "refused"))
+    assert exit_info.value.code == 2
+    assert "the plot needs matplotlib, which is not installed" in capsys.readouterr().err
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    stem = tmp_path / "table"
+    result = sweep.main(_sweep_argv(stem, "--no-plot", "--hidden", "5"))
+    assert [r["shape"]["H"] for r in result["rows"]] == [5, 5]
+    assert stem.with_suffix(".md").exists() and not stem.with_suffix(".png").exists()
+    assert "![" not in stem.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "0"], "--batch must be positive"),
+    (["--hidden", "8", "-1"], "--hidden must be positive"),
+    (["--steps", "0"], "--steps must be positive"),
+    (["--rounds", "0"], "--rounds must be positive"),
+    (["--directions", "3"], "invalid choice: 3"),
+])
+def test_sweep_rejects_bad_options(capsys, argv, message):
+    pytest.importorskip("torch", reason="the sweep compares against torch (xrnn[parity])")
+    from benchmarks import sweep
+
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.parse_args(["--backend", "numpy", "--no-plot", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_gpu_contenders_are_named_for_the_issue_ratio_keys(monkeypatch):
+    """On the GPU torch runs as ``cudnn`` and as ``torch_loop`` (cuDNN disabled), so each
+    row's ``ratio`` has those keys; the tables label them. (The runs themselves need a
+    GPU: only the names are checked here.)"""
+    pytest.importorskip("torch", reason="the benchmark compares against torch (xrnn[parity])")
+    from benchmarks import common, run
+
+    class Stand:
+        def eval(self):
+            return self
+
+    monkeypatch.setattr(common, "matched_pair", lambda shape, cell: (Stand(), Stand(), None, None))
+    monkeypatch.setattr(common.xrnn, "get_backend", lambda: "cupy")
+    runs = common.contenders((3, 2, 4, 5, 1, 1), "lstm", "forward")
+    assert list(runs) == ["xrnn", "cudnn", "torch_loop"]
+    assert runs["cudnn"][1] is common.torch_event_seconds
+    assert runs["xrnn"][1] is common.cupy_event_seconds
+    assert "| xrnn/cuDNN | xrnn/torch loop |" in run.table_header(list(runs))
+    monkeypatch.setattr(common.xrnn, "get_backend", lambda: "numpy")
+    assert list(common.contenders((3, 2, 4, 5, 1, 1), "lstm", "forward")) == ["xrnn", "torch"]
