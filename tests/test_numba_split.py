@@ -226,7 +226,7 @@ def test_wait_returns_when_the_step_is_done_or_on_abort():
     assert not numba_split._wait(counters, slot, 6)
 
 
-@pytest.mark.parametrize("loop", ["_half_forward", "_half_backward"])
+@pytest.mark.parametrize("loop", ["_half_task_forward", "_half_task_backward"])
 @pytest.mark.parametrize("failing_half", [0, 1])
 def test_a_failing_half_stops_the_other_and_raises(rng, split, monkeypatch, loop,
                                                    failing_half):

@@ -550,3 +550,39 @@ def test_from_other_threads_directions_run_one_after_the_other(rng, threaded, mo
     for results in (main, other[0]):
         for got, want in zip(results, generic):
             assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@_apart_needs
+def test_held_until_started_lets_both_go_when_the_pool_task_starts():
+    """With ``until_started`` the pool thread's task starts on a core other than the
+    caller's (it was held there: a preemption in the microseconds between its release
+    and the task's first line could move it, hence 4 of 5) and with every core allowed
+    again, the caller's too; also when the caller's task raises."""
+    cores = os.sched_getaffinity(0)
+    apart = 0
+    for _ in range(5):
+        started, seen = threading.Event(), {}
+
+        def task(half):
+            if half == 1:
+                seen[1] = (numba_threaded._this_core(), os.sched_getaffinity(0))
+                started.set()
+                return
+            seen[0] = numba_threaded._this_core()
+            assert started.wait(10)
+            seen["caller after"] = os.sched_getaffinity(0)
+
+        numba_threaded._on_two_threads(task, apart=True, until_started=True)
+        apart += seen[1][0] != seen[0]
+        assert seen[1][1] == cores
+        assert seen["caller after"] == cores and os.sched_getaffinity(0) == cores
+    assert apart >= 4
+
+    def failing(half):
+        if half == 0:
+            raise ValueError("half 0 failed")
+
+    with pytest.raises(ValueError, match="half 0 failed"):
+        numba_threaded._on_two_threads(failing, apart=True, until_started=True)
+    assert os.sched_getaffinity(0) == cores
+    assert os.sched_getaffinity(numba_threaded._pool_thread) == cores

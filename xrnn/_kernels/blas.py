@@ -266,3 +266,26 @@ def matmul(a, b, transpose_b, out):
     else:
         _dgemm(_ROW_MAJOR, _NO_TRANS, trans, rows, columns, inner, np.float64(1), a.ctypes,
                lda, b.ctypes, ldb, np.float64(0), out.ctypes, ldo)
+
+
+@numba.njit(cache=True, nogil=True)
+def matmul_t(a, b, out):
+    """``out = a.T @ b`` by gemm: ``a`` (K, M), ``b`` (K, N), ``out`` (M, N), float32 or
+    float64, one dtype; each one's rows contiguous at any distance from each other (the
+    weight gradients of a half's gate columns, ``dz[:, rows].T @ x``)."""
+    inner, rows = a.shape
+    columns = out.shape[1]
+    if b.shape[0] != inner or out.shape[0] != rows or b.shape[1] != columns:
+        raise ValueError("blas.matmul_t: the shapes of a, b and out do not match")
+    if (rows > 1 and a.strides[1] != a.itemsize) or (
+            columns > 1 and (b.strides[1] != b.itemsize or out.strides[1] != out.itemsize)):
+        raise ValueError("blas.matmul_t: the rows of a, b and out must be contiguous")
+    lda = a.strides[0] // a.itemsize if inner > 1 else rows
+    ldb = b.strides[0] // b.itemsize if inner > 1 else columns
+    ldo = out.strides[0] // out.itemsize if rows > 1 else columns
+    if out.itemsize == 4:
+        _sgemm(_ROW_MAJOR, _TRANS, _NO_TRANS, rows, columns, inner, np.float32(1), a.ctypes,
+               lda, b.ctypes, ldb, np.float32(0), out.ctypes, ldo)
+    else:
+        _dgemm(_ROW_MAJOR, _TRANS, _NO_TRANS, rows, columns, inner, np.float64(1), a.ctypes,
+               lda, b.ctypes, ldb, np.float64(0), out.ctypes, ldo)

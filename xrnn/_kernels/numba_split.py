@@ -24,9 +24,22 @@ half of ``W_hh``), and the gates, which ran on one core after the product, run o
 The layer's gate rows are in half-major order (:class:`_SplitLayer`), so each half's
 rows of the weights, of the taped activations and of the gate gradients are one block.
 
+Each half's forward, and its backward with its share of the gradients' products, is one
+compiled call that takes no GIL (:func:`_half_task_forward`, :func:`_half_task_backward`,
+the products by NumPy's BLAS from compiled code, :mod:`.blas`), and the two threads start
+held on different cores, let go as soon as the pool thread's half starts
+(:func:`.numba_threaded._on_two_threads` with ``until_started``). On the 2-core VM, after a
+quarter of a second idle, Linux woke the pool thread on the caller's core in most calls,
+and two halves that wait for each other at every step then took about twice as long
+per step; a thread waiting for the GIL could be woken beside the other the same way.
+Held only while they start, neither sleeps afterwards, so both stay where they are, and
+beside a busy process the scheduler may still move them. LSTM forward
+(100,16,128,128,1,1) 0.52x the time of the halves not held; beside a busy process 1.3x
+(held for the whole layer: 2.8x) (NOTES.md, issue 13, twenty-second pass).
+
 Used for one-direction layers above the whole-loop limits, from the main thread with
 BLAS on one thread (as for :mod:`.numba_threaded`); measured in benchmarks/NOTES.md
-(issue 13, sixth and seventh passes).
+(issue 13, sixth, seventh and twenty-second passes).
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..functional.weights import LayerWeights
-from . import blas, numba_threaded, numpy_layer, packed, workspace
+from . import blas, numba_threaded, packed, workspace
 from .numba_layer import (_GRU, _LSTM, _Compiled, _elman_row, _elman_row_back, _gru_cell,
                           _gru_row_back, _jit, _lstm_cell, _lstm_cell_untaped, _lstm_row_back,
                           steps_inactive)
@@ -201,6 +214,65 @@ def _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, panels, h, c,
     return True
 
 
+@_jit
+def _half_task_forward(code, half, lo, hi, x, w_ih, gx, w_hh, panels, x_bias, hh_bias, h, c,
+                       a, tanh_c, gh, z, inactive, counters, tape):
+    """A half's whole forward in one compiled call, which takes no GIL (so that neither
+    thread sleeps and wakes on the other's core: :class:`_SplitLayer`): its ``panels``
+    packed from ``w_hh`` (``W_hh``'s rows of its units, C-contiguous; none when empty),
+    then a chunk of steps at a time (``gx`` (chunk, B, G*n)) the input projection of
+    ``x`` (T, B, I) by ``w_ih`` (G*n, I), and :func:`_half_forward` over the chunk.
+    Returns False if the other half aborted."""
+    if panels.shape[0] > 0:
+        packed.pack_transposed(w_hh, panels)
+    steps, batch, inputs = x.shape
+    chunk, width = gx.shape[0], gx.shape[2]
+    for start in range(0, steps, chunk):
+        count = min(chunk, steps - start)
+        blas.matmul(x[start:start + count].reshape((count * batch, inputs)), w_ih, True,
+                    gx[:count].reshape((count * batch, width)))
+        if not _half_forward(code, half, lo, hi, gx, start, count, w_hh, panels, x_bias,
+                             hh_bias, h, c, a, tanh_c, gh, z, inactive, counters, tape):
+            return False
+    return True
+
+
+@_jit
+def _half_task_backward(code, half, lo, hi, grad_steps, dh, dc, w_hh, w_cols, panels, h, c,
+                        a, tanh_c, gh, dz_all, dgh_all, back, inactive, counters, x, h_prev,
+                        w_ih, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, ones, grad_x):
+    """A half's whole backward in one compiled call, which takes no GIL: its units'
+    columns of ``w_hh`` copied into ``w_cols`` and packed into ``panels`` (none when
+    empty), :func:`_half_backward`, then from the gate gradients ``dz_all`` and
+    ``dgh_all`` (T, B, G*H), now complete: its gate rows of ``grad_w_ih`` (``x`` (T*B, I))
+    and ``grad_w_hh`` (``h_prev`` (T*B, P)), of the bias gradients (column sums, by
+    ``ones`` (T*B, 1); ``grad_b_hh`` may be ``grad_b_ih``, and both empty without
+    biases), and the input's gradient ``grad_x`` for its share of the steps (as 2-d rows:
+    ``w_ih`` (G*H, I)). Returns False if the other half aborted."""
+    w_cols[...] = w_hh[:, lo:hi]
+    if panels.shape[0] > 0:
+        packed.pack(w_cols, panels)
+    if not _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, panels, h, c, a,
+                          tanh_c, gh, dz_all, dgh_all, back, inactive, counters):
+        return False
+    steps, batch, width = dz_all.shape
+    share = width // dh.shape[1] * (hi - lo)
+    first = share // (hi - lo) * lo
+    dz = dz_all.reshape((steps * batch, width))[:, first:first + share]
+    dgh = dgh_all.reshape((steps * batch, width))[:, first:first + share]
+    blas.matmul_t(dz, x, grad_w_ih[first:first + share])
+    blas.matmul_t(dgh, h_prev, grad_w_hh[first:first + share])
+    if grad_b_ih.shape[0] > 0:
+        blas.matmul_t(dz, ones, grad_b_ih[first:first + share])
+        if grad_b_hh.ctypes.data != grad_b_ih.ctypes.data:
+            blas.matmul_t(dgh, ones, grad_b_hh[first:first + share])
+    begin, end = half * steps // 2, (half + 1) * steps // 2
+    if end > begin:
+        blas.matmul(dz_all[begin:end].reshape(((end - begin) * batch, width)), w_ih, False,
+                    grad_x[begin * batch:end * batch])
+    return True
+
+
 def _take_rows(a, order):
     """``a[order]`` in an aligned array (:func:`.workspace.empty`)."""
     return np.take(a, order, axis=0, out=workspace.empty((order.size, *a.shape[1:]), a.dtype))
@@ -243,44 +315,40 @@ class _SplitLayer(_Compiled):
 
     def forward(self):
         counters = np.zeros(_ABORT + 1, dtype=np.int64)
-        with numba_threaded.cores_for_two_threads():  # (on the main thread: splits)
-            numba_threaded._on_two_threads(lambda t: self._forward_half(t, counters))
-
-    def _forward_half(self, t: int, counters) -> None:
-        try:
-            lo, hi = self.halves[t]
+        x = np.ascontiguousarray(self.x_steps[0])
+        tasks = []
+        for t, (lo, hi) in enumerate(self.halves):
             rows = slice(self.gates * lo, self.gates * hi)
-            gx, x, w_ih = self.gx_half[t], self.x_steps[0], self.w_ih[0][rows]
             w_hh = self.w_hh_stack[0, rows]
-            panels = packed.panels_for(w_hh, True, self.batch, "w_hh_panels")
-            chunk = gx.shape[0]
-            for start in range(0, self.steps, chunk):
-                count = min(chunk, self.steps - start)
-                flat = count * self.batch
-                np.matmul(x[start:start + count].reshape(flat, -1), w_ih.T,
-                          out=gx[:count].reshape(flat, -1))
-                if not _half_forward(self.code, t, lo, hi, gx, start, count, w_hh, panels,
-                                     self.x_bias[0, rows], self.hh_bias[0, rows], self.h[0],
-                                     self.c_or_unused, self.a[0], self.tanh_c_or_unused,
-                                     self.gh_or_unused, self.z_half[t], self.steps_inactive,
-                                     counters, self.keep):
-                    return
-        except BaseException:
-            counters[_ABORT] = 1  # the other half stops waiting for this one
-            raise
+            tasks.append((self.code, t, lo, hi, x, self.w_ih[0][rows], self.gx_half[t], w_hh,
+                          packed.panels_buffer(w_hh, True, self.batch, f"w_hh_panels{t}"),
+                          self.x_bias[0, rows], self.hh_bias[0, rows], self.h[0],
+                          self.c_or_unused, self.a[0], self.tanh_c_or_unused, self.gh_or_unused,
+                          self.z_half[t], self.steps_inactive, counters, self.keep))
+
+        def half(t: int) -> None:
+            try:
+                _half_task_forward(*tasks[t])
+            except BaseException:
+                counters[_ABORT] = 1  # the other half stops waiting for this one
+                raise
+
+        with numba_threaded.cores_for_two_threads():  # (on the main thread: splits)
+            numba_threaded._on_two_threads(half, apart=True, until_started=True)
 
     def backward(self, grad_output, grad_finals):
         """BPTT (:func:`_half_backward`), then the gradients batched over time, all on the
-        halves' threads with BLAS on one thread: each half its gate rows of the weights'
-        gradients, and the input's gradient for half the steps. (On BLAS's two threads,
-        the weight gradients left OpenBLAS's second thread spinning for about 100 ms
-        after them, which slowed the next forward's halves: NOTES.md, issue 13, seventh
-        pass.) Returns ``(grad_x, grad_states, grad_weights)`` like the generic driver."""
+        halves' threads with BLAS on one thread (:func:`_half_task_backward`): each half
+        its gate rows of the weights' gradients, and the input's gradient for half the
+        steps. (On BLAS's two threads, the weight gradients left OpenBLAS's second thread
+        spinning for about 100 ms after them, which slowed the next forward's halves:
+        NOTES.md, issue 13, seventh pass.) Returns ``(grad_x, grad_states,
+        grad_weights)`` like the generic driver."""
         grad_steps, dh, dc = self._backward_start(grad_output, grad_finals)
         steps, batch, width, dtype = self.steps, self.batch, self.gx.shape[-1], self.dtype
         dz_all = self._buffer((1, steps, batch, width))
         dgh_all = self._buffer(dz_all.shape) if self.kind == "gru" else dz_all
-        x = self.x_steps[0]
+        x = np.ascontiguousarray(self.x_steps[0])
         grad_x = self._grad_input_array(0, x.shape)
         grad_w_ih = np.empty(self.w_ih[0].shape, dtype)
         grad_w_hh = np.empty(self.w_hh_stack[0].shape, dtype)
@@ -288,41 +356,33 @@ class _SplitLayer(_Compiled):
         if self.has_bias:
             grad_b_ih = np.empty(width, dtype)
             grad_b_hh = np.empty(width, dtype) if dgh_all is not dz_all else grad_b_ih
+        none = np.empty(0, dtype)
+        bias_ih, bias_hh = (none, none) if grad_b_ih is None else (grad_b_ih, grad_b_hh)
+        ones = np.ones((steps * batch, 1), dtype)
+        h_prev = np.ascontiguousarray(self._product_input(0)).reshape(steps * batch, self.P)
         counters = np.zeros(_ABORT + 1, dtype=np.int64)
+        tasks = []
+        for t, (lo, hi) in enumerate(self.halves):
+            w_cols = workspace.scratch(f"w_cols{t}", (self.w_hh_stack.shape[1], hi - lo), dtype)
+            tasks.append((self.code, t, lo, hi, grad_steps[0], dh[0],
+                          dh[0] if dc is None else dc[0], self.w_hh_stack[0], w_cols,
+                          packed.panels_buffer(w_cols, False, batch, f"w_hh_panels{t}"),
+                          self.h[0], self.c_or_unused, self.a[0], self.tanh_c_or_unused,
+                          self.gh_or_unused, dz_all[0], dgh_all[0],
+                          np.empty((batch, hi - lo), dtype=dtype), self.steps_inactive,
+                          counters, x.reshape(steps * batch, -1), h_prev, self.w_ih[0],
+                          grad_w_ih, grad_w_hh, bias_ih[:, None], bias_hh[:, None], ones,
+                          grad_x.reshape(steps * batch, -1)))
 
         def half(t: int) -> None:
             try:
-                lo, hi = self.halves[t]
-                w_cols = workspace.empty((self.w_hh_stack.shape[1], hi - lo), dtype)
-                w_cols[...] = self.w_hh_stack[0][:, lo:hi]
-                back = np.empty((batch, hi - lo), dtype=dtype)
-                panels = packed.panels_for(w_cols, False, batch, "w_hh_panels")
-                if not _half_backward(self.code, t, lo, hi, grad_steps[0], dh[0],
-                                      dh[0] if dc is None else dc[0], w_cols, panels, self.h[0],
-                                      self.c_or_unused, self.a[0], self.tanh_c_or_unused,
-                                      self.gh_or_unused, dz_all[0], dgh_all[0], back,
-                                      self.steps_inactive, counters):
-                    return
-                # both halves' gate gradients are complete (the loop's last wait)
-                rows = slice(self.gates * lo, self.gates * hi)
-                dz = dz_all[0].reshape(steps * batch, width)
-                dgh = dgh_all[0].reshape(steps * batch, width)
-                h_prev = self._product_input(0).reshape(steps * batch, self.P)
-                np.matmul(dz[:, rows].T, x.reshape(steps * batch, -1), out=grad_w_ih[rows])
-                np.matmul(dgh[:, rows].T, h_prev, out=grad_w_hh[rows])
-                if grad_b_ih is not None:
-                    numpy_layer.column_sums(dz[:, rows], out=grad_b_ih[rows])
-                    if grad_b_hh is not grad_b_ih:
-                        numpy_layer.column_sums(dgh[:, rows], out=grad_b_hh[rows])
-                first, last = t * steps // 2, (t + 1) * steps // 2
-                np.matmul(dz_all[0, first:last].reshape(-1, width), self.w_ih[0],
-                          out=grad_x[first:last].reshape(-1, x.shape[2]))
+                _half_task_backward(*tasks[t])
             except BaseException:
                 counters[_ABORT] = 1
                 raise
 
         with numba_threaded.cores_for_two_threads():
-            numba_threaded._on_two_threads(half)
+            numba_threaded._on_two_threads(half, apart=True, until_started=True)
         rows = self._rows_back
         weights = LayerWeights(rows(grad_w_ih), rows(grad_w_hh), rows(grad_b_ih),
                                None if grad_b_hh is None else rows(grad_b_hh))
@@ -330,12 +390,13 @@ class _SplitLayer(_Compiled):
 
 
 #: The fewest multiply-adds of a layer call's products (``T * B * G*H * (I + P)``) for
-#: which its units split between two threads: below it the fused steps were mostly as
-#: fast or faster (forward and training, all three cells: from 39 M to 157 M
-#: multiply-adds the split took 0.74-1.57x the fused steps' time, over 1 in 11 of 17
-#: cases; from 315 M on 0.63-0.97x but two, 1.03 and 1.08x; NOTES.md, issue 13, seventh
-#: pass).
-MIN_WORK = 1 << 28
+#: which its units split between two threads. Since the halves start on two cores
+#: (:class:`_SplitLayer`), the split took 0.64-1.01x the fused steps' time at 26-210 M
+#: (all three cells, forward and training; NOTES.md, issue 13, twenty-second pass);
+#: before, with the halves often sharing a core after a pause, a least size of 2^28 had
+#: kept it from 39-157 M (seventh pass). Below 2^24 a call's hand-off and set-up (about
+#: 0.1-0.3 ms) would be most of it.
+MIN_WORK = 1 << 24
 
 
 def splits(x, weights, cell, hooks) -> bool:

@@ -29,9 +29,9 @@ direction ends. On the 2-core VM, after a quarter of a second idle, Linux woke t
 thread on the caller's own core in two calls of three, and the two directions shared
 that core for the whole layer (a GIL hand-off could move them together again): the RNN
 forward (100,32,64,128,2,2) took 11.0 ms instead of 7.7 (NOTES.md, issue 13,
-twenty-first pass). Not for the split layer (:mod:`.numba_split`), whose halves wait
-for each other at every step: beside a busy process, its halves held apart took 2.8
-times as long.
+twenty-first pass). The split layer (:mod:`.numba_split`), whose halves wait for each
+other at every step, holds its threads apart only until its pool thread starts: held
+for the whole layer, beside a busy process its halves took 2.8 times as long.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _set_cores(thread: int, cores) -> bool:
 
 def _hold_apart(pool_thread: int) -> set[int] | None:
     """Hold the calling thread on its core and ``pool_thread`` on the caller's other
-    cores (module docstring); returns the caller's cores, for :func:`_let_go`, or None
+    cores (module docstring); returns the caller's cores, to give both back, or None
     where nothing is held: the caller may use one core only, or per-thread affinity is
     not available."""
     if _this_core is None:
@@ -114,18 +114,16 @@ def _hold_apart(pool_thread: int) -> set[int] | None:
     return cores
 
 
-def _let_go(pool_thread: int, cores: set[int]) -> None:
-    """Both threads given back ``cores``."""
-    _set_cores(0, cores)
-    _set_cores(pool_thread, cores)
-
-
-def _on_two_threads(task, parallel: bool = True, apart: bool = False):
+def _on_two_threads(task, parallel: bool = True, apart: bool = False,
+                    until_started: bool = False):
     """``[task(0), task(1)]``, ``task(1)`` on a pool thread while the caller runs
     ``task(0)``; waits for both before returning or raising. Not ``parallel``: one after
     the other on the calling thread. ``apart``: the two threads held on different cores
-    until ``task(0)`` ends (:func:`_hold_apart`), for tasks that never wait for each
-    other."""
+    (:func:`_hold_apart`) until ``task(0)`` ends, or with ``until_started`` only until
+    ``task(1)`` starts, on the pool thread: for tasks that take no GIL once started, so
+    that neither thread sleeps and wakes again beside the other (the split layer's
+    halves, :mod:`.numba_split`, which wait for each other at every step: held for the
+    whole layer, beside a busy process they took 2.8 times as long)."""
     global _pool, _pool_thread
     if not parallel:
         return [task(0), task(1)]
@@ -133,20 +131,32 @@ def _on_two_threads(task, parallel: bool = True, apart: bool = False):
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_POOL_NAME)
             _pool_thread = _pool.submit(threading.get_native_id).result()
-    held = _hold_apart(_pool_thread) if apart else None
+    threads = (threading.get_native_id(), _pool_thread)
+    held = [_hold_apart(_pool_thread) if apart else None]
+    lock = threading.Lock()
+
+    def let_go() -> None:  # both threads their cores back, once, by whichever comes first
+        with lock:
+            cores, held[0] = held[0], None
+        if cores is not None:
+            for thread in threads:
+                _set_cores(thread, cores)
+
+    def second(t):
+        let_go()
+        return task(t)
+
     try:
-        other = _pool.submit(task, 1)
+        other = _pool.submit(second if until_started else task, 1)
     except BaseException:
-        if held is not None:
-            _let_go(_pool_thread, held)
+        let_go()
         raise
     try:
         first = task(0)
     finally:
-        if held is not None:
-            _let_go(_pool_thread, held)
-        second = other.result()
-    return [first, second]
+        let_go()
+        result = other.result()
+    return [first, result]
 
 
 @contextlib.contextmanager

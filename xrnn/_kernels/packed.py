@@ -474,16 +474,25 @@ _NONE = {np.dtype(np.float32): np.empty((0, 1, 1), np.float32),
          np.dtype(np.float64): np.empty((0, 1, 1), np.float64)}
 
 
+def panels_buffer(w, transpose_b: bool, rows: int, name: str):
+    """This thread's scratch ``name``, shaped for the panels of :func:`panels_for` but
+    not yet packed (compiled code packs them: :func:`pack_transposed` or :func:`pack`);
+    or the same empty array."""
+    dtype = np.dtype(w.dtype)
+    columns, inner = w.shape if transpose_b else w.shape[::-1]
+    if dtype not in _NONE or not on_panels(rows, inner, dtype.itemsize, transpose_b):
+        return _NONE.get(dtype, _NONE[np.dtype(np.float64)])
+    return scratch(name, panels_shape(columns, inner, dtype, rows), dtype)
+
+
 def panels_for(w, transpose_b: bool, rows: int, name: str):
     """The panels of a layer's right operand for :func:`product` with ``rows`` rows:
     ``w.T`` (``w`` (N, K)) with ``transpose_b``, else ``w`` (K, N), packed into this
     thread's scratch ``name``; or an empty array (the products then go to BLAS) outside
     :func:`on_panels`' rows or for a dtype without kernels."""
-    dtype = np.dtype(w.dtype)
-    columns, inner = w.shape if transpose_b else w.shape[::-1]
-    if dtype not in _NONE or not on_panels(rows, inner, dtype.itemsize, transpose_b):
-        return _NONE.get(dtype, _NONE[np.dtype(np.float64)])
-    out = scratch(name, panels_shape(columns, inner, dtype, rows), dtype)
+    out = panels_buffer(w, transpose_b, rows, name)
+    if out.shape[0] == 0:
+        return out
     if transpose_b and w.flags.c_contiguous:
         pack_transposed(w, out)
     else:
