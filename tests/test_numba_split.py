@@ -160,8 +160,9 @@ def test_which_layers_split(monkeypatch):
     """One direction above the whole-loop limit, with or without a tape, with at least
     MIN_WORK multiply-adds: split, on two cores; per-step options, a projection, one
     unit, less work, or on one core: fused steps; bidirectional: a direction per
-    thread; at the limit the whole loop."""
+    thread; at the limit the whole loop (BEFORE_WHOLE_LOOP aside: the test above)."""
     monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
+    monkeypatch.setattr(numba_split, "BEFORE_WHOLE_LOOP", {})
     hidden = 16
     batch = numba_layer.MAX_STEP_WORK["lstm"] // (4 * hidden * hidden)
     x = np.ones((3, batch + 1, 2), dtype=np.float32)
@@ -215,6 +216,23 @@ def test_from_other_threads_layers_take_fused_steps(rng, split):
     for results in (main, other[0]):
         for got, want in zip(results, generic, strict=True):
             assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_an_lstm_of_several_rows_splits_before_the_whole_loop(monkeypatch):
+    """A one-direction LSTM that fits the whole loop splits instead from
+    BEFORE_WHOLE_LOOP (4) batch rows on, where it splits at all (here the least work
+    lowered to 1); the GRU, the RNN, fewer rows, or less work: the whole loop."""
+    monkeypatch.setattr(numba_threaded, "usable_cores", lambda: 2)
+    monkeypatch.setattr(numba_split, "MIN_WORK", 1)
+    with xrnn.backend.use_backend("numpy"):
+        model = xrnn.LSTM(2, 8, seed=0)
+        assert _counts(model, np.ones((3, 4, 2), np.float32)) == (0, 0, 0, 1)
+        assert _counts(model, np.ones((3, 3, 2), np.float32)) == (1, 0, 0, 0)
+        for kind in ("GRU", "RNN"):
+            model = getattr(xrnn, kind)(2, 8, seed=0)
+            assert _counts(model, np.ones((3, 64, 2), np.float32)) == (1, 0, 0, 0)
+        monkeypatch.setattr(numba_split, "MIN_WORK", 1 << 40)
+        assert _counts(xrnn.LSTM(2, 8, seed=0), np.ones((3, 64, 2), np.float32)) == (1, 0, 0, 0)
 
 
 def test_wait_returns_when_the_step_is_done_or_on_abort():

@@ -831,13 +831,16 @@ split_layers_run = 0
 def run_layer(x, states: tuple[Any, ...], weights: Sequence[LayerWeights], cell: Cell, *,
               keep: bool, active=None, hooks=None, position: tuple[int, int] = (0, 1)):
     """One layer: its whole loop compiled where it :func:`fits` and has no per-step
-    ``hooks``; a bidirectional layer above that with a direction per thread where
+    ``hooks`` (but a one-direction LSTM of several batch rows splits where
+    :func:`.numba_split.before_whole_loop` says so); a bidirectional layer above that
+    with a direction per thread where
     :func:`.numba_threaded.threads` says so, a one-direction layer with its units split
     between two threads where :func:`.numba_split.splits` says so; else
     the NumPy kernel's loop with fused compiled steps. The interface of
     :func:`xrnn._kernels.numpy_layer.run_layer`: ``(output, finals, backward or None)``."""
     global layers_run, fused_layers_run, threaded_layers_run, split_layers_run
-    if hooks is None and fits(x, weights, cell):
+    if hooks is None and fits(x, weights, cell) and not numba_split.before_whole_loop(
+            x, weights, cell, hooks):
         layers_run += 1
         layer = _CompiledLayer(x, states, weights, cell, keep, active, position)
     elif numba_threaded.threads(weights, hooks):  # (above the limits: not fits)

@@ -399,6 +399,22 @@ class _SplitLayer(_Compiled):
 MIN_WORK = 1 << 24
 
 
+#: From this many batch rows on, a one-direction layer of these cells that the whole
+#: loop would run (:func:`.numba_layer.fits`) splits instead, where :func:`splits`
+#: allows. At (100, B, H, H, 1, 1) the LSTM's split took 0.47-0.51x the whole loop's
+#: time forward at B = 8-16 and H = 64 (training 0.75x), 0.70x forward and 0.75x
+#: training at B = 4 and H = 128, 0.91x and 0.98x at B = 4 and H = 64; the GRU's
+#: 1.33x forward and 0.82x training at B = 16, the RNN's 1.3-2.5x forward: both keep the
+#: whole loop (NOTES.md, issue 13, twenty-second pass).
+BEFORE_WHOLE_LOOP = {"lstm": 4}
+
+
+def before_whole_loop(x, weights, cell, hooks) -> bool:
+    """Whether a layer that fits the whole loop splits instead (:data:`BEFORE_WHOLE_LOOP`)."""
+    least = BEFORE_WHOLE_LOOP.get(cell.name)
+    return least is not None and x.shape[1] >= least and splits(x, weights, cell, hooks)
+
+
 def splits(x, weights, cell, hooks) -> bool:
     """Whether a layer above the whole-loop limits runs its hidden units in two halves
     on two threads: one direction of two units or more, no per-step hooks or projection,
