@@ -22,7 +22,7 @@ import statistics
 import sys
 import warnings
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
@@ -163,21 +163,28 @@ def output_stem(args: argparse.Namespace, device: str, date: str, kind: str = ""
     return stem
 
 
+def torch_for(backend: str) -> str:
+    """Set torch up to face xrnn's ``backend`` and return the device, "cpu" or "gpu". On
+    the GPU torch must have a CUDA device, and cuDNN's float32 RNNs, which use TF32
+    unless told not to, are told not to: float32 math on both sides."""
+    if backend != "cupy":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise SystemExit(f"torch {torch.__version__} has no CUDA device: "
+                         "the GPU benchmarks compare against torch on CUDA")
+    with warnings.catch_warnings():  # the legacy flag's deprecation notice
+        warnings.simplefilter("ignore")
+        # The legacy flag sets conv and RNN alike, which cudnn.flags() needs.
+        torch.backends.cudnn.allow_tf32 = False
+    return "gpu"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table as it is measured, write the Markdown and JSON
     files; returns the result that the JSON file holds."""
     args = parse_args(argv)
     with xrnn.use_backend(args.backend):  # BackendUnavailableError here, before any work
-        if args.backend == "cupy":
-            if not torch.cuda.is_available():
-                raise SystemExit(f"torch {torch.__version__} has no CUDA device: "
-                                 "the GPU benchmark compares against torch on CUDA")
-            with warnings.catch_warnings():  # the legacy flag's deprecation notice
-                warnings.simplefilter("ignore")
-                # cuDNN's float32 RNNs use TF32 unless told not to: float32 math on both sides.
-                # The legacy flag sets conv and RNN alike, which cudnn.flags() needs.
-                torch.backends.cudnn.allow_tf32 = False
-        device = "gpu" if args.backend == "cupy" else "cpu"
+        device = torch_for(args.backend)
         sizes = tuple(args.peak_sizes or ((1024, 2048) if args.quick else (1024, 2048, 4096)))
         print(f"measuring the float32 matmul peak ({args.backend}, sizes {sizes})...", flush=True)
         result: dict[str, Any] = {
@@ -206,10 +213,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def cli() -> None:
-    """``main`` with xrnn's error for a backend that cannot run here as a one-line message."""
+def cli(entry: Callable[[], object] = main) -> None:
+    """``entry()`` (this module's ``main``, or a companion's) with xrnn's error for a
+    backend that cannot run here as a one-line message."""
     try:
-        main()
+        entry()
     except xrnn.backend.BackendUnavailableError as exc:
         sys.exit(f"{type(exc).__name__}: {exc}")
 

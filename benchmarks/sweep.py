@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as ``python benchmarks/sweep.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-
 import xrnn  # noqa: E402
 from benchmarks.common import CELLS, MODES, machine_info, matmul_peak, write_results  # noqa: E402
-from benchmarks.run import LABELS, markdown, measure, output_stem, repeats  # noqa: E402
+from benchmarks.run import (LABELS, cli, markdown, measure, output_stem, repeats,  # noqa: E402
+                            torch_for)
 
 #: Line styles of the contenders in the plot, in their order (xrnn first).
 STYLES = ("-", "--", ":")
@@ -121,15 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure the sweep, print its table row by row, write the Markdown, JSON and PNG;
     returns the result that the JSON file holds."""
     args = parse_args(argv)
-    with xrnn.use_backend(args.backend):
-        if args.backend == "cupy":
-            if not torch.cuda.is_available():
-                raise SystemExit(f"torch {torch.__version__} has no CUDA device: "
-                                 "the GPU sweep compares against torch on CUDA")
-            with warnings.catch_warnings():  # the legacy flag's deprecation notice
-                warnings.simplefilter("ignore")
-                torch.backends.cudnn.allow_tf32 = False  # float32 math on both sides
-        device = "gpu" if args.backend == "cupy" else "cpu"
+    with xrnn.use_backend(args.backend):  # BackendUnavailableError here, before any work
+        device = torch_for(args.backend)
         sizes = tuple(args.peak_sizes or (1024, 2048))
         rounds, per_round = repeats(args, args.mode)
         result: dict[str, Any] = {
@@ -165,13 +156,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def cli() -> None:
-    """``main`` with xrnn's error for a backend that cannot run here as a one-line message."""
-    try:
-        main()
-    except xrnn.backend.BackendUnavailableError as exc:
-        sys.exit(f"{type(exc).__name__}: {exc}")
-
-
 if __name__ == "__main__":
-    cli()
+    cli(main)
