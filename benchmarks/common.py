@@ -41,6 +41,8 @@ GPU_GRID: list[Shape] = [
     (100, 256, 512, 1024, 1, 1),
 ]
 CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+#: The contenders :func:`contenders` returns on each device, in their order.
+CONTENDERS = {"cpu": ["xrnn", "torch"], "gpu": ["xrnn", "cudnn", "torch_loop"]}
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 MODES = ("forward", "train")
 

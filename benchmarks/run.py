@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as ``python benchmarks/run.py``
 import torch  # noqa: E402
 
 import xrnn  # noqa: E402
-from benchmarks.common import (CELLS, CPU_GRID, GPU_GRID, MODES, Shape,  # noqa: E402
+from benchmarks.common import (CELLS, CONTENDERS, CPU_GRID, GPU_GRID, MODES, Shape,  # noqa: E402
                                alternate_rounds, contenders, machine_info, matmul_peak, model_flops,
                                write_results)
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        f"{args.warmup} warm-up runs each, contenders alternating; "
                        + ("CUDA events; torch with cuDNN (cuDNN), and with it disabled "
                           "(torch loop)" if device == "gpu" else "wall clock")),
-            "contenders": ["xrnn"] + (["cudnn", "torch_loop"] if device == "gpu" else ["torch"]),
+            "contenders": CONTENDERS[device],
             "rows": [],
         }
         print(markdown(result), end="", flush=True)

@@ -23,7 +23,8 @@ if __package__ in (None, ""):  # run as ``python benchmarks/sweep.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import xrnn  # noqa: E402
-from benchmarks.common import CELLS, MODES, machine_info, matmul_peak, write_results  # noqa: E402
+from benchmarks.common import (CELLS, CONTENDERS, MODES, machine_info, matmul_peak,  # noqa: E402
+                               write_results)
 from benchmarks.run import (LABELS, cli, markdown, measure, output_stem, repeats,  # noqa: E402
                             torch_for)
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "timing": f"{rounds}x{per_round} (rounds x runs per round; median of each round's "
                       f"median) after {args.warmup} warm-up runs each, contenders alternating; "
                       + ("CUDA events" if device == "gpu" else "wall clock"),
-            "contenders": ["xrnn"] + (["cudnn", "torch_loop"] if device == "gpu" else ["torch"]),
+            "contenders": CONTENDERS[device],
             "rows": [],
         }
         stem = output_stem(args, device, result["date"], f"sweep-{args.cell}-{args.mode}")

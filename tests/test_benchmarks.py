@@ -486,9 +486,10 @@ def test_gpu_contenders_are_named_for_the_issue_ratio_keys(monkeypatch):
     monkeypatch.setattr(common, "matched_pair", lambda shape, cell: (Stand(), Stand(), None, None))
     monkeypatch.setattr(common.xrnn, "get_backend", lambda: "cupy")
     runs = common.contenders((3, 2, 4, 5, 1, 1), "lstm", "forward")
-    assert list(runs) == ["xrnn", "cudnn", "torch_loop"]
+    assert list(runs) == ["xrnn", "cudnn", "torch_loop"] == common.CONTENDERS["gpu"]
     assert runs["cudnn"][1] is common.torch_event_seconds
     assert runs["xrnn"][1] is common.cupy_event_seconds
     assert "| xrnn/cuDNN | xrnn/torch loop |" in run.table_header(list(runs))
     monkeypatch.setattr(common.xrnn, "get_backend", lambda: "numpy")
-    assert list(common.contenders((3, 2, 4, 5, 1, 1), "lstm", "forward")) == ["xrnn", "torch"]
+    assert list(common.contenders((3, 2, 4, 5, 1, 1), "lstm", "forward")) == [
+        "xrnn", "torch"] == common.CONTENDERS["cpu"]
