@@ -117,6 +117,30 @@ def test_split_training_on_panels_past_max_rows_matches_generic_path(rng, split,
         lengths=[T, 2, 4, T, 1, 3] * (batch // 6) + [T] * (batch % 6))
 
 
+#: (dtype, batch, hidden): each half's units fill whole panels (one-row panels at batch 1)
+WHOLE_PANELS = [(dtype, batch, 2 * packed.panel_width(batch, np.dtype(dtype).itemsize))
+                for dtype in ("float64", "float32") for batch in (1, 5)]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0] + str(c[1] or "") for c in CASES])
+@pytest.mark.parametrize("dtype, batch, hidden", WHOLE_PANELS,
+                         ids=[f"{d}-B{b}-H{h}" for d, b, h in WHOLE_PANELS])
+def test_split_training_with_gate_blocks_packed_whole_matches_generic_path(
+        rng, split, case, dtype, batch, hidden):
+    """Halves whose units fill whole panels pack each gate block of ``W_hh`` straight from
+    the parameter (the other tests' halves of 3 and 4 units gather their rows first):
+    output, final states and every gradient, padded steps too."""
+    assert hidden // 2 % packed.panel_width(batch, np.dtype(dtype).itemsize) == 0
+    assert packed.on_panels(batch, hidden, np.dtype(dtype).itemsize, transpose_b=True)
+    kind, options = CASES[case]
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, hidden, dtype=dtype, seed=3, **options),
+        rng.standard_normal((T, batch, I)).astype(dtype), kernels=True,
+        tolerance=1e-12 if dtype == "float64" else 1e-4,
+        counter=(numba_layer, "split_layers_run"), num_layers=1,
+        lengths=[2, T, 4, 1, 3][:batch] if batch > 1 else [4])
+
+
 @pytest.mark.parametrize("kind", ["RNN", "LSTM", "GRU"])
 def test_split_training_float32_dropout_chunks_missing_gradients(rng, split, monkeypatch,
                                                                  kind):

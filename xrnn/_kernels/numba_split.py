@@ -215,81 +215,131 @@ def _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, panels, h, c,
 
 
 @_jit
-def _half_task_forward(code, half, lo, hi, x, w_ih, gx, w_hh, panels, x_bias, hh_bias, h, c,
-                       a, tanh_c, gh, z, inactive, counters, tape):
-    """A half's whole forward in one compiled call, which takes no GIL (so that neither
-    thread sleeps and wakes on the other's core: :class:`_SplitLayer`): its ``panels``
-    packed from ``w_hh`` (``W_hh``'s rows of its units, C-contiguous; none when empty),
-    then a chunk of steps at a time (``gx`` (chunk, B, G*n)) the input projection of
-    ``x`` (T, B, I) by ``w_ih`` (G*n, I), and :func:`_half_forward` over the chunk.
-    Returns False if the other half aborted."""
+def _gather_rows(w, order, out):
+    """``out[r] = w[order[r]]``: rows of ``w`` in the order ``order``."""
+    for r in range(order.size):
+        out[r] = w[order[r]]
+
+
+@_jit
+def _pack_half(w_hh, lo, hi, order, w_half, panels):
+    """This half's gate rows ``order`` of ``W_hh`` (G*H, P), in PyTorch's order: packed
+    into ``panels`` straight from ``w_hh``, a gate block at a time, where the half's
+    ``hi - lo`` units fill whole panels; else gathered into ``w_half`` (G*n, P) first
+    (and only gathered, for BLAS's products, when there are no panels)."""
+    units = hi - lo
+    gates = order.size // units
+    hidden = w_hh.shape[0] // gates
+    if panels.shape[0] > 0 and units % panels.shape[2] == 0:
+        per_gate = units // panels.shape[2]
+        for g in range(gates):
+            packed.pack_transposed(w_hh[g * hidden + lo:g * hidden + hi],
+                                   panels[g * per_gate:(g + 1) * per_gate])
+        return
+    _gather_rows(w_hh, order, w_half)
     if panels.shape[0] > 0:
-        packed.pack_transposed(w_hh, panels)
+        packed.pack_transposed(w_half, panels)
+
+
+@_jit
+def _half_task_forward(code, half, lo, hi, x, w_ih, order, w_ih_half, gx, w_hh, w_hh_half,
+                       panels, x_bias, hh_bias, h, c, a, tanh_c, gh, z, inactive, counters,
+                       tape):
+    """A half's whole forward in one compiled call, which takes no GIL (so that neither
+    thread sleeps and wakes on the other's core: :class:`_SplitLayer`): its gate rows
+    ``order`` (G*n,) of ``w_ih`` (G*H, I) gathered into ``w_ih_half`` (G*n, I), and of
+    ``w_hh`` (G*H, P, C-contiguous) packed into ``panels`` (:func:`_pack_half`, with
+    ``w_hh_half`` (G*n, P)); then a chunk of steps at a time (``gx`` (chunk, B, G*n)) the
+    input projection of ``x`` (T, B, I), and :func:`_half_forward` over the chunk.
+    Returns False if the other half aborted."""
+    _gather_rows(w_ih, order, w_ih_half)
+    _pack_half(w_hh, lo, hi, order, w_hh_half, panels)
     steps, batch, inputs = x.shape
     chunk, width = gx.shape[0], gx.shape[2]
     for start in range(0, steps, chunk):
         count = min(chunk, steps - start)
-        blas.matmul(x[start:start + count].reshape((count * batch, inputs)), w_ih, True,
+        blas.matmul(x[start:start + count].reshape((count * batch, inputs)), w_ih_half, True,
                     gx[:count].reshape((count * batch, width)))
-        if not _half_forward(code, half, lo, hi, gx, start, count, w_hh, panels, x_bias,
+        if not _half_forward(code, half, lo, hi, gx, start, count, w_hh_half, panels, x_bias,
                              hh_bias, h, c, a, tanh_c, gh, z, inactive, counters, tape):
             return False
     return True
 
 
 @_jit
-def _half_task_backward(code, half, lo, hi, grad_steps, dh, dc, w_hh, w_cols, panels, h, c,
-                        a, tanh_c, gh, dz_all, dgh_all, back, inactive, counters, x, h_prev,
-                        w_ih, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, ones, grad_x):
-    """A half's whole backward in one compiled call, which takes no GIL: its units'
-    columns of ``w_hh`` copied into ``w_cols`` and packed into ``panels`` (none when
-    empty), :func:`_half_backward`, then from the gate gradients ``dz_all`` and
-    ``dgh_all`` (T, B, G*H), now complete: its gate rows of ``grad_w_ih`` (``x`` (T*B, I))
-    and ``grad_w_hh`` (``h_prev`` (T*B, P)), of the bias gradients (column sums, by
-    ``ones`` (T*B, 1); ``grad_b_hh`` may be ``grad_b_ih``, and both empty without
-    biases), and the input's gradient ``grad_x`` for its share of the steps (as 2-d rows:
-    ``w_ih`` (G*H, I)). Returns False if the other half aborted."""
-    w_cols[...] = w_hh[:, lo:hi]
+def _half_task_backward(code, half, lo, hi, grad_steps, dh, dc, w_hh, order, w_cols, panels, h,
+                        c, a, tanh_c, gh, dz_all, dgh_all, back, inactive, counters, x, h_prev,
+                        w_ih, w_ih_rows, grad_ih_rows, grad_hh_rows, grad_w_ih, grad_w_hh,
+                        grad_b_ih, grad_b_hh, ones, grad_x):
+    """A half's whole backward in one compiled call, which takes no GIL: ``w_hh`` (G*H,
+    P) and ``w_ih`` (G*H, I) in PyTorch's order, ``order`` (G*H,) the layer's gate rows
+    in half-major order (the columns of ``dz_all`` and ``dgh_all`` (T, B, G*H)). Its
+    units' columns of ``w_hh``, in that order, gathered into ``w_cols`` and packed into
+    ``panels`` (none when empty), and its gate rows of ``w_ih`` into its block of
+    ``w_ih_rows`` (G*H, I, shared by the halves); :func:`_half_backward`; then from the
+    now complete gate gradients its gate rows of ``grad_w_ih`` (``x`` (T*B, I)) and
+    ``grad_w_hh`` (``h_prev`` (T*B, P)), each one product into ``grad_ih_rows`` and
+    ``grad_hh_rows`` (G*n, I or P) then copied a gate at a time to PyTorch's rows (a
+    product per gate took 1.16x as long at (16000, 1024) x (16000, 256)), of the bias
+    gradients (column sums, by ``ones`` (T*B, 1); ``grad_b_hh`` may be ``grad_b_ih``,
+    and both empty without biases), and the input's gradient ``grad_x`` for its share of
+    the steps (as 2-d rows, by ``w_ih_rows``, which the other half's gate rows have
+    reached by then: it wrote them before its first step, and each step waits for the
+    other's). Returns False if the other half aborted."""
+    units = hi - lo
+    width = dz_all.shape[2]
+    gates = width // dh.shape[1]
+    share, first = gates * units, gates * lo
+    for r in range(width):
+        w_cols[r] = w_hh[order[r], lo:hi]
     if panels.shape[0] > 0:
         packed.pack(w_cols, panels)
+    _gather_rows(w_ih, order[first:first + share], w_ih_rows[first:first + share])
     if not _half_backward(code, half, lo, hi, grad_steps, dh, dc, w_cols, panels, h, c, a,
                           tanh_c, gh, dz_all, dgh_all, back, inactive, counters):
         return False
-    steps, batch, width = dz_all.shape
-    share = width // dh.shape[1] * (hi - lo)
-    first = share // (hi - lo) * lo
-    dz = dz_all.reshape((steps * batch, width))[:, first:first + share]
-    dgh = dgh_all.reshape((steps * batch, width))[:, first:first + share]
-    blas.matmul_t(dz, x, grad_w_ih[first:first + share])
-    blas.matmul_t(dgh, h_prev, grad_w_hh[first:first + share])
-    if grad_b_ih.shape[0] > 0:
-        blas.matmul_t(dz, ones, grad_b_ih[first:first + share])
-        if grad_b_hh.ctypes.data != grad_b_ih.ctypes.data:
-            blas.matmul_t(dgh, ones, grad_b_hh[first:first + share])
+    steps, batch = dz_all.shape[0], dz_all.shape[1]
+    hidden = dh.shape[1]
+    dz_rows = dz_all.reshape((steps * batch, width))
+    dgh_rows = dgh_all.reshape((steps * batch, width))
+    blas.matmul_t(dz_rows[:, first:first + share], x, grad_ih_rows)
+    blas.matmul_t(dgh_rows[:, first:first + share], h_prev, grad_hh_rows)
+    for g in range(gates):  # this half's columns of gate g, PyTorch's rows of gate g
+        cols = slice(first + g * units, first + (g + 1) * units)
+        rows = slice(g * hidden + lo, g * hidden + hi)
+        grad_w_ih[rows] = grad_ih_rows[g * units:(g + 1) * units]
+        grad_w_hh[rows] = grad_hh_rows[g * units:(g + 1) * units]
+        if grad_b_ih.shape[0] > 0:
+            blas.matmul_t(dz_rows[:, cols], ones, grad_b_ih[rows])
+            if grad_b_hh.ctypes.data != grad_b_ih.ctypes.data:
+                blas.matmul_t(dgh_rows[:, cols], ones, grad_b_hh[rows])
     begin, end = half * steps // 2, (half + 1) * steps // 2
     if end > begin:
-        blas.matmul(dz_all[begin:end].reshape(((end - begin) * batch, width)), w_ih, False,
-                    grad_x[begin * batch:end * batch])
+        blas.matmul(dz_all[begin:end].reshape(((end - begin) * batch, width)), w_ih_rows,
+                    False, grad_x[begin * batch:end * batch])
     return True
-
-
-def _take_rows(a, order):
-    """``a[order]`` in an aligned array (:func:`.workspace.empty`)."""
-    return np.take(a, order, axis=0, out=workspace.empty((order.size, *a.shape[1:]), a.dtype))
 
 
 class _SplitLayer(_Compiled):
     """A one-direction layer, its hidden units in two halves on two threads (module
-    docstring). Its gate rows are in half-major order: the first half's units' i, f, g,
-    o rows, then the second's (:meth:`_rows`), so that each half's rows of the weights,
-    of the tape's activations and of the gate gradients are one contiguous block."""
+    docstring). Its gate rows are in half-major order (:attr:`order`): the first half's
+    units' i, f, g, o rows, then the second's, so that each half's rows of the biases, of
+    the tape's activations and of the gate gradients are one contiguous block. The
+    weights stay the parameters themselves, in PyTorch's order: each half gathers or
+    packs its own rows of them on its own thread (:func:`_half_task_forward`), and writes
+    its rows of their gradients where PyTorch has them. (Reordered on the main thread,
+    the weights' copies took 3.2 of 7.3 ms of the LSTM forward (10,1,512,512,1,1), and
+    with the gradients' 12 of 23 ms of its training: NOTES.md, issue 13, twenty-third
+    pass.)"""
+
+    ALIGN_W_HH = False  # (the halves read their own copies or panels of it)
 
     def __init__(self, x, states, weights, cell, keep, active, position=(0, 1)):
         gates, hidden = cell.gates, weights[0].w_hh.shape[0] // cell.gates
         self.halves = ((0, hidden // 2), (hidden // 2, hidden))
+        #: (G*H,) PyTorch's gate rows in half-major order
         self.order = np.concatenate([np.arange(g * hidden + lo, g * hidden + hi)
                                      for lo, hi in self.halves for g in range(gates)])
-        self.order_back = np.argsort(self.order)
         super().__init__(x, states, weights, cell, keep, active, position=position)
         self.steps_inactive = steps_inactive(self)[0]
         unused = np.empty((1, 1, 1), dtype=self.dtype)  # a cell's unused buffers
@@ -307,21 +357,26 @@ class _SplitLayer(_Compiled):
                                .reshape(batch, last - first))
 
     def _rows(self, a):
-        """Gate rows in half-major order (class docstring), in an aligned array."""
-        return None if a is None else _take_rows(a, self.order)
+        """A bias's gate rows in half-major order (class docstring)."""
+        return None if a is None else a[self.order]
 
-    def _rows_back(self, a):
-        return None if a is None else _take_rows(a, self.order_back)
+    def _weight_rows(self, a):
+        """The weight itself, C-contiguous (class docstring)."""
+        return np.ascontiguousarray(a)
 
     def forward(self):
         counters = np.zeros(_ABORT + 1, dtype=np.int64)
         x = np.ascontiguousarray(self.x_steps[0])
+        w_ih, w_hh, dtype = self.w_ih[0], self.w_hh_stack[0], self.dtype
         tasks = []
         for t, (lo, hi) in enumerate(self.halves):
             rows = slice(self.gates * lo, self.gates * hi)
-            w_hh = self.w_hh_stack[0, rows]
-            tasks.append((self.code, t, lo, hi, x, self.w_ih[0][rows], self.gx_half[t], w_hh,
-                          packed.panels_buffer(w_hh, True, self.batch, f"w_hh_panels{t}"),
+            order = self.order[rows]
+            w_hh_half = workspace.scratch(f"w_hh_half{t}", (order.size, w_hh.shape[1]), dtype)
+            tasks.append((self.code, t, lo, hi, x, w_ih, order,
+                          workspace.scratch(f"w_ih_half{t}", (order.size, w_ih.shape[1]), dtype),
+                          self.gx_half[t], w_hh, w_hh_half,
+                          packed.panels_buffer(w_hh_half, True, self.batch, f"w_hh_panels{t}"),
                           self.x_bias[0, rows], self.hh_bias[0, rows], self.h[0],
                           self.c_or_unused, self.a[0], self.tanh_c_or_unused, self.gh_or_unused,
                           self.z_half[t], self.steps_inactive, counters, self.keep))
@@ -361,16 +416,21 @@ class _SplitLayer(_Compiled):
         ones = np.ones((steps * batch, 1), dtype)
         h_prev = np.ascontiguousarray(self._product_input(0)).reshape(steps * batch, self.P)
         counters = np.zeros(_ABORT + 1, dtype=np.int64)
+        w_ih, w_hh = self.w_ih[0], self.w_hh_stack[0]
+        w_ih_rows = workspace.scratch("w_ih_rows", w_ih.shape, dtype)  # (both halves')
         tasks = []
         for t, (lo, hi) in enumerate(self.halves):
-            w_cols = workspace.scratch(f"w_cols{t}", (self.w_hh_stack.shape[1], hi - lo), dtype)
+            w_cols = workspace.scratch(f"w_cols{t}", (w_hh.shape[0], hi - lo), dtype)
+            share = self.gates * (hi - lo)
             tasks.append((self.code, t, lo, hi, grad_steps[0], dh[0],
-                          dh[0] if dc is None else dc[0], self.w_hh_stack[0], w_cols,
+                          dh[0] if dc is None else dc[0], w_hh, self.order, w_cols,
                           packed.panels_buffer(w_cols, False, batch, f"w_hh_panels{t}"),
                           self.h[0], self.c_or_unused, self.a[0], self.tanh_c_or_unused,
                           self.gh_or_unused, dz_all[0], dgh_all[0],
                           np.empty((batch, hi - lo), dtype=dtype), self.steps_inactive,
-                          counters, x.reshape(steps * batch, -1), h_prev, self.w_ih[0],
+                          counters, x.reshape(steps * batch, -1), h_prev, w_ih, w_ih_rows,
+                          workspace.scratch(f"grad_ih_rows{t}", (share, w_ih.shape[1]), dtype),
+                          workspace.scratch(f"grad_hh_rows{t}", (share, self.P), dtype),
                           grad_w_ih, grad_w_hh, bias_ih[:, None], bias_hh[:, None], ones,
                           grad_x.reshape(steps * batch, -1)))
 
@@ -383,9 +443,9 @@ class _SplitLayer(_Compiled):
 
         with numba_threaded.cores_for_two_threads():
             numba_threaded._on_two_threads(half, apart=True, until_started=True)
-        rows = self._rows_back
-        weights = LayerWeights(rows(grad_w_ih), rows(grad_w_hh), rows(grad_b_ih),
-                               None if grad_b_hh is None else rows(grad_b_hh))
+        if grad_b_hh is grad_b_ih and grad_b_ih is not None:
+            grad_b_hh = grad_b_ih.copy()  # (two parameters: two arrays)
+        weights = LayerWeights(grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
         return self._combine([(grad_x, weights)], dh, dc)
 
 

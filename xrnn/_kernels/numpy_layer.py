@@ -88,6 +88,9 @@ class _Layer:
     #: steps (numba_layer) read PyTorch's, so that no weight is copied for them.
     ORDER: dict[str, tuple[int, ...]] = _ORDER
     SCALE: dict[str, tuple[float, ...]] = _SCALE
+    #: Whether a one-direction layer's loops read ``W_hh`` itself, so that it is worth an
+    #: aligned copy (:data:`ALIGN_STEPS`).
+    ALIGN_W_HH = True
 
     def __init__(self, x, states, weights: Sequence[LayerWeights], cell: Cell,
                  keep: bool, active, hooks: Sequence[StepHooks] | None = None,
@@ -119,15 +122,15 @@ class _Layer:
             np.asarray(factors, dtype=dtype), hidden)
         rows = self._rows
         # unscaled, kernel order (the parameters themselves in PyTorch's): for the backward
-        self.w_ih = [rows(w.w_ih) for w in weights]
+        self.w_ih = [self._weight_rows(w.w_ih) for w in weights]
         if directions == 1:
-            w_hh = rows(weights[0].w_hh)
-            if steps >= ALIGN_STEPS and not workspace.aligned(w_hh):
+            w_hh = self._weight_rows(weights[0].w_hh)
+            if steps >= ALIGN_STEPS and self.ALIGN_W_HH and not workspace.aligned(w_hh):
                 w_hh = self._copy(w_hh, "w_hh")  # (the loops read it every step)
             self.w_hh_stack = w_hh[None]  # (D, GH, P)
         else:  # (np.stack took 24 us: a small layer's whole loop runs in 35)
             self.w_hh_stack = self._buffer((directions, gh, self.P), "w_hh")
-            self._w_hh = [rows(w.w_hh) for w in weights]
+            self._w_hh = [self._weight_rows(w.w_hh) for w in weights]
             self._stack_w_hh(range(directions))
         self.w_hr = None if weights[0].w_hr is None else np.stack([w.w_hr for w in weights])
         self.w_hr_t = None if self.w_hr is None else np.ascontiguousarray(
@@ -250,6 +253,11 @@ class _Layer:
         PyTorch's (the orders swap two blocks at most); ``a`` itself in PyTorch's order."""
         order = self.ORDER.get(self.kind)
         return a if a is None or order is None else _blocks(a, order, self.gates, axis=0)
+
+    def _weight_rows(self, a):
+        """A weight matrix's rows in the order the layer's products read them
+        (:meth:`_rows`)."""
+        return self._rows(a)
 
     def _rows_back(self, a):
         """A gradient's rows (along axis 0) from kernel order back to PyTorch's (here
