@@ -95,6 +95,27 @@ def test_whole_loop_batch_dot_products_match_generic_path(rng, monkeypatch, case
         num_layers=2, lengths=[2, T, 1, 4, 3, T, 2] if with_lengths else None)
 
 
+@pytest.mark.parametrize("case, bidirectional, with_lengths", DOT_GRID,
+                         ids=[f"{CASES[c][0]}{CASES[c][1] or ''}-{d}-{n}"
+                              for c, d, n in DOT_GRID])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_whole_loop_products_on_panels_match_generic_path(rng, monkeypatch, case,
+                                                          bidirectional, with_lengths, batch):
+    """The whole loop's forward product for all rows of a step at once on ``W_hh``'s
+    packed panels (forced here for every size; by default from 4 rows and 32 units):
+    seven rows or one (the one-row panels) of seven units, a panel's columns left
+    over; output, final states and every gradient."""
+    monkeypatch.setattr(numba_layer, "PANELS_HIDDEN", 1)
+    monkeypatch.setattr(numba_layer, "PANELS_BATCH", 1)
+    kind, options = CASES[case]
+    lengths = [2, T, 1, 4, 3, T, 2][:batch] if with_lengths else None
+    compare_kernel_with_generic(
+        lambda: getattr(xrnn, kind)(I, 7, 2, bidirectional=bidirectional, dtype="float64",
+                                    seed=3, **options),
+        rng.standard_normal((T, batch, I)), kernels=True, counter=(numba_layer, "layers_run"),
+        num_layers=2, lengths=lengths)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_lstm_cell_without_a_tape_is_bitwise_the_taped_one(rng, dtype):
     """The cell a forward under ``no_grad`` runs (no stores of the gates) gives the same
@@ -119,10 +140,13 @@ def test_lstm_cell_without_a_tape_is_bitwise_the_taped_one(rng, dtype):
     np.testing.assert_array_equal(h_new, h_taped)
 
 
-@pytest.mark.parametrize("batch", [1, numba_layer.BATCH_DOT_BATCH])
-def test_whole_loop_dot_products_float32(rng, batch):
+@pytest.mark.parametrize("batch, panels", [(1, True), (numba_layer.BATCH_DOT_BATCH, True),
+                                           (numba_layer.BATCH_DOT_BATCH, False)])
+def test_whole_loop_dot_products_float32(rng, monkeypatch, batch, panels):
     """At the default sizes: an LSTM of 128 units, batch 1 (a row at a time) and 4 (four
-    rows at once) (float32, 1e-5)."""
+    rows at once, on packed panels, or without them as dot products) (float32, 1e-5)."""
+    if not panels:
+        monkeypatch.setattr(numba_layer, "PANELS_BATCH", batch + 1)
     x = rng.standard_normal((T, batch, I)).astype(np.float32)
     with xrnn.backend.use_backend("numpy"), xrnn.no_grad():
         model = xrnn.LSTM(I, 128, seed=0)

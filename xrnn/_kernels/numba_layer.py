@@ -41,7 +41,7 @@ import threadpoolctl
 
 from ..functional.cells import Cell
 from ..functional.weights import LayerWeights
-from . import blas, numpy_layer
+from . import blas, numpy_layer, packed
 from .blas import _accumulate
 from .numba_math import exp, fma, tanh
 from .workspace import scratch
@@ -74,6 +74,9 @@ BATCH_DOT_BATCH, BATCH_DOT_HIDDEN = 4, 64
 #: 223; backward: (2, 2048) x (2048, 512) 110 against 249, (4, 2048) x (2048, 512) 181
 #: against 250 (NOTES.md, issue 13, eighth pass).
 FUSED_ONE_THREAD_BATCH = 4
+#: From this many rows and values of h on, the whole loop's forward products run on
+#: ``W_hh``'s panels, packed once a call (:mod:`.packed`).
+PANELS_BATCH, PANELS_HIDDEN = 4, 32
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
 #: The other cells' codes, for the loops that take the cell as an argument; every code.
@@ -222,8 +225,23 @@ def _batch_dots(z, bias, h, w):
 #: How the whole loop's forward makes ``h W_hh^T`` (:data:`DOT_HIDDEN`): a row at a time
 #: from a transposed copy of ``W_hh`` (:func:`_accumulate`), a row at a time as dot
 #: products with ``W_hh``'s rows (:func:`_dots`), or all rows of a step at once as dot
-#: products four rows at a time (:func:`_batch_dots`).
-_TRANSPOSED, _ROW_DOTS, _BATCH_DOTS = 0, 1, 2
+#: products four rows at a time (:func:`_batch_dots`), or all rows at once on ``W_hh``'s
+#: packed panels (:func:`.packed.matmul`).
+_TRANSPOSED, _ROW_DOTS, _BATCH_DOTS, _PANELS = 0, 1, 2, 3
+
+
+@_inlined
+def _step_product(zs, bias, h, w, panels, mode):
+    """``zs = bias + h W^T`` for all of a step's rows ``h`` (B, K): on ``panels`` in mode
+    :data:`_PANELS`, else as :func:`_batch_dots` with ``W`` (W, K) itself."""
+    if mode == _PANELS:
+        packed.matmul(h, panels, zs)
+        for b in range(zs.shape[0]):
+            row = zs[b]
+            for j in range(row.size):
+                row[j] += bias[j]
+    else:
+        _batch_dots(zs, bias, h, w)
 
 
 @_jit
@@ -238,20 +256,20 @@ def _product(z, bias, h_row, w, mode):
 
 
 @_jit
-def _elman_forward(gx, start, count, w_t, mode, bias, h, inactive, activation):
+def _elman_forward(gx, start, count, w_t, panels, mode, bias, h, inactive, activation):
     directions, _, batch, width = gx.shape
     zs = np.empty((batch, width), dtype=gx.dtype)
     zero = zs.dtype.type(0)
     for s in range(start, start + count):
         for d in range(directions):
-            if mode == _BATCH_DOTS:
-                _batch_dots(zs, bias[d], h[d, s], w_t[d])
+            if mode >= _BATCH_DOTS:
+                _step_product(zs, bias[d], h[d, s], w_t[d], panels[d], mode)
             for b in range(batch):
                 out, z = h[d, s + 1, b], zs[b]
                 if inactive[d, s, b]:
                     out[:] = h[d, s, b]
                     continue
-                if mode != _BATCH_DOTS:
+                if mode < _BATCH_DOTS:
                     _product(z, bias[d], h[d, s, b], w_t[d], mode)
                 x_row = gx[d, s - start, b]
                 if activation == 0:
@@ -321,22 +339,22 @@ def _lstm_cell_untaped(z, c_old, c_new, h_new):
 
 
 @_jit
-def _lstm_forward(gx, start, count, w_t, mode, bias, h, c, a, tanh_c, inactive, tape):
+def _lstm_forward(gx, start, count, w_t, panels, mode, bias, h, c, a, tanh_c, inactive, tape):
     directions, _, batch, width = gx.shape
     taped = a.shape[1]
     zs = np.empty((batch, width), dtype=gx.dtype)
     for s in range(start, start + count):
         k = s if taped > 1 else 0
         for d in range(directions):
-            if mode == _BATCH_DOTS:
-                _batch_dots(zs, bias[d], h[d, s], w_t[d])
+            if mode >= _BATCH_DOTS:
+                _step_product(zs, bias[d], h[d, s], w_t[d], panels[d], mode)
             for b in range(batch):
                 if inactive[d, s, b]:
                     h[d, s + 1, b] = h[d, s, b]
                     c[d, s + 1, b] = c[d, s, b]
                     continue
                 z = zs[b]
-                if mode != _BATCH_DOTS:
+                if mode < _BATCH_DOTS:
                     _product(z, bias[d], h[d, s, b], w_t[d], mode)
                 x_row = gx[d, s - start, b]
                 for j in range(width):
@@ -365,20 +383,20 @@ def _gru_cell(hh, x_row, x_bias, h_old, gates, h_new):
 
 
 @_jit
-def _gru_forward(gx, start, count, w_t, mode, x_bias, hh_bias, h, a, gh, inactive):
+def _gru_forward(gx, start, count, w_t, panels, mode, x_bias, hh_bias, h, a, gh, inactive):
     directions, _, batch, width = gx.shape
     taped = a.shape[1]
     for s in range(start, start + count):
         k = s if taped > 1 else 0
         for d in range(directions):
-            if mode == _BATCH_DOTS:
-                _batch_dots(gh[d, k], hh_bias[d], h[d, s], w_t[d])
+            if mode >= _BATCH_DOTS:
+                _step_product(gh[d, k], hh_bias[d], h[d, s], w_t[d], panels[d], mode)
             for b in range(batch):
                 if inactive[d, s, b]:
                     h[d, s + 1, b] = h[d, s, b]
                     continue
                 hh = gh[d, k, b]
-                if mode != _BATCH_DOTS:
+                if mode < _BATCH_DOTS:
                     _product(hh, hh_bias[d], h[d, s, b], w_t[d], mode)
                 _gru_cell(hh, gx[d, s - start, b], x_bias[d], h[d, s, b], a[d, k, b],
                           h[d, s + 1, b])
@@ -688,7 +706,14 @@ class _CompiledLayer(_Compiled):
         # the forward's product reads rows: of W_hh itself (dot products, DOT_HIDDEN,
         # BATCH_DOT_BATCH), else of a transposed copy (only the forward: the backward
         # reads W_hh)
-        if self.P >= BATCH_DOT_HIDDEN and self.batch >= BATCH_DOT_BATCH:
+        self.panels = np.empty((self.D, 0, 1, 1), dtype=self.dtype)  # (none)
+        if self._on_panels():
+            self.mode = _PANELS
+            self.panels = scratch("whole_loop_panels", (self.D, *packed.panels_shape(
+                self.w_hh_stack.shape[1], self.P, self.dtype, self.batch)), self.dtype)
+            for d in range(self.D):
+                packed.pack_transposed(np.ascontiguousarray(self.w_hh_stack[d]), self.panels[d])
+        elif self.P >= BATCH_DOT_HIDDEN and self.batch >= BATCH_DOT_BATCH:
             self.mode = _BATCH_DOTS
         elif self.P >= DOT_HIDDEN and self.batch <= DOT_BATCH and self.kind in DOT_KINDS:
             self.mode = _ROW_DOTS
@@ -702,6 +727,13 @@ class _CompiledLayer(_Compiled):
             self.w_hh_t = np.ascontiguousarray(self.w_hh_stack)
         self.steps_inactive = steps_inactive(self)
 
+    def _on_panels(self) -> bool:
+        """Whether the forward's products run on ``W_hh``'s packed panels
+        (:data:`PANELS_BATCH`)."""
+        return (self.batch >= PANELS_BATCH and self.P >= PANELS_HIDDEN
+                and self.dtype in (np.float32, np.float64)
+                and packed.on_panels(self.batch, self.P, self.dtype.itemsize, True))
+
     def forward(self):
         with one_blas_thread():
             self._forward()
@@ -711,7 +743,7 @@ class _CompiledLayer(_Compiled):
         for start in range(0, self.steps, chunk):
             self._project(start)
             count = min(chunk, self.steps - start)
-            args = (self.gx, start, count, self.w_hh_t, self.mode, self.x_bias)
+            args = (self.gx, start, count, self.w_hh_t, self.panels, self.mode, self.x_bias)
             if self.kind == "lstm":
                 _lstm_forward(*args, self.h, self.c, self.a, self.tanh_c, self.steps_inactive,
                               self.keep)
@@ -732,7 +764,7 @@ class _CompiledLayer(_Compiled):
         dgh_all = dz_all
         w = np.ascontiguousarray(self.w_hh_stack)
         # all rows of a step at once (_batch_accumulate) where the forward's are
-        batched = self.mode == _BATCH_DOTS
+        batched = self.mode >= _BATCH_DOTS
         back = np.empty((batch, self.P), dtype=self.dtype)
         if self.kind == "lstm":
             _lstm_backward(grad_steps, dh, dc, w, self.c, self.a, self.tanh_c, dz_all,
