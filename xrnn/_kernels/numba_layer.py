@@ -60,7 +60,8 @@ MAX_STEP_WORK = {"rnn": 1 << 16, "lstm": 1 << 18, "gru": 1 << 18}
 DOT_HIDDEN = 128
 DOT_BATCH = 2
 DOT_KINDS = ("lstm", "rnn_tanh", "rnn_relu", "rnn_identity")
-#: From :data:`BATCH_DOT_BATCH` rows and :data:`BATCH_DOT_HIDDEN` values of h on, every
+#: From :data:`BATCH_DOT_BATCH` rows and :data:`BATCH_DOT_HIDDEN` values of h on, where
+#: the panels do not apply (:data:`PANELS_BATCH`: past their rows, or another dtype), every
 #: cell's whole loop makes each step's product for all rows at once, dot products four
 #: rows at a time (:func:`_batch_dots`), with no transposed copy. (4, 128) x (128, 512):
 #: 8.7 us against 14.0 a row at a time from the copy; (8, 64) x (64, 256) 5.6 against
@@ -75,7 +76,9 @@ BATCH_DOT_BATCH, BATCH_DOT_HIDDEN = 4, 64
 #: against 250 (NOTES.md, issue 13, eighth pass).
 FUSED_ONE_THREAD_BATCH = 4
 #: From this many rows and values of h on, the whole loop's forward products run on
-#: ``W_hh``'s panels, packed once a call (:mod:`.packed`).
+#: ``W_hh``'s panels, packed once a call (:mod:`.packed`): 0.6-0.8x the time of the dot
+#: products at (4-32, 32-128) x (32-128, 4 * (32-128)) on one core; in the layers 0.75-0.97x
+#: the forward's time (NOTES.md, issue 13, twenty-third pass).
 PANELS_BATCH, PANELS_HIDDEN = 4, 32
 #: Elman activations, as the compiled code's codes.
 _ACTIVATION = {"rnn_tanh": 0, "rnn_relu": 1, "rnn_identity": 2}
@@ -703,9 +706,9 @@ class _CompiledLayer(_Compiled):
 
     def __init__(self, x, states, weights, cell, keep, active, position=(0, 1)):
         super().__init__(x, states, weights, cell, keep, active, position=position)
-        # the forward's product reads rows: of W_hh itself (dot products, DOT_HIDDEN,
-        # BATCH_DOT_BATCH), else of a transposed copy (only the forward: the backward
-        # reads W_hh)
+        # the forward's product reads W_hh's panels (PANELS_BATCH), or rows: of W_hh
+        # itself (dot products, DOT_HIDDEN, BATCH_DOT_BATCH), else of a transposed copy
+        # (only the forward: the backward reads W_hh)
         self.panels = np.empty((self.D, 0, 1, 1), dtype=self.dtype)  # (none)
         if self._on_panels():
             self.mode = _PANELS

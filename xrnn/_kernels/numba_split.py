@@ -22,7 +22,9 @@ gradient for half the steps, so that no product runs on BLAS's threads.
 The products cost what OpenBLAS's own two threads cost on the whole (each core packs
 half of ``W_hh``), and the gates, which ran on one core after the product, run on both.
 The layer's gate rows are in half-major order (:class:`_SplitLayer`), so each half's
-rows of the weights, of the taped activations and of the gate gradients are one block.
+rows of the biases, of the taped activations and of the gate gradients are one block;
+the weights stay the parameters, and each half gathers or packs its own rows of them on
+its own thread.
 
 Each half's forward, and its backward with its share of the gradients' products, is one
 compiled call that takes no GIL (:func:`_half_task_forward`, :func:`_half_task_backward`,
