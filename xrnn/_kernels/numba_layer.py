@@ -766,8 +766,9 @@ class _CompiledLayer(_Compiled):
         dz_all = self._buffer((directions, steps, batch, self.gx.shape[-1]))
         dgh_all = dz_all
         w = np.ascontiguousarray(self.w_hh_stack)
-        # all rows of a step at once (_batch_accumulate) where the forward's are
-        batched = self.mode >= _BATCH_DOTS
+        # all rows of a step at once (_batch_accumulate) where the forward's would be dot
+        # products of all rows at once (BATCH_DOT_BATCH; on panels or not)
+        batched = self.P >= BATCH_DOT_HIDDEN and self.batch >= BATCH_DOT_BATCH
         back = np.empty((batch, self.P), dtype=self.dtype)
         if self.kind == "lstm":
             _lstm_backward(grad_steps, dh, dc, w, self.c, self.a, self.tanh_c, dz_all,
