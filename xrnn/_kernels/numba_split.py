@@ -292,8 +292,7 @@ def _half_task_backward(code, half, lo, hi, grad_steps, dh, dc, w_hh, order, w_c
     width = dz_all.shape[2]
     gates = width // dh.shape[1]
     share, first = gates * units, gates * lo
-    for r in range(width):
-        w_cols[r] = w_hh[order[r], lo:hi]
+    _gather_rows(w_hh[:, lo:hi], order, w_cols)
     if panels.shape[0] > 0:
         packed.pack(w_cols, panels)
     _gather_rows(w_ih, order[first:first + share], w_ih_rows[first:first + share])
